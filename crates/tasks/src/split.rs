@@ -30,7 +30,10 @@ pub struct Class {
 impl Class {
     /// The unrotated class of a character.
     pub fn plain(character: u32) -> Class {
-        Class { character, rotation: Rotation::R0 }
+        Class {
+            character,
+            rotation: Rotation::R0,
+        }
     }
 }
 
@@ -75,10 +78,20 @@ fn course_splits(seed: u64) -> Splits {
     let mut background: Vec<u32> = (0..OMNIGLOT_BACKGROUND).collect();
     background.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let n_train = (OMNIGLOT_BACKGROUND as usize * 4).div_ceil(5); // 80%, rounded up: 772
-    let test = (OMNIGLOT_BACKGROUND..OMNIGLOT_TOTAL).map(Class::plain).collect();
+    let test = (OMNIGLOT_BACKGROUND..OMNIGLOT_TOTAL)
+        .map(Class::plain)
+        .collect();
     Splits {
-        train: background[..n_train].iter().copied().map(Class::plain).collect(),
-        validation: background[n_train..].iter().copied().map(Class::plain).collect(),
+        train: background[..n_train]
+            .iter()
+            .copied()
+            .map(Class::plain)
+            .collect(),
+        validation: background[n_train..]
+            .iter()
+            .copied()
+            .map(Class::plain)
+            .collect(),
         test,
     }
 }
@@ -87,9 +100,21 @@ fn paper_splits() -> Splits {
     let mut all: Vec<u32> = (0..OMNIGLOT_TOTAL).collect();
     all.shuffle(&mut ChaCha8Rng::seed_from_u64(PAPER_SPLIT_SEED));
     let rotated = |chars: &[u32]| -> Vec<Class> {
-        chars.iter().flat_map(|&character| Rotation::ALL.map(|rotation| Class { character, rotation })).collect()
+        chars
+            .iter()
+            .flat_map(|&character| {
+                Rotation::ALL.map(|rotation| Class {
+                    character,
+                    rotation,
+                })
+            })
+            .collect()
     };
-    Splits { train: rotated(&all[..1100]), validation: rotated(&all[1100..1200]), test: rotated(&all[1200..]) }
+    Splits {
+        train: rotated(&all[..1100]),
+        validation: rotated(&all[1100..1200]),
+        test: rotated(&all[1200..]),
+    }
 }
 
 #[cfg(test)]
@@ -103,27 +128,50 @@ mod tests {
     #[test]
     fn course_split_is_pinned() {
         let s = Protocol::Course.splits(0);
-        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (772, 192, 659));
+        assert_eq!(
+            (s.train.len(), s.validation.len(), s.test.len()),
+            (772, 192, 659)
+        );
         // Pinned: a change here changes every published figure of this project.
         assert_eq!(chars(&s.train[..5]), [535, 266, 949, 647, 919]);
         assert_eq!(chars(&s.validation[..5]), [895, 341, 446, 704, 77]);
         assert_eq!(s.test[0], Class::plain(964));
-        let mut all: Vec<u32> = chars(&s.train).into_iter().chain(chars(&s.validation)).collect();
+        let mut all: Vec<u32> = chars(&s.train)
+            .into_iter()
+            .chain(chars(&s.validation))
+            .collect();
         all.sort();
         assert_eq!(all, (0..964).collect::<Vec<_>>());
-        assert_ne!(Protocol::Course.splits(1).train, s.train, "the seed matters");
+        assert_ne!(
+            Protocol::Course.splits(1).train,
+            s.train,
+            "the seed matters"
+        );
     }
 
     #[test]
     fn paper_split_is_pinned() {
         let s = Protocol::Paper.splits(123);
-        assert_eq!(s, Protocol::Paper.splits(0), "fixed regardless of the run seed");
-        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (4400, 400, 1692));
-        assert_eq!(chars(&s.train[..8]), [1235, 1235, 1235, 1235, 611, 611, 611, 611]);
+        assert_eq!(
+            s,
+            Protocol::Paper.splits(0),
+            "fixed regardless of the run seed"
+        );
+        assert_eq!(
+            (s.train.len(), s.validation.len(), s.test.len()),
+            (4400, 400, 1692)
+        );
+        assert_eq!(
+            chars(&s.train[..8]),
+            [1235, 1235, 1235, 1235, 611, 611, 611, 611]
+        );
         assert_eq!(s.train[1].rotation, Rotation::R90);
         assert_eq!(chars(&s.test[..4]), [991, 991, 991, 991]);
-        let mut all: Vec<u32> =
-            [&s.train, &s.validation, &s.test].iter().flat_map(|p| chars(p)).step_by(4).collect();
+        let mut all: Vec<u32> = [&s.train, &s.validation, &s.test]
+            .iter()
+            .flat_map(|p| chars(p))
+            .step_by(4)
+            .collect();
         all.sort();
         assert_eq!(all, (0..1623).collect::<Vec<_>>());
     }

@@ -1,0 +1,231 @@
+//! The conv net as a pure function of its parameters, batched over tasks.
+
+use crate::error::{Error, Result};
+use crate::params::{ParamMap, block_param};
+use candle_core::{D, DType, Tensor};
+
+/// Batch-norm epsilon (PyTorch's default).
+pub const BN_EPS: f64 = 1e-5;
+
+/// Shape of the standard few-shot conv net: `depth` blocks of
+/// [conv 3x3 pad 1 -> batch norm (batch statistics) -> ReLU -> 2x2 max-pool, floor mode],
+/// then a linear layer to `n_way` logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvNetConfig {
+    /// Input channels (1 for Omniglot).
+    pub in_channels: usize,
+    /// Side of the square input images.
+    pub image_size: usize,
+    /// Channels of every conv block.
+    pub hidden: usize,
+    /// Number of conv blocks.
+    pub depth: usize,
+    /// Number of output classes.
+    pub n_way: usize,
+}
+
+impl ConvNetConfig {
+    /// The course recipe's net: 1 x 28 x 28 input, 4 blocks of 64 channels.
+    pub fn omniglot(n_way: usize) -> ConvNetConfig {
+        ConvNetConfig {
+            in_channels: 1,
+            image_size: 28,
+            hidden: 64,
+            depth: 4,
+            n_way,
+        }
+    }
+
+    /// Side of the feature map after `depth` floor-mode 2x2 pools.
+    pub fn final_size(&self) -> usize {
+        (0..self.depth).fold(self.image_size, |s, _| s / 2)
+    }
+
+    /// Inputs to the linear head: `hidden * final_size^2`.
+    pub fn features(&self) -> usize {
+        self.hidden * self.final_size() * self.final_size()
+    }
+
+    /// Check every field; errors name the field and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value, expected: &str| {
+            Err(Error::InvalidConfig {
+                name,
+                value,
+                expected: expected.to_owned(),
+            })
+        };
+        if self.in_channels == 0 {
+            return bad("in_channels", 0, "at least 1");
+        }
+        if self.hidden == 0 {
+            return bad("hidden", 0, "at least 1");
+        }
+        if self.depth == 0 {
+            return bad("depth", 0, "at least 1");
+        }
+        if self.n_way < 2 {
+            return bad("n_way", self.n_way, "at least 2");
+        }
+        if self.final_size() == 0 {
+            return bad(
+                "image_size",
+                self.image_size,
+                &format!(
+                    "at least 2^depth = {} for depth {}",
+                    1usize << self.depth,
+                    self.depth
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Logits of a batch of tasks, each with its own parameters.
+///
+/// # Shapes
+/// - `params`: every tensor has a leading task dimension `t` (see [`crate::expand`]).
+/// - `images`: `[t, b, in_channels, image_size, image_size]`.
+/// - returns `[t, b, n_way]`.
+///
+/// Batch norm normalises each task's batch with that batch's own statistics (no running
+/// averages), as MAML does. Every op is differentiable twice in candle (no `max_pool2d`, no
+/// `softmax_last_dim`; see `docs/architecture.md`).
+pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Result<Tensor> {
+    let (t, b, c, h, w) = images.dims5()?;
+    if (c, h, w) != (config.in_channels, config.image_size, config.image_size) {
+        return Err(Error::Params(format!(
+            "images are {c}x{h}x{w}, the net expects {}x{}x{}",
+            config.in_channels, config.image_size, config.image_size
+        )));
+    }
+    let get = |name: &str| {
+        params
+            .get(name)
+            .ok_or_else(|| Error::Params(format!("missing parameter `{name}`")))
+    };
+    // Channels first within each task, so batch-norm reductions run over contiguous memory.
+    let mut x = images.transpose(1, 2)?.contiguous()?; // [t, c, b, h, w]
+    for i in 0..config.depth {
+        x = conv3x3(
+            &x,
+            get(&block_param(i, "conv.weight"))?,
+            get(&block_param(i, "conv.bias"))?,
+        )?;
+        x = batch_norm(
+            &x,
+            get(&block_param(i, "bn.weight"))?,
+            get(&block_param(i, "bn.bias"))?,
+        )?;
+        x = x.relu()?;
+        x = max_pool2x2(&x)?;
+    }
+    let (_, c, _, fh, fw) = x.dims5()?;
+    // PyTorch flattens each image as (c, h, w).
+    let x = x
+        .reshape((t, c, b, fh * fw))?
+        .transpose(1, 2)?
+        .reshape((t, b, c * fh * fw))?; // [t, b, features]
+    let weight = get("head.weight")?; // [t, n_way, features]
+    let bias = get("head.bias")?; // [t, n_way]
+    let logits = x.matmul(&weight.transpose(1, 2)?)?; // [t, b, n_way]
+    Ok(logits.broadcast_add(&bias.unsqueeze(1)?)?)
+}
+
+/// 3x3 convolution, stride 1, zero padding 1, as im2col + one batched matmul per layer.
+///
+/// # Shapes
+/// `x`: `[t, c_in, b, h, w]`; `weight`: `[t, c_out, c_in, 3, 3]`; `bias`: `[t, c_out]`;
+/// returns `[t, c_out, b, h, w]`.
+pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (t, c_in, b, h, w) = x.dims5()?;
+    let c_out = weight.dim(1)?;
+    let padded = x.pad_with_zeros(3, 1, 1)?.pad_with_zeros(4, 1, 1)?; // [t, c_in, b, h+2, w+2]
+    let mut shifted = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            shifted.push(padded.narrow(3, dy, h)?.narrow(4, dx, w)?);
+        }
+    }
+    // Column index c * 9 + (dy * 3 + dx), matching PyTorch's [c_out, c_in, kh, kw] flattening.
+    let cols = Tensor::stack(&shifted, 2)?.reshape((t, c_in * 9, b * h * w))?; // [t, c_in*9, b*h*w]
+    let weight = weight.reshape((t, c_out, c_in * 9))?;
+    let out = weight.matmul(&cols)?; // [t, c_out, b*h*w]
+    let out = out.broadcast_add(&bias.unsqueeze(2)?)?;
+    Ok(out.reshape((t, c_out, b, h, w))?)
+}
+
+/// Batch norm with the batch's own statistics (biased variance, eps [`BN_EPS`]), per task and
+/// channel.
+///
+/// # Shapes
+/// `x`: `[t, c, b, h, w]`; `scale`, `shift`: `[t, c]`; returns the shape of `x`.
+pub fn batch_norm(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let (t, c, b, h, w) = x.dims5()?;
+    let flat = x.reshape((t, c, b * h * w))?; // [t, c, n]
+    let mean = flat.mean_keepdim(D::Minus1)?; // [t, c, 1]
+    let centred = flat.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+    let out = normed
+        .broadcast_mul(&scale.unsqueeze(2)?)?
+        .broadcast_add(&shift.unsqueeze(2)?)?;
+    Ok(out.reshape((t, c, b, h, w))?)
+}
+
+/// 2x2 max-pool, stride 2, floor mode (an odd last row or column is dropped), written as a
+/// reshape and two `max` reductions so that its gradient is right to every order.
+///
+/// # Shapes
+/// `x`: `[t, c, b, h, w]`; returns `[t, c, b, h / 2, w / 2]`.
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (t, c, b, h, w) = x.dims5()?;
+    let (oh, ow) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(3, 0, 2 * oh)?.narrow(4, 0, 2 * ow)?
+    } else {
+        x.clone()
+    };
+    let x = x.reshape((t * c * b * oh, 2, ow, 2))?;
+    let x = x.max(3)?.max(1)?; // [t*c*b*oh, ow]
+    Ok(x.reshape((t, c, b, oh, ow))?)
+}
+
+/// Mean cross-entropy of each task's batch.
+///
+/// # Shapes
+/// `logits`: `[t, b, n]`; `labels`: `[t, b]` (u32); returns `[t]`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(2)?;
+    // log-softmax from differentiable primitives (candle's softmax_last_dim has no backward).
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&log_z)?; // [t, b, n]
+    let one_hot = one_hot(labels, n, logits.dtype())?;
+    Ok((log_probs * one_hot)?
+        .sum(D::Minus1)?
+        .mean(D::Minus1)?
+        .neg()?)
+}
+
+/// Share of each task's batch whose arg-max logit is the label.
+///
+/// # Shapes
+/// `logits`: `[t, b, n]`; `labels`: `[t, b]` (u32); returns `[t]` (f32).
+pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let predicted = logits.argmax(D::Minus1)?; // [t, b]
+    Ok(predicted
+        .eq(labels)?
+        .to_dtype(DType::F32)?
+        .mean(D::Minus1)?)
+}
+
+fn one_hot(labels: &Tensor, n: usize, dtype: DType) -> Result<Tensor> {
+    let classes = Tensor::arange(0u32, n as u32, labels.device())?;
+    Ok(labels
+        .unsqueeze(D::Minus1)?
+        .broadcast_eq(&classes)?
+        .to_dtype(dtype)?)
+}
