@@ -1,0 +1,89 @@
+//! Evaluation: adapt on each episode's support, score its query; mean and 95% interval.
+
+use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
+
+use crate::batch::TaskBatch;
+use crate::error::Result;
+use crate::maml::{InnerLoop, Order, adapt};
+
+/// Query accuracy of each task in `batch` after `steps` inner SGD steps from `params`.
+///
+/// Evaluation needs no meta-gradient, so the inner loop runs first-order (same fast weights,
+/// no graph kept).
+pub fn evaluate_batch(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner_lr: f64,
+    steps: usize,
+) -> Result<Vec<f32>> {
+    let detached: ParamMap = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.detach()))
+        .collect();
+    let inner = InnerLoop {
+        inner_lr,
+        steps,
+        order: Order::First,
+    };
+    let fast = adapt(
+        config,
+        &detached,
+        &batch.support_images,
+        &batch.support_labels,
+        &inner,
+    )?;
+    let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
+    let logits = forward(config, &fast, &batch.query_images)?;
+    Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?)
+}
+
+/// Accuracy over episodes: mean and the half-width of its 95% confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accuracy {
+    /// Mean accuracy over episodes.
+    pub mean: f64,
+    /// 1.96 x the standard error of the mean (sample standard deviation / sqrt(n)).
+    pub ci95: f64,
+    /// Number of episodes.
+    pub episodes: usize,
+}
+
+impl Accuracy {
+    /// Summarise per-episode accuracies.
+    pub fn from_episodes(per_episode: &[f32]) -> Accuracy {
+        let n = per_episode.len();
+        if n == 0 {
+            return Accuracy {
+                mean: f64::NAN,
+                ci95: f64::NAN,
+                episodes: 0,
+            };
+        }
+        let mean = per_episode.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            per_episode
+                .iter()
+                .map(|&a| (a as f64 - mean).powi(2))
+                .sum::<f64>()
+                / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Accuracy {
+            mean,
+            ci95: 1.96 * (var / n as f64).sqrt(),
+            episodes: n,
+        }
+    }
+}
+
+impl std::fmt::Display for Accuracy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.4} ± {:.4} (95% CI, {} episodes)",
+            self.mean, self.ci95, self.episodes
+        )
+    }
+}

@@ -1,0 +1,232 @@
+//! MAML's inner loop (adaptation) and outer loop (meta-gradient and meta-step).
+
+use std::collections::BTreeMap;
+
+use candle_core::{Tensor, Var};
+use fewshot_model::{ConvNetConfig, ParamMap, accuracy, cross_entropy, expand, forward};
+
+use crate::adam::Adam;
+use crate::batch::TaskBatch;
+use crate::error::{Error, Result};
+use crate::grad_mode::{GradMode, backward};
+
+/// How the meta-gradient treats the inner loop's gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// First-order MAML: inner gradients are constants (detached).
+    First,
+    /// Exact MAML: differentiate through the inner gradients (Hessian-vector terms included),
+    /// like PyTorch's `autograd.grad(create_graph=True)`.
+    #[default]
+    Second,
+}
+
+/// Inner-loop settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InnerLoop {
+    /// SGD step size on the support loss.
+    pub inner_lr: f64,
+    /// Number of SGD steps.
+    pub steps: usize,
+    /// First or second order.
+    pub order: Order,
+}
+
+impl InnerLoop {
+    /// Check the settings; errors name the setting and its range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.inner_lr > 0.0 && self.inner_lr.is_finite()) {
+            return Err(Error::InvalidSetting {
+                name: "inner_lr",
+                value: self.inner_lr.to_string(),
+                expected: "a finite number > 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Adapt `params` to each task's support set with `inner.steps` SGD steps.
+///
+/// Returns fast weights with a leading task dimension. With [`Order::Second`] they keep the
+/// graph back to `params` through the inner gradients; with [`Order::First`] the inner
+/// gradients are detached, so fast weights depend on `params` only through the identity.
+///
+/// # Shapes
+/// `params`: without a task dimension; `support_images`: `[t, n, c, h, w]`;
+/// `support_labels`: `[t, n]`.
+pub fn adapt(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    support_images: &Tensor,
+    support_labels: &Tensor,
+    inner: &InnerLoop,
+) -> Result<ParamMap> {
+    inner.validate()?;
+    let t = support_images.dim(0)?;
+    let mut fast = expand(params, t)?;
+    let mode = match inner.order {
+        Order::Second => GradMode::KeepGraph,
+        Order::First => GradMode::Detach,
+    };
+    for _ in 0..inner.steps {
+        // Each task's gradient is read off a zero Var added to its fast weights: the summed
+        // loss of independent tasks has exactly the per-task gradients there.
+        let probes: BTreeMap<&String, Var> = fast
+            .iter()
+            .map(|(k, v)| Ok((k, Var::zeros(v.shape(), v.dtype(), v.device())?)))
+            .collect::<Result<_>>()?;
+        let probed: ParamMap = fast
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.broadcast_add(probes[k].as_tensor())?)))
+            .collect::<Result<_>>()?;
+        let loss =
+            cross_entropy(&forward(config, &probed, support_images)?, support_labels)?.sum_all()?;
+        let grads = backward(&loss, mode)?;
+        fast = fast
+            .iter()
+            .map(|(k, w)| {
+                let g = grads.get(probes[k].as_tensor()).ok_or_else(|| {
+                    Error::GradMode(format!(
+                        "no gradient reached parameter `{k}`; is it used by the forward?"
+                    ))
+                })?;
+                let g = match inner.order {
+                    Order::Second => g.clone(),
+                    Order::First => g.detach(),
+                };
+                Ok((k.clone(), (w - (g * inner.inner_lr)?)?))
+            })
+            .collect::<Result<_>>()?;
+    }
+    Ok(fast)
+}
+
+/// Query loss and accuracy of one meta-batch, averaged over tasks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean query cross-entropy after adaptation.
+    pub loss: f32,
+    /// Mean query accuracy after adaptation.
+    pub accuracy: f32,
+}
+
+/// The meta-gradient of the mean query loss after adaptation, with respect to `params`.
+///
+/// The outer backward pass always runs detached (it needs no graph of its own), which halves
+/// memory against keeping it.
+pub fn meta_gradient(
+    config: &ConvNetConfig,
+    params: &BTreeMap<String, Var>,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+) -> Result<(ParamMap, StepStats)> {
+    let theta: ParamMap = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let fast = adapt(
+        config,
+        &theta,
+        &batch.support_images,
+        &batch.support_labels,
+        inner,
+    )?;
+    let logits = forward(config, &fast, &batch.query_images)?;
+    let losses = cross_entropy(&logits, &batch.query_labels)?; // [t]
+    let loss = losses.mean_all()?;
+    let stats = StepStats {
+        loss: loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
+        accuracy: accuracy(&logits, &batch.query_labels)?
+            .mean_all()?
+            .to_scalar::<f32>()?,
+    };
+    if !stats.loss.is_finite() {
+        return Err(Error::NonFinite(stats.loss));
+    }
+    let grads = backward(&loss, GradMode::Detach)?;
+    let mut out = ParamMap::new();
+    for (name, var) in params {
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::GradMode(format!("no meta-gradient reached `{name}`")))?;
+        out.insert(name.clone(), g.detach());
+    }
+    Ok((out, stats))
+}
+
+/// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
+#[derive(Debug)]
+pub struct Maml {
+    config: ConvNetConfig,
+    params: BTreeMap<String, Var>,
+    /// The outer optimiser (public for checkpoints).
+    pub optimizer: Adam,
+    /// Inner-loop settings used by [`Maml::meta_step`].
+    pub inner: InnerLoop,
+}
+
+impl Maml {
+    /// Start from `params` (see [`fewshot_model::init`]).
+    pub fn new(
+        config: ConvNetConfig,
+        params: &ParamMap,
+        inner: InnerLoop,
+        meta_lr: f64,
+    ) -> Result<Maml> {
+        config.validate()?;
+        fewshot_model::check_params(&config, params)?;
+        inner.validate()?;
+        if !(meta_lr > 0.0 && meta_lr.is_finite()) {
+            return Err(Error::InvalidSetting {
+                name: "meta_lr",
+                value: meta_lr.to_string(),
+                expected: "a finite number > 0".into(),
+            });
+        }
+        let params = params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.detach())?)))
+            .collect::<Result<_>>()?;
+        Ok(Maml {
+            config,
+            params,
+            optimizer: Adam::new(meta_lr),
+            inner,
+        })
+    }
+
+    /// The net's shape.
+    pub fn config(&self) -> &ConvNetConfig {
+        &self.config
+    }
+
+    /// A snapshot of the current initial parameters.
+    pub fn params(&self) -> ParamMap {
+        self.params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Replace the parameters' values (e.g. from a checkpoint); shapes must match.
+    pub fn set_params(&mut self, params: &ParamMap) -> Result<()> {
+        fewshot_model::check_params(&self.config, params)?;
+        for (k, var) in &self.params {
+            var.set(&params[k])?;
+        }
+        Ok(())
+    }
+
+    /// The meta-gradient of one batch without updating anything.
+    pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
+        meta_gradient(&self.config, &self.params, batch, &self.inner)
+    }
+
+    /// One meta-step: meta-gradient of the batch's mean query loss, then an Adam update.
+    pub fn meta_step(&mut self, batch: &TaskBatch) -> Result<StepStats> {
+        let (grads, stats) = self.meta_gradient(batch)?;
+        self.optimizer.step(&self.params, &grads)?;
+        Ok(stats)
+    }
+}

@@ -1,0 +1,250 @@
+//! The meta-gradient against central finite differences, in f64 on a small net.
+//!
+//! Second order must match finite differences of the true meta-loss (query loss after
+//! adaptation, as a function of the initial parameters); first order must equal the plain
+//! query-loss gradient at the fast weights, and must *not* match finite differences. Together
+//! these show that second order is real and not first order under another name.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use fewshot_meta::{InnerLoop, Order, TaskBatch, adapt, meta_gradient};
+use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const CONFIG: ConvNetConfig = ConvNetConfig {
+    in_channels: 1,
+    image_size: 8,
+    hidden: 3,
+    depth: 2,
+    n_way: 3,
+};
+
+fn batch(seed: u64) -> TaskBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (t, ns, nq) = (2, 3, 6);
+    let mut images = |n: usize| {
+        let data: Vec<f64> = (0..t * n * 64)
+            .map(|_| rng.random_range(0.0..1.0))
+            .collect();
+        Tensor::from_vec(data, (t, n, 1, 8, 8), &Device::Cpu).unwrap()
+    };
+    let support_images = images(ns);
+    let query_images = images(nq);
+    TaskBatch {
+        support_images,
+        support_labels: Tensor::new(&[[0u32, 1, 2], [2, 0, 1]], &Device::Cpu).unwrap(),
+        query_images,
+        query_labels: Tensor::new(&[[0u32, 1, 2, 0, 1, 2], [2, 2, 0, 0, 1, 1]], &Device::Cpu)
+            .unwrap(),
+    }
+}
+
+fn vars(params: &ParamMap) -> BTreeMap<String, Var> {
+    params
+        .iter()
+        .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap()))
+        .collect()
+}
+
+/// The meta-loss as a plain function of the initial parameters.
+fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
+    let fast = adapt(
+        &CONFIG,
+        params,
+        &batch.support_images,
+        &batch.support_labels,
+        inner,
+    )
+    .unwrap();
+    let logits = forward(&CONFIG, &fast, &batch.query_images).unwrap();
+    cross_entropy(&logits, &batch.query_labels)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMap {
+    let mut out = params.clone();
+    let p = &params[name];
+    let mut v = p.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    v[index] += delta;
+    out.insert(
+        name.to_owned(),
+        Tensor::from_vec(v, p.dims(), &Device::Cpu).unwrap(),
+    );
+    out
+}
+
+struct Comparison {
+    checked: usize,
+    skipped: usize,
+    worst_rel: f64,
+}
+
+/// Compare `grads` with central differences at coordinates spread over every parameter.
+fn compare_with_fd(
+    params: &ParamMap,
+    grads: &ParamMap,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+) -> Comparison {
+    let mut c = Comparison {
+        checked: 0,
+        skipped: 0,
+        worst_rel: 0.0,
+    };
+    for (name, p) in params {
+        let n = p.elem_count();
+        let g = grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for index in [0, n / 2, n - 1, (n * 7) / 9] {
+            let fd = |h: f64| {
+                (meta_loss(&perturbed(params, name, index, h), batch, inner)
+                    - meta_loss(&perturbed(params, name, index, -h), batch, inner))
+                    / (2.0 * h)
+            };
+            let (a, b) = (fd(1e-5), fd(1e-6));
+            let scale = a.abs().max(b.abs()).max(1e-7);
+            if (a - b).abs() > 1e-5 * scale {
+                c.skipped += 1; // the two step sizes disagree: a ReLU or max-pool kink is near
+                continue;
+            }
+            let rel = (b - g[index]).abs() / b.abs().max(g[index].abs()).max(1e-7);
+            c.worst_rel = c.worst_rel.max(rel);
+            c.checked += 1;
+        }
+    }
+    c
+}
+
+#[test]
+fn second_order_matches_finite_differences_after_one_and_two_steps() {
+    let params = init(&CONFIG, 3, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(1);
+    for steps in [1, 2] {
+        let inner = InnerLoop {
+            inner_lr: 0.5,
+            steps,
+            order: Order::Second,
+        };
+        let (grads, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+        let c = compare_with_fd(&params, &grads, &batch, &inner);
+        println!(
+            "{steps} step(s): {} coordinates checked, {} skipped at kinks, worst relative error {:.2e}",
+            c.checked, c.skipped, c.worst_rel
+        );
+        assert!(c.checked >= 10, "only {} coordinates checked", c.checked);
+        assert!(
+            c.worst_rel < 1e-6,
+            "second order off by {:.2e} after {steps} steps",
+            c.worst_rel
+        );
+
+        // First order is a different, cheaper gradient: it must fail the same check.
+        let first = InnerLoop {
+            order: Order::First,
+            ..inner
+        };
+        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &first).unwrap();
+        let c = compare_with_fd(&params, &fo, &batch, &inner);
+        assert!(
+            c.worst_rel > 1e-3,
+            "first order unexpectedly matches the exact meta-gradient ({:.2e})",
+            c.worst_rel
+        );
+    }
+}
+
+#[test]
+fn first_order_equals_query_gradient_at_fast_weights() {
+    let params = init(&CONFIG, 5, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(2);
+    for steps in [1, 3] {
+        let inner = InnerLoop {
+            inner_lr: 0.4,
+            steps,
+            order: Order::First,
+        };
+        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+        // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
+        // (every task starts from the same initial parameters).
+        let fast = adapt(
+            &CONFIG,
+            &params,
+            &batch.support_images,
+            &batch.support_labels,
+            &inner,
+        )
+        .unwrap();
+        let fast_vars: BTreeMap<String, Var> = fast
+            .iter()
+            .map(|(k, v)| (k.clone(), Var::from_tensor(&v.detach()).unwrap()))
+            .collect();
+        let fast_map: ParamMap = fast_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let logits = forward(&CONFIG, &fast_map, &batch.query_images).unwrap();
+        let loss = cross_entropy(&logits, &batch.query_labels)
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = fewshot_meta::backward(&loss, fewshot_meta::GradMode::Detach).unwrap();
+        for (name, v) in &fast_vars {
+            let want = grads.get(v.as_tensor()).unwrap().sum(0).unwrap();
+            let diff = (&fo[name] - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                diff < 1e-12,
+                "{name}: first-order meta-gradient differs by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_callers_environment() {
+    let params = init(&CONFIG, 7, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(3);
+    let inner = InnerLoop {
+        inner_lr: 0.4,
+        steps: 1,
+        order: Order::Second,
+    };
+    let run = |env: Option<&str>| {
+        let (params, batch) = (params.clone(), batch.clone());
+        let env = env.map(str::to_owned);
+        std::thread::spawn(move || {
+            // A caller thread that latched candle's switch either way before calling us.
+            // SAFETY: test-only; the variable is candle's switch, read by no other code here.
+            unsafe {
+                match &env {
+                    Some(v) => std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", v),
+                    None => std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH"),
+                }
+            }
+            let x = Var::new(1f64, &Device::Cpu).unwrap();
+            x.as_tensor().sqr().unwrap().backward().unwrap();
+            let (g, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+            g["block0.conv.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(run(Some("1")), run(None));
+}
