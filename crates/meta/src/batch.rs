@@ -83,6 +83,16 @@ impl TaskBatch {
         })
     }
 
+    /// Tasks `start..start + len` of the batch.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<TaskBatch> {
+        Ok(TaskBatch {
+            support_images: self.support_images.narrow(0, start, len)?,
+            support_labels: self.support_labels.narrow(0, start, len)?,
+            query_images: self.query_images.narrow(0, start, len)?,
+            query_labels: self.query_labels.narrow(0, start, len)?,
+        })
+    }
+
     /// Number of tasks.
     pub fn n_tasks(&self) -> usize {
         self.support_images.dims()[0]

@@ -46,4 +46,4 @@ pub use batch::TaskBatch;
 pub use error::{Error, Result};
 pub use eval::{Accuracy, evaluate_batch};
 pub use grad_mode::{GradMode, backward};
-pub use maml::{InnerLoop, Maml, Order, StepStats, adapt, meta_gradient};
+pub use maml::{DEFAULT_TASK_CHUNK, InnerLoop, Maml, Order, StepStats, adapt, meta_gradient};

@@ -130,7 +130,7 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
             steps,
             order: Order::Second,
         };
-        let (grads, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+        let (grads, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
         let c = compare_with_fd(&params, &grads, &batch, &inner);
         println!(
             "{steps} step(s): {} coordinates checked, {} skipped at kinks, worst relative error {:.2e}",
@@ -148,7 +148,7 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
             order: Order::First,
             ..inner
         };
-        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &first).unwrap();
+        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &first, 2).unwrap();
         let c = compare_with_fd(&params, &fo, &batch, &inner);
         assert!(
             c.worst_rel > 1e-3,
@@ -168,7 +168,7 @@ fn first_order_equals_query_gradient_at_fast_weights() {
             steps,
             order: Order::First,
         };
-        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
         // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
         // (every task starts from the same initial parameters).
         let fast = adapt(
@@ -236,7 +236,7 @@ fn results_do_not_depend_on_the_callers_environment() {
             }
             let x = Var::new(1f64, &Device::Cpu).unwrap();
             x.as_tensor().sqr().unwrap().backward().unwrap();
-            let (g, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner).unwrap();
+            let (g, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
             g["block0.conv.weight"]
                 .flatten_all()
                 .unwrap()
@@ -247,4 +247,19 @@ fn results_do_not_depend_on_the_callers_environment() {
         .unwrap()
     };
     assert_eq!(run(Some("1")), run(None));
+}
+
+#[test]
+fn chunking_tasks_does_not_change_the_meta_gradient() {
+    let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(4);
+    let inner = InnerLoop { inner_lr: 0.4, steps: 2, order: Order::Second };
+    let (whole, s1) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 2).unwrap();
+    let (chunked, s2) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
+    assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
+    for (name, g) in &whole {
+        let diff = (g - &chunked[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff < 1e-12, "{name}: {diff}");
+    }
+    assert!(meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0).unwrap_err().to_string().contains("task_chunk"));
 }

@@ -26,10 +26,12 @@
 #![deny(missing_docs)]
 
 mod error;
+mod im2col;
 mod net;
 mod params;
 
 pub use error::{Error, Result};
+pub use im2col::{im2col3x3, im2col3x3_reference};
 pub use net::{
     BN_EPS, ConvNetConfig, accuracy, batch_norm, conv3x3, cross_entropy, forward, max_pool2x2,
 };

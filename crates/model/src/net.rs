@@ -133,7 +133,8 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
     Ok(logits.broadcast_add(&bias.unsqueeze(1)?)?)
 }
 
-/// 3x3 convolution, stride 1, zero padding 1, as im2col + one batched matmul per layer.
+/// 3x3 convolution, stride 1, zero padding 1, as im2col (a custom op, see
+/// [`crate::im2col3x3`]) + one batched matmul per layer.
 ///
 /// # Shapes
 /// `x`: `[t, c_in, b, h, w]`; `weight`: `[t, c_out, c_in, 3, 3]`; `bias`: `[t, c_out]`;
@@ -141,15 +142,8 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (t, c_in, b, h, w) = x.dims5()?;
     let c_out = weight.dim(1)?;
-    let padded = x.pad_with_zeros(3, 1, 1)?.pad_with_zeros(4, 1, 1)?; // [t, c_in, b, h+2, w+2]
-    let mut shifted = Vec::with_capacity(9);
-    for dy in 0..3 {
-        for dx in 0..3 {
-            shifted.push(padded.narrow(3, dy, h)?.narrow(4, dx, w)?);
-        }
-    }
     // Column index c * 9 + (dy * 3 + dx), matching PyTorch's [c_out, c_in, kh, kw] flattening.
-    let cols = Tensor::stack(&shifted, 2)?.reshape((t, c_in * 9, b * h * w))?; // [t, c_in*9, b*h*w]
+    let cols = crate::im2col::im2col3x3(x)?; // [t, c_in*9, b*h*w]
     let weight = weight.reshape((t, c_out, c_in * 9))?;
     let out = weight.matmul(&cols)?; // [t, c_out, b*h*w]
     let out = out.broadcast_add(&bias.unsqueeze(2)?)?;

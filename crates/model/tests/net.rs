@@ -313,3 +313,49 @@ fn input_gradient_matches_finite_differences() {
     }
     assert!(checked >= 10, "only {checked} coordinates checked");
 }
+
+#[test]
+fn im2col_op_matches_the_reference_and_its_gradients() {
+    use candle_core::Var;
+    let x0 = seeded(&[2, 3, 2, 5, 4], 21);
+    let fast = im2col3x3(&x0).unwrap();
+    let slow = im2col3x3_reference(&x0).unwrap();
+    assert_eq!(fast.dims(), slow.dims());
+    assert_eq!(max_abs_diff(&fast, &slow), 0.0);
+    // Gradients of a nonlinear function of the columns agree through both paths, and so do
+    // the second derivatives (d/dx of <grad, v>), which exercise col2im's own backward.
+    let weights = seeded(&[2, 27, 40], 22);
+    let direction = seeded(&[2, 3, 2, 5, 4], 23);
+    let run = |f: fn(&Tensor) -> candle_core::Result<Tensor>| {
+        let x = Var::from_tensor(&x0).unwrap();
+        let y = (f(x.as_tensor()).unwrap() * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
+        let g = fewshot_grad(&y, &x, true);
+        let gv = (&g * &direction).unwrap().sum_all().unwrap();
+        let hv = fewshot_grad(&gv, &x, false);
+        (g, hv)
+    };
+    let (g1, h1) = run(im2col3x3);
+    let (g2, h2) = run(im2col3x3_reference);
+    assert!(max_abs_diff(&g1, &g2) < 1e-12);
+    assert!(max_abs_diff(&h1, &h2) < 1e-12);
+    assert!(h1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 1.0, "a real second derivative");
+}
+
+/// Gradient of `y` with respect to `x`, keeping its graph when asked (via candle's switch,
+/// latched on a fresh thread).
+fn fewshot_grad(y: &Tensor, x: &candle_core::Var, keep_graph: bool) -> Tensor {
+    let (y, x) = (y.clone(), x.clone());
+    std::thread::spawn(move || {
+        // SAFETY: test-only; set before this thread's first backward, which latches it.
+        unsafe {
+            if keep_graph {
+                std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1")
+            } else {
+                std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH")
+            }
+        }
+        y.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+    })
+    .join()
+    .unwrap()
+}

@@ -1,0 +1,6 @@
+//! Library side of the `fewshot` command: the glue between the Omniglot cache
+//! (`omniglot-data`), episode descriptions (`fewshot-tasks`) and meta-learning
+//! (`fewshot-meta`). The binary in `main.rs` is a thin shell over it.
+#![deny(missing_docs)]
+
+pub mod omniglot;
