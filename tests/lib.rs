@@ -58,5 +58,6 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// Both Omniglot subsets at 28x28, fetched from `source` if needed.
 pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::omniglot::Omniglot {
     let dir = data_dir(source);
-    fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28).unwrap_or_else(|e| panic!("{e:#}"))
+    fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }

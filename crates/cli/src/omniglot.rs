@@ -20,21 +20,44 @@ pub struct Omniglot {
 impl Omniglot {
     /// Load both subsets from `data_dir`; when an archive is missing and `source` is given,
     /// fetch it from there first (as `cargo xtask download` does).
-    pub fn load(data_dir: &Path, source: Option<&Source>, image_size: u32) -> anyhow::Result<Omniglot> {
-        let missing: Vec<Subset> = Subset::ALL.into_iter().filter(|s| !data_dir.join(s.archive_name()).exists()).collect();
+    pub fn load(
+        data_dir: &Path,
+        source: Option<&Source>,
+        image_size: u32,
+    ) -> anyhow::Result<Omniglot> {
+        let missing: Vec<Subset> = Subset::ALL
+            .into_iter()
+            .filter(|s| !data_dir.join(s.archive_name()).exists())
+            .collect();
         if let (false, Some(source)) = (missing.is_empty(), source) {
-            omniglot_data::fetch(source, data_dir, &missing, &mut |_| {})
-                .with_context(|| format!("fetching Omniglot from {source} into {}", data_dir.display()))?;
+            omniglot_data::fetch(source, data_dir, &missing, &mut |_| {}).with_context(|| {
+                format!(
+                    "fetching Omniglot from {source} into {}",
+                    data_dir.display()
+                )
+            })?;
         }
-        let options = LoadOptions { image_size, ..LoadOptions::default() };
+        let options = LoadOptions {
+            image_size,
+            ..LoadOptions::default()
+        };
         let load = |subset| {
-            Dataset::load(data_dir, subset, &options).with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
+            Dataset::load(data_dir, subset, &options)
+                .with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
         };
         let (background, evaluation) = (load(Subset::Background)?, load(Subset::Evaluation)?);
-        if background.characters().len() != OMNIGLOT_BACKGROUND as usize || evaluation.characters().len() != OMNIGLOT_EVALUATION as usize {
-            bail!("{} does not hold the full Omniglot dataset", data_dir.display());
+        if background.characters().len() != OMNIGLOT_BACKGROUND as usize
+            || evaluation.characters().len() != OMNIGLOT_EVALUATION as usize
+        {
+            bail!(
+                "{} does not hold the full Omniglot dataset",
+                data_dir.display()
+            );
         }
-        Ok(Omniglot { background, evaluation })
+        Ok(Omniglot {
+            background,
+            evaluation,
+        })
     }
 
     /// Side of the square images.
@@ -50,14 +73,23 @@ impl Omniglot {
         if character < OMNIGLOT_BACKGROUND {
             self.background.image(character as usize, drawing)
         } else {
-            self.evaluation.image((character - OMNIGLOT_BACKGROUND) as usize, drawing)
+            self.evaluation
+                .image((character - OMNIGLOT_BACKGROUND) as usize, drawing)
         }
     }
 
     /// Render episodes into one meta-batch (f32 on `device` unless `dtype` says otherwise).
-    pub fn batch(&self, episodes: &[Episode], dtype: DType, device: &Device) -> anyhow::Result<TaskBatch> {
+    pub fn batch(
+        &self,
+        episodes: &[Episode],
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<TaskBatch> {
         let size = self.image_size();
-        let pixels: Vec<_> = episodes.iter().map(|e| e.render(size, |c, d| self.image(c, d))).collect();
+        let pixels: Vec<_> = episodes
+            .iter()
+            .map(|e| e.render(size, |c, d| self.image(c, d)))
+            .collect();
         Ok(TaskBatch::from_pixels(&pixels, dtype, device)?)
     }
 }

@@ -113,7 +113,7 @@ pub struct StepStats {
 
 /// Default number of tasks whose graphs are alive at once in a meta-gradient (see
 /// [`meta_gradient`]): bounds second-order memory while keeping batched ops large.
-pub const DEFAULT_TASK_CHUNK: usize = 8;
+pub const DEFAULT_TASK_CHUNK: usize = 4;
 
 /// The meta-gradient of the mean query loss after adaptation, with respect to `params`.
 ///
@@ -129,28 +129,48 @@ pub fn meta_gradient(
     task_chunk: usize,
 ) -> Result<(ParamMap, StepStats)> {
     if task_chunk == 0 {
-        return Err(Error::InvalidSetting { name: "task_chunk", value: "0".into(), expected: "at least 1".into() });
+        return Err(Error::InvalidSetting {
+            name: "task_chunk",
+            value: "0".into(),
+            expected: "at least 1".into(),
+        });
     }
-    let theta: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let theta: ParamMap = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
     let t = batch.n_tasks();
     let mut sum: Option<ParamMap> = None;
     let (mut loss_sum, mut acc_sum) = (0f64, 0f64);
     for start in (0..t).step_by(task_chunk) {
         let chunk = batch.narrow(start, task_chunk.min(t - start))?;
-        let fast = adapt(config, &theta, &chunk.support_images, &chunk.support_labels, inner)?;
+        let fast = adapt(
+            config,
+            &theta,
+            &chunk.support_images,
+            &chunk.support_labels,
+            inner,
+        )?;
         let logits = forward(config, &fast, &chunk.query_images)?;
         let losses = cross_entropy(&logits, &chunk.query_labels)?; // [chunk]
         // This chunk's share of the batch mean.
         let loss = (losses.sum_all()? / t as f64)?;
-        loss_sum += losses.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        acc_sum += accuracy(&logits, &chunk.query_labels)?.sum_all()?.to_scalar::<f32>()? as f64;
+        loss_sum += losses
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        acc_sum += accuracy(&logits, &chunk.query_labels)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
         if !loss_sum.is_finite() {
             return Err(Error::NonFinite(loss_sum as f32));
         }
         let grads = backward(&loss, GradMode::Detach)?;
         let mut chunk_grads = ParamMap::new();
         for (name, var) in params {
-            let g = grads.get(var.as_tensor()).ok_or_else(|| Error::GradMode(format!("no meta-gradient reached `{name}`")))?;
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| Error::GradMode(format!("no meta-gradient reached `{name}`")))?;
             let g = match sum.as_ref() {
                 Some(acc) => (&acc[name] + g)?,
                 None => g.clone(),
@@ -160,7 +180,13 @@ pub fn meta_gradient(
         sum = Some(chunk_grads);
     }
     let grads = sum.expect("a batch has at least one task");
-    Ok((grads, StepStats { loss: (loss_sum / t as f64) as f32, accuracy: (acc_sum / t as f64) as f32 }))
+    Ok((
+        grads,
+        StepStats {
+            loss: (loss_sum / t as f64) as f32,
+            accuracy: (acc_sum / t as f64) as f32,
+        },
+    ))
 }
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
@@ -231,7 +257,13 @@ impl Maml {
 
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
-        meta_gradient(&self.config, &self.params, batch, &self.inner, self.task_chunk)
+        meta_gradient(
+            &self.config,
+            &self.params,
+            batch,
+            &self.inner,
+            self.task_chunk,
+        )
     }
 
     /// One meta-step: meta-gradient of the batch's mean query loss, then an Adam update.

@@ -253,13 +253,31 @@ fn results_do_not_depend_on_the_callers_environment() {
 fn chunking_tasks_does_not_change_the_meta_gradient() {
     let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(4);
-    let inner = InnerLoop { inner_lr: 0.4, steps: 2, order: Order::Second };
+    let inner = InnerLoop {
+        inner_lr: 0.4,
+        steps: 2,
+        order: Order::Second,
+    };
     let (whole, s1) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 2).unwrap();
     let (chunked, s2) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
     for (name, g) in &whole {
-        let diff = (g - &chunked[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let diff = (g - &chunked[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(diff < 1e-12, "{name}: {diff}");
     }
-    assert!(meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0).unwrap_err().to_string().contains("task_chunk"));
+    assert!(
+        meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("task_chunk")
+    );
 }

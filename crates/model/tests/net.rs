@@ -328,7 +328,12 @@ fn im2col_op_matches_the_reference_and_its_gradients() {
     let direction = seeded(&[2, 3, 2, 5, 4], 23);
     let run = |f: fn(&Tensor) -> candle_core::Result<Tensor>| {
         let x = Var::from_tensor(&x0).unwrap();
-        let y = (f(x.as_tensor()).unwrap() * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
+        let y = (f(x.as_tensor()).unwrap() * &weights)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let g = fewshot_grad(&y, &x, true);
         let gv = (&g * &direction).unwrap().sum_all().unwrap();
         let hv = fewshot_grad(&gv, &x, false);
@@ -338,7 +343,16 @@ fn im2col_op_matches_the_reference_and_its_gradients() {
     let (g2, h2) = run(im2col3x3_reference);
     assert!(max_abs_diff(&g1, &g2) < 1e-12);
     assert!(max_abs_diff(&h1, &h2) < 1e-12);
-    assert!(h1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 1.0, "a real second derivative");
+    assert!(
+        h1.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 1.0,
+        "a real second derivative"
+    );
 }
 
 /// Gradient of `y` with respect to `x`, keeping its graph when asked (via candle's switch,

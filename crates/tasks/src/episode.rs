@@ -238,7 +238,8 @@ impl Sampler {
     }
 }
 
-/// An episode's pixels, ready for a model: f32 in [0, 1] (1 = paper), labels as u32.
+/// An episode's pixels, ready for a model: f32 in [0, 1] with ink = 1 and paper = 0 (so a
+/// conv net's zero padding looks like paper), labels as u32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpisodePixels {
     /// Side of the square images.
@@ -255,8 +256,8 @@ pub struct EpisodePixels {
 
 impl Episode {
     /// Render the episode's images: look each drawing up with `image(character, drawing)`
-    /// (u8 gray, `size * size`, 255 = paper), scale to [0, 1], apply the class rotation, then
-    /// the task rotation.
+    /// (u8 gray, `size * size`, 255 = paper), map to ink intensity `1 - gray / 255` (ink = 1,
+    /// paper = 0), apply the class rotation, then the task rotation.
     pub fn render<'a>(&self, size: usize, image: impl Fn(u32, usize) -> &'a [u8]) -> EpisodePixels {
         let render_part = |examples: &[Example]| -> (Vec<f32>, Vec<u32>) {
             let mut pixels = Vec::with_capacity(examples.len() * size * size);
@@ -269,10 +270,10 @@ impl Episode {
                     "image of character {} is not {size}x{size}",
                     ex.class.character
                 );
-                let gray: Vec<f32> = raw.iter().map(|&p| p as f32 / 255.0).collect();
-                let mut img = crate::augment::rotate_quarter(&gray, size, ex.class.rotation);
+                let ink: Vec<f32> = raw.iter().map(|&p| 1.0 - p as f32 / 255.0).collect();
+                let mut img = crate::augment::rotate_quarter(&ink, size, ex.class.rotation);
                 if let Some(t) = self.task_rotation {
-                    img = t.apply(&img, size, 1.0);
+                    img = t.apply(&img, size, 0.0);
                 }
                 pixels.extend_from_slice(&img);
                 labels.push(ex.label as u32);
@@ -475,12 +476,12 @@ mod tests {
         };
         let px = ep.render(3, |_, _| &img[..]);
         // Class R90 moves the dot to the top left; task R180 then to the bottom right.
-        let mut want = vec![1.0f32; 9];
-        want[8] = 0.0;
+        let mut want = vec![0.0f32; 9];
+        want[8] = 1.0;
         assert_eq!(px.support, want);
         // Query: no class rotation, task R180 moves top right to bottom left.
-        let mut want = vec![1.0f32; 9];
-        want[6] = 0.0;
+        let mut want = vec![0.0f32; 9];
+        want[6] = 1.0;
         assert_eq!(px.query, want);
         assert_eq!((px.support_labels, px.query_labels), (vec![0], vec![0]));
     }
