@@ -58,6 +58,6 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// Both Omniglot subsets at 28x28, fetched from `source` if needed.
 pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::omniglot::Omniglot {
     let dir = data_dir(source);
-    fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28)
+    fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28, omniglot_data::Expected::Omniglot)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -1,14 +1,14 @@
 //! Both Omniglot subsets in memory, addressed by global character index (background
-//! `0..964`, then evaluation `964..1623`, as `fewshot_tasks::split` numbers them), and
-//! rendering of episode descriptions into meta-batches.
+//! `0..964`, then evaluation `964..1623`, as `fewshot_tasks` numbers them), and rendering of
+//! episode descriptions into meta-batches.
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use candle_core::{DType, Device};
 use fewshot_meta::TaskBatch;
-use fewshot_tasks::{Episode, OMNIGLOT_BACKGROUND, OMNIGLOT_EVALUATION};
-use omniglot_data::{Dataset, LoadOptions, Source, Subset};
+use fewshot_tasks::Episode;
+use omniglot_data::{Dataset, Expected, LoadOptions, Source, Subset};
 
 /// The two subsets at one image size.
 #[derive(Debug)]
@@ -19,45 +19,29 @@ pub struct Omniglot {
 
 impl Omniglot {
     /// Load both subsets from `data_dir`; when an archive is missing and `source` is given,
-    /// fetch it from there first (as `cargo xtask download` does).
-    pub fn load(
-        data_dir: &Path,
-        source: Option<&Source>,
-        image_size: u32,
-    ) -> anyhow::Result<Omniglot> {
-        let missing: Vec<Subset> = Subset::ALL
-            .into_iter()
-            .filter(|s| !data_dir.join(s.archive_name()).exists())
-            .collect();
+    /// fetch it from there first (as `cargo xtask download` does). `expected` is
+    /// [`Expected::Omniglot`] for the real dataset; tests pass smaller counts.
+    pub fn load(data_dir: &Path, source: Option<&Source>, image_size: u32, expected: Expected) -> anyhow::Result<Omniglot> {
+        let missing: Vec<Subset> = Subset::ALL.into_iter().filter(|s| !data_dir.join(s.archive_name()).exists()).collect();
         if let (false, Some(source)) = (missing.is_empty(), source) {
-            omniglot_data::fetch(source, data_dir, &missing, &mut |_| {}).with_context(|| {
-                format!(
-                    "fetching Omniglot from {source} into {}",
-                    data_dir.display()
-                )
-            })?;
+            omniglot_data::fetch(source, data_dir, &missing, &mut |_| {})
+                .with_context(|| format!("fetching Omniglot from {source} into {}", data_dir.display()))?;
         }
-        let options = LoadOptions {
-            image_size,
-            ..LoadOptions::default()
-        };
+        let options = LoadOptions { image_size, expected, cache_dir: None };
         let load = |subset| {
-            Dataset::load(data_dir, subset, &options)
-                .with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
+            Dataset::load(data_dir, subset, &options).with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
         };
-        let (background, evaluation) = (load(Subset::Background)?, load(Subset::Evaluation)?);
-        if background.characters().len() != OMNIGLOT_BACKGROUND as usize
-            || evaluation.characters().len() != OMNIGLOT_EVALUATION as usize
-        {
-            bail!(
-                "{} does not hold the full Omniglot dataset",
-                data_dir.display()
-            );
-        }
-        Ok(Omniglot {
-            background,
-            evaluation,
-        })
+        Ok(Omniglot { background: load(Subset::Background)?, evaluation: load(Subset::Evaluation)? })
+    }
+
+    /// Characters in the background set (global indices `0..n_background`).
+    pub fn n_background(&self) -> u32 {
+        self.background.characters().len() as u32
+    }
+
+    /// Characters in the evaluation set (global indices after the background ones).
+    pub fn n_evaluation(&self) -> u32 {
+        self.evaluation.characters().len() as u32
     }
 
     /// Side of the square images.
@@ -70,26 +54,18 @@ impl Omniglot {
     /// # Panics
     /// If the character or drawing is out of range.
     pub fn image(&self, character: u32, drawing: usize) -> &[u8] {
-        if character < OMNIGLOT_BACKGROUND {
+        let n_background = self.n_background();
+        if character < n_background {
             self.background.image(character as usize, drawing)
         } else {
-            self.evaluation
-                .image((character - OMNIGLOT_BACKGROUND) as usize, drawing)
+            self.evaluation.image((character - n_background) as usize, drawing)
         }
     }
 
-    /// Render episodes into one meta-batch (f32 on `device` unless `dtype` says otherwise).
-    pub fn batch(
-        &self,
-        episodes: &[Episode],
-        dtype: DType,
-        device: &Device,
-    ) -> anyhow::Result<TaskBatch> {
+    /// Render episodes into one meta-batch.
+    pub fn batch(&self, episodes: &[Episode], dtype: DType, device: &Device) -> anyhow::Result<TaskBatch> {
         let size = self.image_size();
-        let pixels: Vec<_> = episodes
-            .iter()
-            .map(|e| e.render(size, |c, d| self.image(c, d)))
-            .collect();
+        let pixels: Vec<_> = episodes.iter().map(|e| e.render(size, |c, d| self.image(c, d))).collect();
         Ok(TaskBatch::from_pixels(&pixels, dtype, device)?)
     }
 }
