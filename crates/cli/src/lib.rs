@@ -3,4 +3,5 @@
 //! (`fewshot-meta`). The binary in `main.rs` is a thin shell over it.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod omniglot;

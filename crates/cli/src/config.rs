@@ -1,0 +1,341 @@
+//! Run configuration: TOML files under `configs/`, `--set key=value` overrides, validation
+//! into a typed config that cannot hold nonsense.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// A whole run's settings, as written in a config file (every section optional but `name`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run name; outputs go to `runs/<name>` unless `--out` says otherwise.
+    pub name: String,
+    /// The one seed: class split, episodes, augmentation and initialisation derive from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// Dataset location and image size.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// Episode shape and class pools.
+    #[serde(default)]
+    pub episodes: EpisodesConfig,
+    /// Net shape.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Training method and schedule.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Task augmentation.
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Where archives and caches live (default `data/omniglot`, or `OMNIGLOT_DATA_DIR`).
+    pub dir: Option<PathBuf>,
+    /// Where to fetch missing archives from (default: `OMNIGLOT_SOURCE`, else the canonical URL).
+    pub source: Option<String>,
+    /// Side of the square images.
+    pub image_size: u32,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { dir: None, source: None, image_size: 28 }
+    }
+}
+
+/// `[episodes]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpisodesConfig {
+    /// `course` or `paper`.
+    pub protocol: fewshot_tasks::Protocol,
+    /// Classes per episode.
+    pub n_way: usize,
+    /// Support images per class.
+    pub k_shot: usize,
+    /// Query images per class.
+    pub n_query: usize,
+    /// `any` or `first_ten_support`.
+    pub drawing_split: fewshot_tasks::DrawingSplit,
+}
+
+impl Default for EpisodesConfig {
+    fn default() -> Self {
+        EpisodesConfig {
+            protocol: fewshot_tasks::Protocol::Course,
+            n_way: 5,
+            k_shot: 1,
+            n_query: 1,
+            drawing_split: fewshot_tasks::DrawingSplit::Any,
+        }
+    }
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Channels per conv block.
+    pub hidden: usize,
+    /// Number of conv blocks.
+    pub depth: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { hidden: 64, depth: 4 }
+    }
+}
+
+/// Training method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// MAML, exact second order.
+    Maml,
+    /// First-order MAML.
+    Fomaml,
+    /// Transfer-learning baseline: one classifier over all meta-train classes, fine-tuned on
+    /// each test task's support set.
+    Transfer,
+}
+
+/// `[train]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// `maml`, `fomaml` or `transfer`.
+    pub method: Method,
+    /// Meta-steps (or, for `transfer`, classifier steps).
+    pub steps: usize,
+    /// Tasks per meta-step (for `transfer`: images per step = meta_batch_size x n_way x (k_shot + n_query)).
+    pub meta_batch_size: usize,
+    /// Outer (Adam) learning rate.
+    pub meta_lr: f64,
+    /// Inner SGD step size (also used to fine-tune at evaluation).
+    pub inner_lr: f64,
+    /// Inner steps during training.
+    pub inner_steps: usize,
+    /// Inner steps at validation and evaluation.
+    pub eval_inner_steps: usize,
+    /// Log a metrics line every this many steps.
+    pub log_every: usize,
+    /// Validate every this many steps.
+    pub val_every: usize,
+    /// Episodes in the fixed validation set.
+    pub val_episodes: usize,
+    /// Write the `last` checkpoint every this many steps.
+    pub checkpoint_every: usize,
+    /// Tasks whose graphs are alive at once (memory bound for second order).
+    pub task_chunk: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            method: Method::Maml,
+            steps: 3000,
+            meta_batch_size: 32,
+            meta_lr: 0.001,
+            inner_lr: 0.4,
+            inner_steps: 1,
+            eval_inner_steps: 3,
+            log_every: 10,
+            val_every: 100,
+            val_episodes: 200,
+            checkpoint_every: 100,
+            task_chunk: fewshot_meta::DEFAULT_TASK_CHUNK,
+        }
+    }
+}
+
+/// Whole-task rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskRotationKind {
+    /// None.
+    None,
+    /// 90 or 270 degrees.
+    Quarter,
+    /// Uniform angle in [-90, 90] degrees.
+    Angle,
+}
+
+/// `[augment]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Rotate each sampled class by a random multiple of 90 degrees.
+    pub class_rotation: bool,
+    /// `none`, `quarter` or `angle`.
+    pub task_rotation: TaskRotationKind,
+    /// Probability of rotating a task.
+    pub task_rotation_p: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig { class_rotation: false, task_rotation: TaskRotationKind::None, task_rotation_p: 0.0 }
+    }
+}
+
+impl Config {
+    /// Read a config file and apply `key=value` overrides (dotted keys, TOML values; a value
+    /// that does not parse as TOML is taken as a string), then validate.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parse config text (`origin` names it in errors) with overrides, then validate.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin} is not valid TOML"))?;
+        for o in overrides {
+            let (key, value) =
+                o.split_once('=').with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+            let mut parts: Vec<&str> = key.trim().split('.').collect();
+            let last = parts.pop().filter(|k| !k.is_empty()).with_context(|| format!("--set {o}: empty key"))?;
+            let mut node = &mut table;
+            for p in parts {
+                node = node
+                    .entry(p)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
+            }
+            node.insert(last.to_owned(), value);
+        }
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
+        config.validate().with_context(|| format!("{origin}: invalid configuration"))?;
+        Ok(config)
+    }
+
+    /// Range checks the types cannot express; errors name the key and the allowed range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let e = &self.episodes;
+        let t = &self.train;
+        let positive = |key: &str, v: f64| -> anyhow::Result<()> {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{key} = {v}: must be a finite number > 0");
+            }
+            Ok(())
+        };
+        positive("train.meta_lr", t.meta_lr)?;
+        positive("train.inner_lr", t.inner_lr)?;
+        if e.n_way < 2 {
+            bail!("episodes.n_way = {}: must be at least 2", e.n_way);
+        }
+        if e.k_shot == 0 || e.n_query == 0 {
+            bail!("episodes.k_shot = {} and episodes.n_query = {}: both must be at least 1", e.k_shot, e.n_query);
+        }
+        if e.k_shot + e.n_query > fewshot_tasks::DRAWINGS {
+            bail!(
+                "episodes.k_shot + episodes.n_query = {}: must be at most {} (drawings per character)",
+                e.k_shot + e.n_query,
+                fewshot_tasks::DRAWINGS
+            );
+        }
+        for (key, v) in [
+            ("train.steps", t.steps),
+            ("train.meta_batch_size", t.meta_batch_size),
+            ("train.log_every", t.log_every),
+            ("train.val_every", t.val_every),
+            ("train.val_episodes", t.val_episodes),
+            ("train.checkpoint_every", t.checkpoint_every),
+            ("train.task_chunk", t.task_chunk),
+            ("model.hidden", self.model.hidden),
+            ("model.depth", self.model.depth),
+        ] {
+            if v == 0 {
+                bail!("{key} = 0: must be at least 1");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.augment.task_rotation_p) {
+            bail!("augment.task_rotation_p = {}: must be in [0, 1]", self.augment.task_rotation_p);
+        }
+        if !(1..=105).contains(&self.data.image_size) {
+            bail!("data.image_size = {}: must be in 1..=105", self.data.image_size);
+        }
+        self.net(e.n_way).validate().map_err(|err| anyhow::anyhow!("model: {err}"))?;
+        Ok(())
+    }
+
+    /// The net for `n_way` outputs.
+    pub fn net(&self, n_way: usize) -> fewshot_model::ConvNetConfig {
+        fewshot_model::ConvNetConfig {
+            in_channels: 1,
+            image_size: self.data.image_size as usize,
+            hidden: self.model.hidden,
+            depth: self.model.depth,
+            n_way,
+        }
+    }
+
+    /// The episode shape.
+    pub fn spec(&self) -> fewshot_tasks::EpisodeSpec {
+        let e = &self.episodes;
+        fewshot_tasks::EpisodeSpec { n_way: e.n_way, k_shot: e.k_shot, n_query: e.n_query, drawing_split: e.drawing_split }
+    }
+
+    /// The config as TOML (written beside every run and inside every checkpoint).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configs serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_err(text: &str, overrides: &[&str], expected: &str) {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let err = format!("{:#}", Config::parse(text, "test.toml", &overrides).unwrap_err());
+        assert!(err.contains(expected), "{err}\n  does not contain: {expected}");
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("name = \"x\"", "t", &["train.steps=7".into(), "episodes.n_way=20".into()]).unwrap();
+        assert_eq!((c.train.steps, c.episodes.n_way, c.train.inner_lr), (7, 20, 0.4));
+        let again = Config::parse(&c.to_toml(), "round trip", &[]).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        check_err("name = \"x\"\n[train]\nstepz = 3\n", &[], "unknown field `stepz`");
+        check_err("name = \"x\"\n", &["train.inner_lr=0"], "train.inner_lr = 0: must be a finite number > 0");
+        check_err("name = \"x\"\n", &["train.meta_lr=-1"], "train.meta_lr = -1");
+        check_err("name = \"x\"\n", &["episodes.k_shot=10", "episodes.n_query=11"], "episodes.k_shot + episodes.n_query = 21: must be at most 20");
+        check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
+        check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
+        check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+                assert_eq!(Some(c.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "name matches file");
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} configs");
+    }
+}
