@@ -34,37 +34,22 @@ fn first_order_maml_learns_5_way_1_shot() {
     };
     let data = omniglot(&source);
     let splits = Protocol::Course.splits(0);
-    let spec = EpisodeSpec {
-        n_way: 5,
-        k_shot: 1,
-        n_query: 1,
-        drawing_split: DrawingSplit::Any,
-    };
+    let spec = EpisodeSpec { n_way: 5, k_shot: 1, n_query: 1, drawing_split: DrawingSplit::Any };
     let sampler = Sampler::new(splits.train, spec).unwrap();
-    let validation =
-        EpisodeSet::generate(splits.validation, spec, 200, 1, "course validation").unwrap();
-    let val_batches: Vec<_> = validation
-        .episodes
-        .chunks(50)
-        .map(|c| data.batch(c, DType::F32, &Device::Cpu).unwrap())
-        .collect();
+    let validation = EpisodeSet::generate(splits.validation, spec, 200, 1, "course validation").unwrap();
+    let val_batches: Vec<_> =
+        validation.episodes.chunks(50).map(|c| data.batch(c, DType::F32, &Device::Cpu).unwrap()).collect();
 
     let config = ConvNetConfig::omniglot(5);
     let params = init(&config, 0, DType::F32, &Device::Cpu).unwrap();
-    let inner = InnerLoop {
-        inner_lr: INNER_LR,
-        steps: 1,
-        order: Order::First,
-    };
+    let inner = InnerLoop { inner_lr: INNER_LR, steps: 1, order: Order::First };
     let mut maml = Maml::new(config, &params, inner, 1e-3).unwrap();
     maml.task_chunk = META_BATCH; // first order keeps no graph of graphs: one batch is cheapest
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
     let validate = |maml: &Maml| {
-        let per_task: Vec<f32> = val_batches
-            .iter()
-            .flat_map(|b| evaluate_batch(&config, &maml.params(), b, INNER_LR, 3).unwrap())
-            .collect();
+        let per_task: Vec<f32> =
+            val_batches.iter().flat_map(|b| evaluate_batch(&config, &maml.params(), b, INNER_LR, 3).unwrap()).collect();
         Accuracy::from_episodes(&per_task)
     };
     let start = Instant::now();
@@ -79,10 +64,7 @@ fn first_order_maml_learns_5_way_1_shot() {
             let stats = maml.meta_step(&batch).unwrap();
             step += 1;
             if step % STEPS_PER_CHECK == 0 {
-                print!(
-                    "step {step}: train loss {:.3} acc {:.3}; ",
-                    stats.loss, stats.accuracy
-                );
+                print!("step {step}: train loss {:.3} acc {:.3}; ", stats.loss, stats.accuracy);
             }
         }
         let acc = validate(&maml);
@@ -96,11 +78,7 @@ fn first_order_maml_learns_5_way_1_shot() {
         step * META_BATCH,
         start.elapsed().as_secs_f64()
     );
-    assert!(
-        best.mean >= REQUIRED,
-        "validation accuracy {:.3} < {REQUIRED}",
-        best.mean
-    );
+    assert!(best.mean >= REQUIRED, "validation accuracy {:.3} < {REQUIRED}", best.mean);
     assert!(
         best.mean - initial.mean >= REQUIRED_GAIN,
         "validation accuracy rose only from {:.3} to {:.3}",

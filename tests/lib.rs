@@ -13,9 +13,7 @@ pub fn source_or_skip(test: &str) -> Option<omniglot_data::Source> {
         Ok(s) if !s.is_empty() => Some(match omniglot_data::Source::parse(&s) {
             // Test binaries run in this crate's directory; read relative paths from the
             // workspace root, where a user types them.
-            omniglot_data::Source::Dir(d) if d.is_relative() => {
-                omniglot_data::Source::Dir(workspace_root().join(d))
-            }
+            omniglot_data::Source::Dir(d) if d.is_relative() => omniglot_data::Source::Dir(workspace_root().join(d)),
             other => other,
         }),
         _ => {
@@ -41,10 +39,7 @@ pub fn data_dir(source: &omniglot_data::Source) -> PathBuf {
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate has a parent")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("crate has a parent").to_owned()
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`), if known.

@@ -20,12 +20,7 @@ fn meta_step_cost_on_real_episodes() {
         return;
     };
     let data = omniglot(&source);
-    let spec = EpisodeSpec {
-        n_way: 5,
-        k_shot: 1,
-        n_query: 1,
-        drawing_split: DrawingSplit::Any,
-    };
+    let spec = EpisodeSpec { n_way: 5, k_shot: 1, n_query: 1, drawing_split: DrawingSplit::Any };
     let sampler = Sampler::new(Protocol::Course.splits(0).train, spec).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let config = ConvNetConfig::omniglot(5);
@@ -35,22 +30,8 @@ fn meta_step_cost_on_real_episodes() {
         .ok()
         .map(|s| s.split(',').map(|c| c.parse().unwrap()).collect())
         .unwrap_or(vec![fewshot_meta::DEFAULT_TASK_CHUNK]);
-    for (order, chunk) in chunks
-        .iter()
-        .map(|&c| (Order::Second, c))
-        .chain([(Order::First, 32)])
-    {
-        let mut maml = Maml::new(
-            config,
-            &params,
-            InnerLoop {
-                inner_lr: 0.4,
-                steps: 1,
-                order,
-            },
-            1e-3,
-        )
-        .unwrap();
+    for (order, chunk) in chunks.iter().map(|&c| (Order::Second, c)).chain([(Order::First, 32)]) {
+        let mut maml = Maml::new(config, &params, InnerLoop { inner_lr: 0.4, steps: 1, order }, 1e-3).unwrap();
         maml.task_chunk = chunk;
         let mut times = Vec::new();
         for _ in 0..4 {
@@ -71,10 +52,7 @@ fn meta_step_cost_on_real_episodes() {
         );
         if order == Order::Second {
             let peak = peak_rss_mib().unwrap_or(0.0);
-            assert!(
-                peak < 2048.0,
-                "second-order meta-step of 32 tasks peaked at {peak:.0} MiB"
-            );
+            assert!(peak < 2048.0, "second-order meta-step of 32 tasks peaked at {peak:.0} MiB");
         }
     }
 }

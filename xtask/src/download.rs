@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use omniglot_data::{
-    CANONICAL_BASE_URL, Dataset, Fetched, LoadOptions, Progress, Source, Subset, fetch,
-};
+use omniglot_data::{CANONICAL_BASE_URL, Dataset, Fetched, LoadOptions, Progress, Source, Subset, fetch};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,11 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = Source::parse(&args.source);
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:24} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:24} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let fetched = fetch(&source, &args.data_dir, &Subset::ALL, &mut |p| match p {
         Progress::Start { file, total } => {
@@ -45,12 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Progress::Advance { done } => bar.set_position(done),
         Progress::Finish => bar.finish(),
     })
-    .with_context(|| {
-        format!(
-            "fetching Omniglot from {source} into {}",
-            args.data_dir.display()
-        )
-    })?;
+    .with_context(|| format!("fetching Omniglot from {source} into {}", args.data_dir.display()))?;
     bar.finish_and_clear();
     for f in &fetched {
         match f {
@@ -63,15 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.no_cache {
         return Ok(());
     }
-    let options = LoadOptions {
-        image_size: args.image_size,
-        ..LoadOptions::default()
-    };
+    let options = LoadOptions { image_size: args.image_size, ..LoadOptions::default() };
     for subset in Subset::ALL {
         let start = Instant::now();
-        let ds = Dataset::load(&args.data_dir, subset, &options).with_context(|| {
-            format!("building the {subset} cache in {}", args.data_dir.display())
-        })?;
+        let ds = Dataset::load(&args.data_dir, subset, &options)
+            .with_context(|| format!("building the {subset} cache in {}", args.data_dir.display()))?;
         let c = ds.counts();
         eprintln!(
             "{subset}: {} alphabets, {} characters, {} images at {}x{} ({:?} in {:.2} s)",

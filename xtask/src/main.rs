@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Project automation for the fewshot workspace"
-)]
+#[command(name = "cargo xtask", about = "Project automation for the fewshot workspace")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

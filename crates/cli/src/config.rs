@@ -198,8 +198,9 @@ impl Config {
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin} is not valid TOML"))?;
         for o in overrides {
-            let (key, value) =
-                o.split_once('=').with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
+            let (key, value) = o
+                .split_once('=')
+                .with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
             let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
@@ -216,7 +217,8 @@ impl Config {
             }
             node.insert(last.to_owned(), value);
         }
-        let config: Config = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
+        let config: Config =
+            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
         config.validate().with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(config)
     }
@@ -285,7 +287,12 @@ impl Config {
     /// The episode shape.
     pub fn spec(&self) -> fewshot_tasks::EpisodeSpec {
         let e = &self.episodes;
-        fewshot_tasks::EpisodeSpec { n_way: e.n_way, k_shot: e.k_shot, n_query: e.n_query, drawing_split: e.drawing_split }
+        fewshot_tasks::EpisodeSpec {
+            n_way: e.n_way,
+            k_shot: e.k_shot,
+            n_query: e.n_query,
+            drawing_split: e.drawing_split,
+        }
     }
 
     /// The config as TOML (written beside every run and inside every checkpoint).
@@ -318,7 +325,11 @@ mod tests {
         check_err("name = \"x\"\n[train]\nstepz = 3\n", &[], "unknown field `stepz`");
         check_err("name = \"x\"\n", &["train.inner_lr=0"], "train.inner_lr = 0: must be a finite number > 0");
         check_err("name = \"x\"\n", &["train.meta_lr=-1"], "train.meta_lr = -1");
-        check_err("name = \"x\"\n", &["episodes.k_shot=10", "episodes.n_query=11"], "episodes.k_shot + episodes.n_query = 21: must be at most 20");
+        check_err(
+            "name = \"x\"\n",
+            &["episodes.k_shot=10", "episodes.n_query=11"],
+            "episodes.k_shot + episodes.n_query = 21: must be at most 20",
+        );
         check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");

@@ -3,5 +3,7 @@
 //! (`fewshot-meta`). The binary in `main.rs` is a thin shell over it.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
+pub mod evaluate;
 pub mod omniglot;

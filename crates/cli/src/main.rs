@@ -5,9 +5,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    println!(
-        "fewshot {}: train/eval/predict are not implemented yet",
-        env!("CARGO_PKG_VERSION")
-    );
+    println!("fewshot {}: train/eval/predict are not implemented yet", env!("CARGO_PKG_VERSION"));
     ExitCode::SUCCESS
 }

@@ -21,15 +21,22 @@ impl Omniglot {
     /// Load both subsets from `data_dir`; when an archive is missing and `source` is given,
     /// fetch it from there first (as `cargo xtask download` does). `expected` is
     /// [`Expected::Omniglot`] for the real dataset; tests pass smaller counts.
-    pub fn load(data_dir: &Path, source: Option<&Source>, image_size: u32, expected: Expected) -> anyhow::Result<Omniglot> {
-        let missing: Vec<Subset> = Subset::ALL.into_iter().filter(|s| !data_dir.join(s.archive_name()).exists()).collect();
+    pub fn load(
+        data_dir: &Path,
+        source: Option<&Source>,
+        image_size: u32,
+        expected: Expected,
+    ) -> anyhow::Result<Omniglot> {
+        let missing: Vec<Subset> =
+            Subset::ALL.into_iter().filter(|s| !data_dir.join(s.archive_name()).exists()).collect();
         if let (false, Some(source)) = (missing.is_empty(), source) {
             omniglot_data::fetch(source, data_dir, &missing, &mut |_| {})
                 .with_context(|| format!("fetching Omniglot from {source} into {}", data_dir.display()))?;
         }
         let options = LoadOptions { image_size, expected, cache_dir: None };
         let load = |subset| {
-            Dataset::load(data_dir, subset, &options).with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
+            Dataset::load(data_dir, subset, &options)
+                .with_context(|| format!("loading the {subset} set from {}", data_dir.display()))
         };
         Ok(Omniglot { background: load(Subset::Background)?, evaluation: load(Subset::Evaluation)? })
     }

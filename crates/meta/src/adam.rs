@@ -29,15 +29,7 @@ pub struct Adam {
 impl Adam {
     /// A fresh optimiser with PyTorch's defaults (betas 0.9, 0.999; eps 1e-8).
     pub fn new(lr: f64) -> Adam {
-        Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: 0,
-            m: ParamMap::new(),
-            v: ParamMap::new(),
-        }
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, m: ParamMap::new(), v: ParamMap::new() }
     }
 
     /// One update of every parameter that has a gradient.

@@ -24,9 +24,7 @@ pub enum Error {
         expected: String,
     },
     /// Episodes of one batch differ in shape.
-    #[error(
-        "episode {episode} of the batch has {got}, the first has {want}; a batch needs episodes of one shape"
-    )]
+    #[error("episode {episode} of the batch has {got}, the first has {want}; a batch needs episodes of one shape")]
     RaggedBatch {
         /// Index of the odd episode.
         episode: usize,

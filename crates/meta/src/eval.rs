@@ -17,22 +17,9 @@ pub fn evaluate_batch(
     inner_lr: f64,
     steps: usize,
 ) -> Result<Vec<f32>> {
-    let detached: ParamMap = params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.detach()))
-        .collect();
-    let inner = InnerLoop {
-        inner_lr,
-        steps,
-        order: Order::First,
-    };
-    let fast = adapt(
-        config,
-        &detached,
-        &batch.support_images,
-        &batch.support_labels,
-        &inner,
-    )?;
+    let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
+    let inner = InnerLoop { inner_lr, steps, order: Order::First };
+    let fast = adapt(config, &detached, &batch.support_images, &batch.support_labels, &inner)?;
     let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
     let logits = forward(config, &fast, &batch.query_images)?;
     Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?)
@@ -54,36 +41,20 @@ impl Accuracy {
     pub fn from_episodes(per_episode: &[f32]) -> Accuracy {
         let n = per_episode.len();
         if n == 0 {
-            return Accuracy {
-                mean: f64::NAN,
-                ci95: f64::NAN,
-                episodes: 0,
-            };
+            return Accuracy { mean: f64::NAN, ci95: f64::NAN, episodes: 0 };
         }
         let mean = per_episode.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
         let var = if n > 1 {
-            per_episode
-                .iter()
-                .map(|&a| (a as f64 - mean).powi(2))
-                .sum::<f64>()
-                / (n - 1) as f64
+            per_episode.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64
         } else {
             0.0
         };
-        Accuracy {
-            mean,
-            ci95: 1.96 * (var / n as f64).sqrt(),
-            episodes: n,
-        }
+        Accuracy { mean, ci95: 1.96 * (var / n as f64).sqrt(), episodes: n }
     }
 }
 
 impl std::fmt::Display for Accuracy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.4} ± {:.4} (95% CI, {} episodes)",
-            self.mean, self.ci95, self.episodes
-        )
+        write!(f, "{:.4} ± {:.4} (95% CI, {} episodes)", self.mean, self.ci95, self.episodes)
     }
 }

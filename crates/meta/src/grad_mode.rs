@@ -44,10 +44,7 @@ pub fn backward(loss: &Tensor, mode: GradMode) -> Result<GradStore> {
         GradMode::KeepGraph => &KEEP_GRAPH,
         GradMode::Detach => &DETACH,
     };
-    let worker = cell
-        .get_or_init(|| start_worker(mode))
-        .as_ref()
-        .map_err(|e| Error::GradMode(e.clone()))?;
+    let worker = cell.get_or_init(|| start_worker(mode)).as_ref().map_err(|e| Error::GradMode(e.clone()))?;
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let loss = loss.clone();
     let job: Job = Box::new(move || {
@@ -79,12 +76,8 @@ fn start_worker(mode: GradMode) -> std::result::Result<Worker, String> {
             }
         })
         .map_err(|e| format!("cannot start the gradient worker thread: {e}"))?;
-    ready_rx
-        .recv()
-        .map_err(|_| "gradient worker died while starting".to_owned())??;
-    Ok(Worker {
-        jobs: Mutex::new(jobs_tx),
-    })
+    ready_rx.recv().map_err(|_| "gradient worker died while starting".to_owned())??;
+    Ok(Worker { jobs: Mutex::new(jobs_tx) })
 }
 
 /// Latch this thread into `mode`: candle caches the variable at the first backward.
@@ -119,8 +112,7 @@ fn latch(mode: GradMode) -> std::result::Result<(), String> {
 /// that gradient again gives 12x^2 = 108 when gradients keep their graph; when candle detaches
 /// the incoming gradient (2u, u = x^2) only the explicit factor x stays tracked: 4u = 36.
 fn self_check(mode: GradMode) -> std::result::Result<(), String> {
-    let second =
-        second_derivative_probe().map_err(|e| format!("gradient mode self-check failed: {e}"))?;
+    let second = second_derivative_probe().map_err(|e| format!("gradient mode self-check failed: {e}"))?;
     match (mode, second) {
         (GradMode::KeepGraph, Some(v)) if (v - 108.0).abs() < 1e-9 => Ok(()),
         (GradMode::Detach, Some(v)) if (v - 36.0).abs() < 1e-9 => Ok(()),
@@ -136,15 +128,9 @@ fn self_check(mode: GradMode) -> std::result::Result<(), String> {
 fn second_derivative_probe() -> candle_core::Result<Option<f64>> {
     let x = Var::new(3f64, &Device::Cpu)?;
     let y = x.as_tensor().sqr()?.sqr()?;
-    let g = y
-        .backward()?
-        .get(x.as_tensor())
-        .expect("x is in the graph")
-        .clone();
+    let g = y.backward()?.get(x.as_tensor()).expect("x is in the graph").clone();
     let gg = g.backward()?;
-    gg.get(x.as_tensor())
-        .map(|t| t.to_scalar::<f64>())
-        .transpose()
+    gg.get(x.as_tensor()).map(|t| t.to_scalar::<f64>()).transpose()
 }
 
 #[cfg(test)]
@@ -156,27 +142,13 @@ mod tests {
         // y = (x^2)^2 at x = 2: dy/dx = 4x^3 = 32, d2y/dx2 = 12x^2 = 48.
         let x = Var::new(2f64, &Device::Cpu).unwrap();
         let y = x.as_tensor().sqr().unwrap().sqr().unwrap();
-        let g = backward(&y, GradMode::KeepGraph)
-            .unwrap()
-            .get(x.as_tensor())
-            .unwrap()
-            .clone();
+        let g = backward(&y, GradMode::KeepGraph).unwrap().get(x.as_tensor()).unwrap().clone();
         assert_eq!(g.to_scalar::<f64>().unwrap(), 32.0);
         let gg = backward(&g, GradMode::Detach).unwrap();
-        assert_eq!(
-            gg.get(x.as_tensor()).unwrap().to_scalar::<f64>().unwrap(),
-            48.0
-        );
+        assert_eq!(gg.get(x.as_tensor()).unwrap().to_scalar::<f64>().unwrap(), 48.0);
         // Detached: the incoming gradient 2u loses its dependence on x: 4u = 16, not 48.
-        let g = backward(&y, GradMode::Detach)
-            .unwrap()
-            .get(x.as_tensor())
-            .unwrap()
-            .clone();
+        let g = backward(&y, GradMode::Detach).unwrap().get(x.as_tensor()).unwrap().clone();
         let gg = backward(&g, GradMode::Detach).unwrap();
-        assert_eq!(
-            gg.get(x.as_tensor()).unwrap().to_scalar::<f64>().unwrap(),
-            16.0
-        );
+        assert_eq!(gg.get(x.as_tensor()).unwrap().to_scalar::<f64>().unwrap(), 16.0);
     }
 }

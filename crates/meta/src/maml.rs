@@ -72,24 +72,19 @@ pub fn adapt(
     for _ in 0..inner.steps {
         // Each task's gradient is read off a zero Var added to its fast weights: the summed
         // loss of independent tasks has exactly the per-task gradients there.
-        let probes: BTreeMap<&String, Var> = fast
-            .iter()
-            .map(|(k, v)| Ok((k, Var::zeros(v.shape(), v.dtype(), v.device())?)))
-            .collect::<Result<_>>()?;
+        let probes: BTreeMap<&String, Var> =
+            fast.iter().map(|(k, v)| Ok((k, Var::zeros(v.shape(), v.dtype(), v.device())?))).collect::<Result<_>>()?;
         let probed: ParamMap = fast
             .iter()
             .map(|(k, v)| Ok((k.clone(), v.broadcast_add(probes[k].as_tensor())?)))
             .collect::<Result<_>>()?;
-        let loss =
-            cross_entropy(&forward(config, &probed, support_images)?, support_labels)?.sum_all()?;
+        let loss = cross_entropy(&forward(config, &probed, support_images)?, support_labels)?.sum_all()?;
         let grads = backward(&loss, mode)?;
         fast = fast
             .iter()
             .map(|(k, w)| {
                 let g = grads.get(probes[k].as_tensor()).ok_or_else(|| {
-                    Error::GradMode(format!(
-                        "no gradient reached parameter `{k}`; is it used by the forward?"
-                    ))
+                    Error::GradMode(format!("no gradient reached parameter `{k}`; is it used by the forward?"))
                 })?;
                 let g = match inner.order {
                     Order::Second => g.clone(),
@@ -129,39 +124,21 @@ pub fn meta_gradient(
     task_chunk: usize,
 ) -> Result<(ParamMap, StepStats)> {
     if task_chunk == 0 {
-        return Err(Error::InvalidSetting {
-            name: "task_chunk",
-            value: "0".into(),
-            expected: "at least 1".into(),
-        });
+        return Err(Error::InvalidSetting { name: "task_chunk", value: "0".into(), expected: "at least 1".into() });
     }
-    let theta: ParamMap = params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let theta: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     let t = batch.n_tasks();
     let mut sum: Option<ParamMap> = None;
     let (mut loss_sum, mut acc_sum) = (0f64, 0f64);
     for start in (0..t).step_by(task_chunk) {
         let chunk = batch.narrow(start, task_chunk.min(t - start))?;
-        let fast = adapt(
-            config,
-            &theta,
-            &chunk.support_images,
-            &chunk.support_labels,
-            inner,
-        )?;
+        let fast = adapt(config, &theta, &chunk.support_images, &chunk.support_labels, inner)?;
         let logits = forward(config, &fast, &chunk.query_images)?;
         let losses = cross_entropy(&logits, &chunk.query_labels)?; // [chunk]
         // This chunk's share of the batch mean.
         let loss = (losses.sum_all()? / t as f64)?;
-        loss_sum += losses
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        acc_sum += accuracy(&logits, &chunk.query_labels)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
+        loss_sum += losses.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        acc_sum += accuracy(&logits, &chunk.query_labels)?.sum_all()?.to_scalar::<f32>()? as f64;
         if !loss_sum.is_finite() {
             return Err(Error::NonFinite(loss_sum as f32));
         }
@@ -180,13 +157,7 @@ pub fn meta_gradient(
         sum = Some(chunk_grads);
     }
     let grads = sum.expect("a batch has at least one task");
-    Ok((
-        grads,
-        StepStats {
-            loss: (loss_sum / t as f64) as f32,
-            accuracy: (acc_sum / t as f64) as f32,
-        },
-    ))
+    Ok((grads, StepStats { loss: (loss_sum / t as f64) as f32, accuracy: (acc_sum / t as f64) as f32 }))
 }
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
@@ -204,12 +175,7 @@ pub struct Maml {
 
 impl Maml {
     /// Start from `params` (see [`fewshot_model::init`]).
-    pub fn new(
-        config: ConvNetConfig,
-        params: &ParamMap,
-        inner: InnerLoop,
-        meta_lr: f64,
-    ) -> Result<Maml> {
+    pub fn new(config: ConvNetConfig, params: &ParamMap, inner: InnerLoop, meta_lr: f64) -> Result<Maml> {
         config.validate()?;
         fewshot_model::check_params(&config, params)?;
         inner.validate()?;
@@ -220,17 +186,9 @@ impl Maml {
                 expected: "a finite number > 0".into(),
             });
         }
-        let params = params
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.detach())?)))
-            .collect::<Result<_>>()?;
-        Ok(Maml {
-            config,
-            params,
-            optimizer: Adam::new(meta_lr),
-            inner,
-            task_chunk: DEFAULT_TASK_CHUNK,
-        })
+        let params =
+            params.iter().map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.detach())?))).collect::<Result<_>>()?;
+        Ok(Maml { config, params, optimizer: Adam::new(meta_lr), inner, task_chunk: DEFAULT_TASK_CHUNK })
     }
 
     /// The net's shape.
@@ -240,10 +198,7 @@ impl Maml {
 
     /// A snapshot of the current initial parameters.
     pub fn params(&self) -> ParamMap {
-        self.params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect()
+        self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
     }
 
     /// Replace the parameters' values (e.g. from a checkpoint); shapes must match.
@@ -257,13 +212,7 @@ impl Maml {
 
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
-        meta_gradient(
-            &self.config,
-            &self.params,
-            batch,
-            &self.inner,
-            self.task_chunk,
-        )
+        meta_gradient(&self.config, &self.params, batch, &self.inner, self.task_chunk)
     }
 
     /// One meta-step: meta-gradient of the batch's mean query loss, then an Adam update.

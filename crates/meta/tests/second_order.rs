@@ -13,21 +13,13 @@ use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const CONFIG: ConvNetConfig = ConvNetConfig {
-    in_channels: 1,
-    image_size: 8,
-    hidden: 3,
-    depth: 2,
-    n_way: 3,
-};
+const CONFIG: ConvNetConfig = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 3 };
 
 fn batch(seed: u64) -> TaskBatch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (t, ns, nq) = (2, 3, 6);
     let mut images = |n: usize| {
-        let data: Vec<f64> = (0..t * n * 64)
-            .map(|_| rng.random_range(0.0..1.0))
-            .collect();
+        let data: Vec<f64> = (0..t * n * 64).map(|_| rng.random_range(0.0..1.0)).collect();
         Tensor::from_vec(data, (t, n, 1, 8, 8), &Device::Cpu).unwrap()
     };
     let support_images = images(ns);
@@ -36,35 +28,19 @@ fn batch(seed: u64) -> TaskBatch {
         support_images,
         support_labels: Tensor::new(&[[0u32, 1, 2], [2, 0, 1]], &Device::Cpu).unwrap(),
         query_images,
-        query_labels: Tensor::new(&[[0u32, 1, 2, 0, 1, 2], [2, 2, 0, 0, 1, 1]], &Device::Cpu)
-            .unwrap(),
+        query_labels: Tensor::new(&[[0u32, 1, 2, 0, 1, 2], [2, 2, 0, 0, 1, 1]], &Device::Cpu).unwrap(),
     }
 }
 
 fn vars(params: &ParamMap) -> BTreeMap<String, Var> {
-    params
-        .iter()
-        .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap()))
-        .collect()
+    params.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect()
 }
 
 /// The meta-loss as a plain function of the initial parameters.
 fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
-    let fast = adapt(
-        &CONFIG,
-        params,
-        &batch.support_images,
-        &batch.support_labels,
-        inner,
-    )
-    .unwrap();
+    let fast = adapt(&CONFIG, params, &batch.support_images, &batch.support_labels, inner).unwrap();
     let logits = forward(&CONFIG, &fast, &batch.query_images).unwrap();
-    cross_entropy(&logits, &batch.query_labels)
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
 }
 
 fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMap {
@@ -72,10 +48,7 @@ fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMa
     let p = &params[name];
     let mut v = p.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     v[index] += delta;
-    out.insert(
-        name.to_owned(),
-        Tensor::from_vec(v, p.dims(), &Device::Cpu).unwrap(),
-    );
+    out.insert(name.to_owned(), Tensor::from_vec(v, p.dims(), &Device::Cpu).unwrap());
     out
 }
 
@@ -86,17 +59,8 @@ struct Comparison {
 }
 
 /// Compare `grads` with central differences at coordinates spread over every parameter.
-fn compare_with_fd(
-    params: &ParamMap,
-    grads: &ParamMap,
-    batch: &TaskBatch,
-    inner: &InnerLoop,
-) -> Comparison {
-    let mut c = Comparison {
-        checked: 0,
-        skipped: 0,
-        worst_rel: 0.0,
-    };
+fn compare_with_fd(params: &ParamMap, grads: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> Comparison {
+    let mut c = Comparison { checked: 0, skipped: 0, worst_rel: 0.0 };
     for (name, p) in params {
         let n = p.elem_count();
         let g = grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -125,11 +89,7 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
     let params = init(&CONFIG, 3, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(1);
     for steps in [1, 2] {
-        let inner = InnerLoop {
-            inner_lr: 0.5,
-            steps,
-            order: Order::Second,
-        };
+        let inner = InnerLoop { inner_lr: 0.5, steps, order: Order::Second };
         let (grads, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
         let c = compare_with_fd(&params, &grads, &batch, &inner);
         println!(
@@ -137,24 +97,13 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
             c.checked, c.skipped, c.worst_rel
         );
         assert!(c.checked >= 10, "only {} coordinates checked", c.checked);
-        assert!(
-            c.worst_rel < 1e-6,
-            "second order off by {:.2e} after {steps} steps",
-            c.worst_rel
-        );
+        assert!(c.worst_rel < 1e-6, "second order off by {:.2e} after {steps} steps", c.worst_rel);
 
         // First order is a different, cheaper gradient: it must fail the same check.
-        let first = InnerLoop {
-            order: Order::First,
-            ..inner
-        };
+        let first = InnerLoop { order: Order::First, ..inner };
         let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &first, 2).unwrap();
         let c = compare_with_fd(&params, &fo, &batch, &inner);
-        assert!(
-            c.worst_rel > 1e-3,
-            "first order unexpectedly matches the exact meta-gradient ({:.2e})",
-            c.worst_rel
-        );
+        assert!(c.worst_rel > 1e-3, "first order unexpectedly matches the exact meta-gradient ({:.2e})", c.worst_rel);
     }
 }
 
@@ -163,35 +112,16 @@ fn first_order_equals_query_gradient_at_fast_weights() {
     let params = init(&CONFIG, 5, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(2);
     for steps in [1, 3] {
-        let inner = InnerLoop {
-            inner_lr: 0.4,
-            steps,
-            order: Order::First,
-        };
+        let inner = InnerLoop { inner_lr: 0.4, steps, order: Order::First };
         let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
         // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
         // (every task starts from the same initial parameters).
-        let fast = adapt(
-            &CONFIG,
-            &params,
-            &batch.support_images,
-            &batch.support_labels,
-            &inner,
-        )
-        .unwrap();
-        let fast_vars: BTreeMap<String, Var> = fast
-            .iter()
-            .map(|(k, v)| (k.clone(), Var::from_tensor(&v.detach()).unwrap()))
-            .collect();
-        let fast_map: ParamMap = fast_vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let fast = adapt(&CONFIG, &params, &batch.support_images, &batch.support_labels, &inner).unwrap();
+        let fast_vars: BTreeMap<String, Var> =
+            fast.iter().map(|(k, v)| (k.clone(), Var::from_tensor(&v.detach()).unwrap())).collect();
+        let fast_map: ParamMap = fast_vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
         let logits = forward(&CONFIG, &fast_map, &batch.query_images).unwrap();
-        let loss = cross_entropy(&logits, &batch.query_labels)
-            .unwrap()
-            .mean_all()
-            .unwrap();
+        let loss = cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap();
         let grads = fewshot_meta::backward(&loss, fewshot_meta::GradMode::Detach).unwrap();
         for (name, v) in &fast_vars {
             let want = grads.get(v.as_tensor()).unwrap().sum(0).unwrap();
@@ -205,10 +135,7 @@ fn first_order_equals_query_gradient_at_fast_weights() {
                 .unwrap()
                 .to_scalar::<f64>()
                 .unwrap();
-            assert!(
-                diff < 1e-12,
-                "{name}: first-order meta-gradient differs by {diff}"
-            );
+            assert!(diff < 1e-12, "{name}: first-order meta-gradient differs by {diff}");
         }
     }
 }
@@ -217,11 +144,7 @@ fn first_order_equals_query_gradient_at_fast_weights() {
 fn results_do_not_depend_on_the_callers_environment() {
     let params = init(&CONFIG, 7, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(3);
-    let inner = InnerLoop {
-        inner_lr: 0.4,
-        steps: 1,
-        order: Order::Second,
-    };
+    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
     let run = |env: Option<&str>| {
         let (params, batch) = (params.clone(), batch.clone());
         let env = env.map(str::to_owned);
@@ -237,11 +160,7 @@ fn results_do_not_depend_on_the_callers_environment() {
             let x = Var::new(1f64, &Device::Cpu).unwrap();
             x.as_tensor().sqr().unwrap().backward().unwrap();
             let (g, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
-            g["block0.conv.weight"]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
+            g["block0.conv.weight"].flatten_all().unwrap().to_vec1::<f64>().unwrap()
         })
         .join()
         .unwrap()
@@ -253,11 +172,7 @@ fn results_do_not_depend_on_the_callers_environment() {
 fn chunking_tasks_does_not_change_the_meta_gradient() {
     let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(4);
-    let inner = InnerLoop {
-        inner_lr: 0.4,
-        steps: 2,
-        order: Order::Second,
-    };
+    let inner = InnerLoop { inner_lr: 0.4, steps: 2, order: Order::Second };
     let (whole, s1) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 2).unwrap();
     let (chunked, s2) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
@@ -274,10 +189,5 @@ fn chunking_tasks_does_not_change_the_meta_gradient() {
             .unwrap();
         assert!(diff < 1e-12, "{name}: {diff}");
     }
-    assert!(
-        meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("task_chunk")
-    );
+    assert!(meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0).unwrap_err().to_string().contains("task_chunk"));
 }

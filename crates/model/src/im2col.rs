@@ -33,36 +33,30 @@ struct Col2Im(Dims);
 fn im2col_slice<T: Copy + Default + Send + Sync>(src: &[T], d: Dims) -> Vec<T> {
     let plane = d.plane();
     let mut out = vec![T::default(); d.t * d.c * 9 * plane];
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (tc, k) = (row / 9, row % 9);
-            let (dy, dx) = ((k / 3) as isize - 1, (k % 3) as isize - 1);
-            let img = &src[tc * plane..(tc + 1) * plane];
-            for b in 0..d.b {
-                for y in 0..d.h {
-                    let sy = y as isize + dy;
-                    let dst_row = &mut dst[(b * d.h + y) * d.w..(b * d.h + y + 1) * d.w];
-                    if sy < 0 || sy >= d.h as isize {
-                        continue; // stays zero
-                    }
-                    let src_row =
-                        &img[(b * d.h + sy as usize) * d.w..(b * d.h + sy as usize + 1) * d.w];
-                    match dx {
-                        0 => dst_row.copy_from_slice(src_row),
-                        -1 => dst_row[1..].copy_from_slice(&src_row[..d.w - 1]),
-                        _ => dst_row[..d.w - 1].copy_from_slice(&src_row[1..]),
-                    }
+    out.par_chunks_mut(plane).enumerate().for_each(|(row, dst)| {
+        let (tc, k) = (row / 9, row % 9);
+        let (dy, dx) = ((k / 3) as isize - 1, (k % 3) as isize - 1);
+        let img = &src[tc * plane..(tc + 1) * plane];
+        for b in 0..d.b {
+            for y in 0..d.h {
+                let sy = y as isize + dy;
+                let dst_row = &mut dst[(b * d.h + y) * d.w..(b * d.h + y + 1) * d.w];
+                if sy < 0 || sy >= d.h as isize {
+                    continue; // stays zero
+                }
+                let src_row = &img[(b * d.h + sy as usize) * d.w..(b * d.h + sy as usize + 1) * d.w];
+                match dx {
+                    0 => dst_row.copy_from_slice(src_row),
+                    -1 => dst_row[1..].copy_from_slice(&src_row[..d.w - 1]),
+                    _ => dst_row[..d.w - 1].copy_from_slice(&src_row[1..]),
                 }
             }
-        });
+        }
+    });
     out
 }
 
-fn col2im_slice<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
-    src: &[T],
-    d: Dims,
-) -> Vec<T> {
+fn col2im_slice<T: Copy + Default + Send + Sync + std::ops::AddAssign>(src: &[T], d: Dims) -> Vec<T> {
     let plane = d.plane();
     let mut out = vec![T::default(); d.t * d.c * plane];
     out.par_chunks_mut(plane).enumerate().for_each(|(tc, dst)| {
@@ -76,19 +70,12 @@ fn col2im_slice<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
                         continue;
                     }
                     let col_row = &col[(b * d.h + y) * d.w..(b * d.h + y + 1) * d.w];
-                    let dst_row =
-                        &mut dst[(b * d.h + sy as usize) * d.w..(b * d.h + sy as usize + 1) * d.w];
+                    let dst_row = &mut dst[(b * d.h + sy as usize) * d.w..(b * d.h + sy as usize + 1) * d.w];
                     // col[y][x] = img[y + dy][x + dx]: scatter back.
                     match dx {
                         0 => dst_row.iter_mut().zip(col_row).for_each(|(o, &v)| *o += v),
-                        -1 => dst_row[..d.w - 1]
-                            .iter_mut()
-                            .zip(&col_row[1..])
-                            .for_each(|(o, &v)| *o += v),
-                        _ => dst_row[1..]
-                            .iter_mut()
-                            .zip(&col_row[..d.w - 1])
-                            .for_each(|(o, &v)| *o += v),
+                        -1 => dst_row[..d.w - 1].iter_mut().zip(&col_row[1..]).for_each(|(o, &v)| *o += v),
+                        _ => dst_row[1..].iter_mut().zip(&col_row[..d.w - 1]).for_each(|(o, &v)| *o += v),
                     }
                 }
             }
@@ -113,12 +100,8 @@ impl CustomOp1 for Im2Col {
         let d = self.0;
         let shape = Shape::from((d.t, d.c * 9, d.plane()));
         let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(im2col_slice(contiguous(v, layout, "im2col")?, d))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(im2col_slice(contiguous(v, layout, "im2col")?, d))
-            }
+            CpuStorage::F32(v) => CpuStorage::F32(im2col_slice(contiguous(v, layout, "im2col")?, d)),
+            CpuStorage::F64(v) => CpuStorage::F64(im2col_slice(contiguous(v, layout, "im2col")?, d)),
             _ => candle_core::bail!("im2col: only f32 and f64 are supported"),
         };
         Ok((out, shape))
@@ -138,12 +121,8 @@ impl CustomOp1 for Col2Im {
         let d = self.0;
         let shape = Shape::from((d.t, d.c, d.b, d.h, d.w));
         let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(col2im_slice(contiguous(v, layout, "col2im")?, d))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(col2im_slice(contiguous(v, layout, "col2im")?, d))
-            }
+            CpuStorage::F32(v) => CpuStorage::F32(col2im_slice(contiguous(v, layout, "col2im")?, d)),
+            CpuStorage::F64(v) => CpuStorage::F64(col2im_slice(contiguous(v, layout, "col2im")?, d)),
             _ => candle_core::bail!("col2im: only f32 and f64 are supported"),
         };
         Ok((out, shape))

@@ -27,13 +27,7 @@ pub struct ConvNetConfig {
 impl ConvNetConfig {
     /// The course recipe's net: 1 x 28 x 28 input, 4 blocks of 64 channels.
     pub fn omniglot(n_way: usize) -> ConvNetConfig {
-        ConvNetConfig {
-            in_channels: 1,
-            image_size: 28,
-            hidden: 64,
-            depth: 4,
-            n_way,
-        }
+        ConvNetConfig { in_channels: 1, image_size: 28, hidden: 64, depth: 4, n_way }
     }
 
     /// Side of the feature map after `depth` floor-mode 2x2 pools.
@@ -48,13 +42,8 @@ impl ConvNetConfig {
 
     /// Check every field; errors name the field and the allowed range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name, value, expected: &str| {
-            Err(Error::InvalidConfig {
-                name,
-                value,
-                expected: expected.to_owned(),
-            })
-        };
+        let bad =
+            |name, value, expected: &str| Err(Error::InvalidConfig { name, value, expected: expected.to_owned() });
         if self.in_channels == 0 {
             return bad("in_channels", 0, "at least 1");
         }
@@ -71,11 +60,7 @@ impl ConvNetConfig {
             return bad(
                 "image_size",
                 self.image_size,
-                &format!(
-                    "at least 2^depth = {} for depth {}",
-                    1usize << self.depth,
-                    self.depth
-                ),
+                &format!("at least 2^depth = {} for depth {}", 1usize << self.depth, self.depth),
             );
         }
         Ok(())
@@ -100,33 +85,18 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
             config.in_channels, config.image_size, config.image_size
         )));
     }
-    let get = |name: &str| {
-        params
-            .get(name)
-            .ok_or_else(|| Error::Params(format!("missing parameter `{name}`")))
-    };
+    let get = |name: &str| params.get(name).ok_or_else(|| Error::Params(format!("missing parameter `{name}`")));
     // Channels first within each task, so batch-norm reductions run over contiguous memory.
     let mut x = images.transpose(1, 2)?.contiguous()?; // [t, c, b, h, w]
     for i in 0..config.depth {
-        x = conv3x3(
-            &x,
-            get(&block_param(i, "conv.weight"))?,
-            get(&block_param(i, "conv.bias"))?,
-        )?;
-        x = batch_norm(
-            &x,
-            get(&block_param(i, "bn.weight"))?,
-            get(&block_param(i, "bn.bias"))?,
-        )?;
+        x = conv3x3(&x, get(&block_param(i, "conv.weight"))?, get(&block_param(i, "conv.bias"))?)?;
+        x = batch_norm(&x, get(&block_param(i, "bn.weight"))?, get(&block_param(i, "bn.bias"))?)?;
         x = x.relu()?;
         x = max_pool2x2(&x)?;
     }
     let (_, c, _, fh, fw) = x.dims5()?;
     // PyTorch flattens each image as (c, h, w).
-    let x = x
-        .reshape((t, c, b, fh * fw))?
-        .transpose(1, 2)?
-        .reshape((t, b, c * fh * fw))?; // [t, b, features]
+    let x = x.reshape((t, c, b, fh * fw))?.transpose(1, 2)?.reshape((t, b, c * fh * fw))?; // [t, b, features]
     let weight = get("head.weight")?; // [t, n_way, features]
     let bias = get("head.bias")?; // [t, n_way]
     let logits = x.matmul(&weight.transpose(1, 2)?)?; // [t, b, n_way]
@@ -162,9 +132,7 @@ pub fn batch_norm(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> 
     let centred = flat.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centred.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-    let out = normed
-        .broadcast_mul(&scale.unsqueeze(2)?)?
-        .broadcast_add(&shift.unsqueeze(2)?)?;
+    let out = normed.broadcast_mul(&scale.unsqueeze(2)?)?.broadcast_add(&shift.unsqueeze(2)?)?;
     Ok(out.reshape((t, c, b, h, w))?)
 }
 
@@ -176,11 +144,7 @@ pub fn batch_norm(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> 
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (t, c, b, h, w) = x.dims5()?;
     let (oh, ow) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(3, 0, 2 * oh)?.narrow(4, 0, 2 * ow)?
-    } else {
-        x.clone()
-    };
+    let x = if h % 2 == 1 || w % 2 == 1 { x.narrow(3, 0, 2 * oh)?.narrow(4, 0, 2 * ow)? } else { x.clone() };
     let x = x.reshape((t * c * b * oh, 2, ow, 2))?;
     let x = x.max(3)?.max(1)?; // [t*c*b*oh, ow]
     Ok(x.reshape((t, c, b, oh, ow))?)
@@ -198,10 +162,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     let log_probs = shifted.broadcast_sub(&log_z)?; // [t, b, n]
     let one_hot = one_hot(labels, n, logits.dtype())?;
-    Ok((log_probs * one_hot)?
-        .sum(D::Minus1)?
-        .mean(D::Minus1)?
-        .neg()?)
+    Ok((log_probs * one_hot)?.sum(D::Minus1)?.mean(D::Minus1)?.neg()?)
 }
 
 /// Share of each task's batch whose arg-max logit is the label.
@@ -210,16 +171,10 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// `logits`: `[t, b, n]`; `labels`: `[t, b]` (u32); returns `[t]` (f32).
 pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let predicted = logits.argmax(D::Minus1)?; // [t, b]
-    Ok(predicted
-        .eq(labels)?
-        .to_dtype(DType::F32)?
-        .mean(D::Minus1)?)
+    Ok(predicted.eq(labels)?.to_dtype(DType::F32)?.mean(D::Minus1)?)
 }
 
 fn one_hot(labels: &Tensor, n: usize, dtype: DType) -> Result<Tensor> {
     let classes = Tensor::arange(0u32, n as u32, labels.device())?;
-    Ok(labels
-        .unsqueeze(D::Minus1)?
-        .broadcast_eq(&classes)?
-        .to_dtype(dtype)?)
+    Ok(labels.unsqueeze(D::Minus1)?.broadcast_eq(&classes)?.to_dtype(dtype)?)
 }

@@ -38,10 +38,7 @@ pub fn init(config: &ConvNetConfig, seed: u64, dtype: DType, device: &Device) ->
     for i in 0..config.depth {
         let h = config.hidden;
         let bound = 1.0 / ((c_in * 9) as f64).sqrt();
-        params.insert(
-            block_param(i, "conv.weight"),
-            uniform(&[h, c_in, 3, 3], bound)?,
-        );
+        params.insert(block_param(i, "conv.weight"), uniform(&[h, c_in, 3, 3], bound)?);
         params.insert(block_param(i, "conv.bias"), uniform(&[h], bound)?);
         params.insert(block_param(i, "bn.weight"), Tensor::ones(h, dtype, device)?);
         params.insert(block_param(i, "bn.bias"), Tensor::zeros(h, dtype, device)?);
@@ -49,10 +46,7 @@ pub fn init(config: &ConvNetConfig, seed: u64, dtype: DType, device: &Device) ->
     }
     let features = config.features();
     let bound = 1.0 / (features as f64).sqrt();
-    params.insert(
-        "head.weight".to_owned(),
-        uniform(&[config.n_way, features], bound)?,
-    );
+    params.insert("head.weight".to_owned(), uniform(&[config.n_way, features], bound)?);
     params.insert("head.bias".to_owned(), uniform(&[config.n_way], bound)?);
     Ok(params)
 }
@@ -96,10 +90,8 @@ pub fn expand(params: &ParamMap, n_tasks: usize) -> Result<ParamMap> {
 /// Serialise parameters (and any extra named tensors) to safetensors bytes.
 pub fn to_safetensors(params: &ParamMap) -> Result<Vec<u8>> {
     // safetensors wants contiguous data; the map's order makes the bytes reproducible.
-    let contiguous: Vec<(String, Tensor)> = params
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
-        .collect::<Result<_>>()?;
+    let contiguous: Vec<(String, Tensor)> =
+        params.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?))).collect::<Result<_>>()?;
     safetensors::serialize(contiguous.iter().map(|(k, v)| (k.as_str(), v)), None)
         .map_err(|e| Error::Params(format!("cannot serialise parameters: {e}")))
 }

@@ -7,23 +7,12 @@ use fewshot_model::*;
 fn seeded(shape: &[usize], seed: u64) -> Tensor {
     // A simple deterministic pattern, no RNG dependency needed.
     let n: usize = shape.iter().product();
-    let data: Vec<f64> = (0..n)
-        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 500.0) - 1.0)
-        .collect();
+    let data: Vec<f64> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 500.0) - 1.0).collect();
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
 
 #[test]
@@ -31,39 +20,16 @@ fn forward_shapes() {
     for (config, t, b) in [
         (ConvNetConfig::omniglot(5), 3, 10),
         (ConvNetConfig::omniglot(20), 1, 40),
-        (
-            ConvNetConfig {
-                in_channels: 3,
-                image_size: 9,
-                hidden: 4,
-                depth: 2,
-                n_way: 3,
-            },
-            2,
-            4,
-        ),
+        (ConvNetConfig { in_channels: 3, image_size: 9, hidden: 4, depth: 2, n_way: 3 }, 2, 4),
     ] {
         let params = init(&config, 1, DType::F32, &Device::Cpu).unwrap();
-        let x = Tensor::zeros(
-            (
-                t,
-                b,
-                config.in_channels,
-                config.image_size,
-                config.image_size,
-            ),
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let x =
+            Tensor::zeros((t, b, config.in_channels, config.image_size, config.image_size), DType::F32, &Device::Cpu)
+                .unwrap();
         let logits = forward(&config, &expand(&params, t).unwrap(), &x).unwrap();
         assert_eq!(logits.dims(), &[t, b, config.n_way]);
     }
-    assert_eq!(
-        ConvNetConfig::omniglot(5).features(),
-        64,
-        "28 -> 14 -> 7 -> 3 -> 1"
-    );
+    assert_eq!(ConvNetConfig::omniglot(5).features(), 64, "28 -> 14 -> 7 -> 3 -> 1");
 }
 
 #[test]
@@ -74,13 +40,7 @@ fn conv3x3_matches_candle_conv2d() {
     let bias = seeded(&[t, c_out], 3);
     let ours = conv3x3(&x, &weight, &bias).unwrap(); // [t, c_out, b, h, w]
     for task in 0..t {
-        let xt = x
-            .get(task)
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .contiguous()
-            .unwrap(); // [b, c_in, h, w]
+        let xt = x.get(task).unwrap().transpose(0, 1).unwrap().contiguous().unwrap(); // [b, c_in, h, w]
         let reference = xt
             .conv2d(&weight.get(task).unwrap(), 1, 1, 1, 1)
             .unwrap()
@@ -118,42 +78,20 @@ fn batch_norm_normalises_each_task_and_channel() {
     let x = (seeded(&[2, 3, 4, 5, 5], 9) * 3.0).unwrap();
     let ones = Tensor::ones((2, 3), DType::F64, &Device::Cpu).unwrap();
     let zeros = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
-    let y = batch_norm(&x, &ones, &zeros)
-        .unwrap()
-        .reshape((2, 3, 100))
-        .unwrap();
+    let y = batch_norm(&x, &ones, &zeros).unwrap().reshape((2, 3, 100)).unwrap();
     let mean = y.mean(D::Minus1).unwrap();
     let var = y.sqr().unwrap().mean(D::Minus1).unwrap();
-    assert!(
-        mean.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-            < 1e-12
-    );
+    assert!(mean.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap() < 1e-12);
     // Biased variance of the normalised values is var / (var + eps), just under 1.
     let v = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(v.iter().all(|v| (0.999..1.0).contains(v)), "{v:?}");
     // Scale and shift apply per channel.
     let scale = Tensor::new(&[[2.0f64, 1.0, 1.0], [1.0, 1.0, 1.0]], &Device::Cpu).unwrap();
     let shift = Tensor::new(&[[0.0f64, 5.0, 0.0], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
-    let z = batch_norm(&x, &scale, &shift)
-        .unwrap()
-        .reshape((2, 3, 100))
-        .unwrap();
+    let z = batch_norm(&x, &scale, &shift).unwrap().reshape((2, 3, 100)).unwrap();
     let zm = z.mean(D::Minus1).unwrap().to_vec2::<f64>().unwrap();
     assert!((zm[0][1] - 5.0).abs() < 1e-12);
-    let zv = z
-        .sqr()
-        .unwrap()
-        .mean(D::Minus1)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let zv = z.sqr().unwrap().mean(D::Minus1).unwrap().to_vec2::<f64>().unwrap();
     assert!((zv[0][0] - 4.0).abs() < 1e-2);
 }
 
@@ -162,20 +100,11 @@ fn cross_entropy_and_accuracy_closed_form() {
     // Uniform logits: loss ln(n). One confident right answer: small loss.
     let logits = Tensor::new(&[[[0.0f64, 0.0, 0.0], [10.0, 0.0, 0.0]]], &Device::Cpu).unwrap(); // [1, 2, 3]
     let labels = Tensor::new(&[[1u32, 0]], &Device::Cpu).unwrap();
-    let loss = cross_entropy(&logits, &labels)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()[0];
+    let loss = cross_entropy(&logits, &labels).unwrap().to_vec1::<f64>().unwrap()[0];
     let want = (3f64.ln() + (1.0 + 2.0 * (-10f64).exp()).ln()) / 2.0;
     assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
-    let acc = accuracy(&logits, &labels)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()[0];
-    assert_eq!(
-        acc, 0.5,
-        "argmax of a tie is the first index, label 1 misses"
-    );
+    let acc = accuracy(&logits, &labels).unwrap().to_vec1::<f32>().unwrap()[0];
+    assert_eq!(acc, 0.5, "argmax of a tie is the first index, label 1 misses");
 }
 
 #[test]
@@ -202,13 +131,7 @@ fn init_follows_pytorch_bounds_and_seed() {
 
 #[test]
 fn safetensors_round_trip_and_param_check() {
-    let config = ConvNetConfig {
-        in_channels: 1,
-        image_size: 8,
-        hidden: 3,
-        depth: 2,
-        n_way: 4,
-    };
+    let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 4 };
     let p = init(&config, 3, DType::F32, &Device::Cpu).unwrap();
     let bytes = to_safetensors(&p).unwrap();
     assert_eq!(bytes, to_safetensors(&p).unwrap(), "reproducible bytes");
@@ -223,70 +146,33 @@ fn safetensors_round_trip_and_param_check() {
     check_params(&config, &q).unwrap();
     let mut wrong = q.clone();
     wrong.remove("head.bias");
-    assert_eq!(
-        check_params(&config, &wrong).unwrap_err().to_string(),
-        "missing parameter `head.bias`"
-    );
+    assert_eq!(check_params(&config, &wrong).unwrap_err().to_string(), "missing parameter `head.bias`");
     let other = ConvNetConfig { n_way: 5, ..config };
-    assert_eq!(
-        check_params(&other, &q).unwrap_err().to_string(),
-        "parameter `head.bias` has shape [4], expected [5]"
-    );
+    assert_eq!(check_params(&other, &q).unwrap_err().to_string(), "parameter `head.bias` has shape [4], expected [5]");
 }
 
 #[test]
 fn config_errors_name_the_field() {
-    let c = ConvNetConfig {
-        in_channels: 1,
-        image_size: 8,
-        hidden: 4,
-        depth: 4,
-        n_way: 5,
-    };
+    let c = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 4, n_way: 5 };
     assert_eq!(
         c.validate().unwrap_err().to_string(),
         "invalid image_size = 8: expected at least 2^depth = 16 for depth 4"
     );
-    let c = ConvNetConfig {
-        n_way: 1,
-        ..ConvNetConfig::omniglot(5)
-    };
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("invalid n_way = 1")
-    );
+    let c = ConvNetConfig { n_way: 1, ..ConvNetConfig::omniglot(5) };
+    assert!(c.validate().unwrap_err().to_string().starts_with("invalid n_way = 1"));
 }
 
 #[test]
 fn input_gradient_matches_finite_differences() {
     // First-order check of the whole forward in f64 (second order is checked in `meta`).
-    let config = ConvNetConfig {
-        in_channels: 1,
-        image_size: 6,
-        hidden: 3,
-        depth: 2,
-        n_way: 3,
-    };
+    let config = ConvNetConfig { in_channels: 1, image_size: 6, hidden: 3, depth: 2, n_way: 3 };
     let params = expand(&init(&config, 11, DType::F64, &Device::Cpu).unwrap(), 1).unwrap();
     let labels = Tensor::new(&[[0u32, 1, 2, 1]], &Device::Cpu).unwrap();
     let x0 = seeded(&[1, 4, 1, 6, 6], 4);
-    let loss = |x: &Tensor| {
-        cross_entropy(&forward(&config, &params, x).unwrap(), &labels)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-    };
+    let loss = |x: &Tensor| cross_entropy(&forward(&config, &params, x).unwrap(), &labels).unwrap().sum_all().unwrap();
     let var = candle_core::Var::from_tensor(&x0).unwrap();
     let grads = loss(var.as_tensor()).backward().unwrap();
-    let g = grads
-        .get(var.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let base = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let mut checked = 0;
     for i in (0..base.len()).step_by(7) {
@@ -294,9 +180,7 @@ fn input_gradient_matches_finite_differences() {
             let at = |d: f64| {
                 let mut v = base.clone();
                 v[i] += d;
-                loss(&Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap())
-                    .to_scalar::<f64>()
-                    .unwrap()
+                loss(&Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap()
             };
             (at(h) - at(-h)) / (2.0 * h)
         };
@@ -328,12 +212,7 @@ fn im2col_op_matches_the_reference_and_its_gradients() {
     let direction = seeded(&[2, 3, 2, 5, 4], 23);
     let run = |f: fn(&Tensor) -> candle_core::Result<Tensor>| {
         let x = Var::from_tensor(&x0).unwrap();
-        let y = (f(x.as_tensor()).unwrap() * &weights)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let y = (f(x.as_tensor()).unwrap() * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
         let g = fewshot_grad(&y, &x, true);
         let gv = (&g * &direction).unwrap().sum_all().unwrap();
         let hv = fewshot_grad(&gv, &x, false);
@@ -343,16 +222,7 @@ fn im2col_op_matches_the_reference_and_its_gradients() {
     let (g2, h2) = run(im2col3x3_reference);
     assert!(max_abs_diff(&g1, &g2) < 1e-12);
     assert!(max_abs_diff(&h1, &h2) < 1e-12);
-    assert!(
-        h1.abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-            > 1.0,
-        "a real second derivative"
-    );
+    assert!(h1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 1.0, "a real second derivative");
 }
 
 /// Gradient of `y` with respect to `x`, keeping its graph when asked (via candle's switch,

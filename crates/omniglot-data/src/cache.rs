@@ -50,10 +50,7 @@ pub struct Manifest {
 /// Paths of the two files of one cache.
 pub fn cache_paths(cache_dir: &Path, subset: Subset, size: u32) -> (PathBuf, PathBuf) {
     let stem = format!("{}-{size}", subset.name());
-    (
-        cache_dir.join(format!("{stem}.json")),
-        cache_dir.join(format!("{stem}.safetensors")),
-    )
+    (cache_dir.join(format!("{stem}.json")), cache_dir.join(format!("{stem}.safetensors")))
 }
 
 /// Read a cache and check it against the expected subset, size and (when known) archive checksum.
@@ -66,30 +63,17 @@ pub fn read_cache(
     source_sha256: Option<&str>,
 ) -> Result<(Manifest, Vec<u8>)> {
     let (manifest_path, pixels_path) = cache_paths(cache_dir, subset, size);
-    let bad = |path: &Path, problem: String| Error::BadCache {
-        path: path.to_owned(),
-        problem,
-    };
+    let bad = |path: &Path, problem: String| Error::BadCache { path: path.to_owned(), problem };
     let text = std::fs::read_to_string(&manifest_path).io_ctx("reading", &manifest_path)?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-        bad(
-            &manifest_path,
-            format!("not a manifest of this version ({e})"),
-        )
-    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| bad(&manifest_path, format!("not a manifest of this version ({e})")))?;
     if manifest.format_version != CACHE_FORMAT_VERSION {
         return Err(bad(
             &manifest_path,
-            format!(
-                "format version {} (this build writes {CACHE_FORMAT_VERSION})",
-                manifest.format_version
-            ),
+            format!("format version {} (this build writes {CACHE_FORMAT_VERSION})", manifest.format_version),
         ));
     }
-    if manifest.subset != subset
-        || manifest.image_size != size
-        || manifest.resize_filter != RESIZE_FILTER
-    {
+    if manifest.subset != subset || manifest.image_size != size || manifest.resize_filter != RESIZE_FILTER {
         return Err(bad(
             &manifest_path,
             format!(
@@ -101,44 +85,25 @@ pub fn read_cache(
     if let Some(sha) = source_sha256
         && manifest.source_sha256 != sha
     {
-        return Err(bad(
-            &manifest_path,
-            format!(
-                "built from another archive (sha256 {})",
-                manifest.source_sha256
-            ),
-        ));
+        return Err(bad(&manifest_path, format!("built from another archive (sha256 {})", manifest.source_sha256)));
     }
     let bytes = std::fs::read(&pixels_path).io_ctx("reading", &pixels_path)?;
     let actual = sha256_bytes(&bytes);
     if actual != manifest.pixels_sha256 {
         return Err(bad(
             &pixels_path,
-            format!(
-                "sha256 {actual} differs from the manifest's {}",
-                manifest.pixels_sha256
-            ),
+            format!("sha256 {actual} differs from the manifest's {}", manifest.pixels_sha256),
         ));
     }
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(&pixels_path, format!("not a safetensors file ({e})")))?;
-    let view = tensors
-        .tensor(PIXELS_TENSOR)
-        .map_err(|e| bad(&pixels_path, format!("no `{PIXELS_TENSOR}` tensor ({e})")))?;
-    let want = [
-        manifest.characters.len(),
-        DRAWINGS_PER_CHARACTER,
-        size as usize,
-        size as usize,
-    ];
+    let view =
+        tensors.tensor(PIXELS_TENSOR).map_err(|e| bad(&pixels_path, format!("no `{PIXELS_TENSOR}` tensor ({e})")))?;
+    let want = [manifest.characters.len(), DRAWINGS_PER_CHARACTER, size as usize, size as usize];
     if view.dtype() != safetensors::Dtype::U8 || view.shape() != want {
         return Err(bad(
             &pixels_path,
-            format!(
-                "tensor is {:?} {:?}, expected U8 {want:?}",
-                view.dtype(),
-                view.shape()
-            ),
+            format!("tensor is {:?} {:?}, expected U8 {want:?}", view.dtype(), view.shape()),
         ));
     }
     let pixels = view.data().to_vec();
@@ -156,30 +121,15 @@ pub fn build_cache(
 ) -> Result<(Manifest, Vec<u8>)> {
     let source_sha256 = sha256_file(archive)?;
     let Decoded { characters, pixels } = decode_archive(archive, subset, size, expected)?;
-    let shape = vec![
-        characters.len(),
-        DRAWINGS_PER_CHARACTER,
-        size as usize,
-        size as usize,
-    ];
+    let shape = vec![characters.len(), DRAWINGS_PER_CHARACTER, size as usize, size as usize];
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, shape, &pixels)
-        .map_err(|e| Error::BadCache {
-            path: cache_dir.to_owned(),
-            problem: format!("cannot form tensor: {e}"),
-        })?;
+        .map_err(|e| Error::BadCache { path: cache_dir.to_owned(), problem: format!("cannot form tensor: {e}") })?;
     let metadata = HashMap::from([
         ("subset".to_owned(), subset.name().to_owned()),
-        (
-            "format_version".to_owned(),
-            CACHE_FORMAT_VERSION.to_string(),
-        ),
+        ("format_version".to_owned(), CACHE_FORMAT_VERSION.to_string()),
     ]);
-    let bytes = safetensors::serialize([(PIXELS_TENSOR, view)], Some(metadata)).map_err(|e| {
-        Error::BadCache {
-            path: cache_dir.to_owned(),
-            problem: format!("cannot serialise: {e}"),
-        }
-    })?;
+    let bytes = safetensors::serialize([(PIXELS_TENSOR, view)], Some(metadata))
+        .map_err(|e| Error::BadCache { path: cache_dir.to_owned(), problem: format!("cannot serialise: {e}") })?;
     let (manifest_path, pixels_path) = cache_paths(cache_dir, subset, size);
     let mut alphabets: Vec<&str> = characters.iter().map(|c| c.alphabet.as_str()).collect();
     alphabets.dedup();
@@ -188,15 +138,9 @@ pub fn build_cache(
         subset,
         image_size: size,
         resize_filter: RESIZE_FILTER.to_owned(),
-        source_archive: archive
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        source_archive: archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         source_sha256,
-        pixels_file: pixels_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        pixels_file: pixels_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         pixels_sha256: sha256_bytes(&bytes),
         counts: Counts {
             alphabets: alphabets.len(),
@@ -215,14 +159,9 @@ pub fn build_cache(
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
 /// On any failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .io_ctx("creating a temporary file in", dir)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).io_ctx("creating a temporary file in", dir)?;
     tmp.write_all(bytes).io_ctx("writing", tmp.path())?;
     #[cfg(unix)]
     {
@@ -233,10 +172,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .io_ctx("setting permissions of", tmp.path())?;
     }
     tmp.as_file().sync_all().io_ctx("syncing", tmp.path())?;
-    tmp.persist(path).map_err(|e| Error::Io {
-        action: "renaming into",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
+    tmp.persist(path).map_err(|e| Error::Io { action: "renaming into", path: path.to_owned(), source: e.error })?;
     Ok(())
 }

@@ -95,10 +95,7 @@ pub fn parse_sha256sums(text: &str, origin: &str) -> Result<Vec<(String, String)
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || Error::BadChecksumFile {
-            file: origin.to_owned(),
-            line: i + 1,
-        };
+        let bad = || Error::BadChecksumFile { file: origin.to_owned(), line: i + 1 };
         let (digest, name) = line.split_once(char::is_whitespace).ok_or_else(bad)?;
         let name = name.trim_start().trim_start_matches('*');
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
@@ -116,19 +113,12 @@ mod tests {
     #[test]
     fn known_digests() {
         // Values from `printf abc | sha256sum` and `printf abc | md5sum`.
-        assert_eq!(
-            sha256_bytes(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
         assert_eq!(md5_file(&p).unwrap(), "900150983cd24fb0d6963f7d28e17f72");
-        assert!(
-            Checksum::Md5("900150983cd24fb0d6963f7d28e17f72".into())
-                .verify_file(&p)
-                .is_ok()
-        );
+        assert!(Checksum::Md5("900150983cd24fb0d6963f7d28e17f72".into()).verify_file(&p).is_ok());
         let err = Checksum::Md5("0".repeat(32)).verify_file(&p).unwrap_err();
         assert!(err.to_string().contains("abc"), "{err}");
     }
@@ -138,14 +128,8 @@ mod tests {
         let digest = "a".repeat(64);
         let text = format!("{digest}  images_background.zip\n{digest} *images_evaluation.zip\n");
         let parsed = parse_sha256sums(&text, "SHA256SUMS").unwrap();
-        assert_eq!(
-            parsed[1],
-            (digest.clone(), "images_evaluation.zip".to_owned())
-        );
+        assert_eq!(parsed[1], (digest.clone(), "images_evaluation.zip".to_owned()));
         let err = parse_sha256sums("nothex  file\n", "SUMS").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "SUMS: line 1 is not `<64 hex digits>  <file name>`"
-        );
+        assert_eq!(err.to_string(), "SUMS: line 1 is not `<64 hex digits>  <file name>`");
     }
 }

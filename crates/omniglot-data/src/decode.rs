@@ -40,12 +40,7 @@ pub struct Decoded {
 /// (the course recipe's `transforms.Resize((28, 28))`). At `size` = 105 images are kept as they are.
 ///
 /// `expected`, when given, is checked against the counts found; any difference is an error.
-pub fn decode_archive(
-    archive: &Path,
-    subset: Subset,
-    size: u32,
-    expected: Option<Counts>,
-) -> Result<Decoded> {
+pub fn decode_archive(archive: &Path, subset: Subset, size: u32, expected: Option<Counts>) -> Result<Decoded> {
     if size == 0 || size > ORIGINAL_SIZE {
         return Err(Error::InvalidArgument {
             name: "image_size",
@@ -54,19 +49,12 @@ pub fn decode_archive(
         });
     }
     let bytes = std::fs::read(archive).io_ctx("reading", archive)?;
-    let zip_err = |source| Error::Zip {
-        path: archive.to_owned(),
-        source,
-    };
+    let zip_err = |source| Error::Zip { path: archive.to_owned(), source };
     let mut zip = zip::ZipArchive::new(Cursor::new(&bytes[..])).map_err(zip_err)?;
-    let layout_err = |problem: String| Error::BadLayout {
-        archive: archive.to_owned(),
-        problem,
-    };
+    let layout_err = |problem: String| Error::BadLayout { archive: archive.to_owned(), problem };
 
     // (alphabet, character) -> drawer -> (file stem, entry index)
-    let mut index: BTreeMap<(String, u32, String), BTreeMap<u32, (String, usize)>> =
-        BTreeMap::new();
+    let mut index: BTreeMap<(String, u32, String), BTreeMap<u32, (String, usize)>> = BTreeMap::new();
     let top = subset.top_folder();
     for i in 0..zip.len() {
         let entry = zip.by_index_raw(i).map_err(zip_err)?;
@@ -84,30 +72,19 @@ pub fn decode_archive(
             )));
         };
         let stem = file.strip_suffix(".png");
-        let number = character
-            .strip_prefix("character")
-            .and_then(|n| n.parse::<u32>().ok());
-        let drawer = stem
-            .and_then(|s| s.rsplit_once('_'))
-            .and_then(|(_, d)| d.parse::<u32>().ok());
-        let (Some(stem), Some(number), Some(drawer), true) = (stem, number, drawer, t == top)
-        else {
+        let number = character.strip_prefix("character").and_then(|n| n.parse::<u32>().ok());
+        let drawer = stem.and_then(|s| s.rsplit_once('_')).and_then(|(_, d)| d.parse::<u32>().ok());
+        let (Some(stem), Some(number), Some(drawer), true) = (stem, number, drawer, t == top) else {
             return Err(layout_err(format!(
                 "unexpected entry `{name}`: expected {top}/<alphabet>/characterNN/<id>_<NN>.png"
             )));
         };
         if !(1..=DRAWINGS_PER_CHARACTER as u32).contains(&drawer) {
-            return Err(layout_err(format!(
-                "entry `{name}`: drawer {drawer} is outside 1..=20"
-            )));
+            return Err(layout_err(format!("entry `{name}`: drawer {drawer} is outside 1..=20")));
         }
-        let slot = index
-            .entry((alphabet.to_owned(), number, character.to_owned()))
-            .or_default();
+        let slot = index.entry((alphabet.to_owned(), number, character.to_owned())).or_default();
         if slot.insert(drawer, (stem.to_owned(), i)).is_some() {
-            return Err(layout_err(format!(
-                "entry `{name}`: drawer {drawer} appears twice in {alphabet}/{character}"
-            )));
+            return Err(layout_err(format!("entry `{name}`: drawer {drawer} appears twice in {alphabet}/{character}")));
         }
     }
 
@@ -130,11 +107,7 @@ pub fn decode_archive(
             files.push(stem);
             entries.push(i);
         }
-        characters.push(Character {
-            alphabet,
-            name,
-            files,
-        });
+        characters.push(Character { alphabet, name, files });
     }
 
     let found = Counts {
@@ -152,51 +125,35 @@ pub fn decode_archive(
         return Err(layout_err(format!(
             "found {} alphabets / {} characters / {} images, expected {} / {} / {}; \
              the archive is incomplete or not the {subset} set",
-            found.alphabets,
-            found.characters,
-            found.images,
-            expected.alphabets,
-            expected.characters,
-            expected.images
+            found.alphabets, found.characters, found.images, expected.alphabets, expected.characters, expected.images
         )));
     }
 
     let image_len = (size * size) as usize;
     let mut pixels = vec![0u8; entries.len() * image_len];
-    pixels
-        .par_chunks_mut(image_len)
-        .zip(entries.par_iter())
-        .try_for_each_init(
-            || zip.clone(),
-            |zip, (out, &i)| -> Result<()> {
-                let mut entry = zip.by_index(i).map_err(zip_err)?;
-                let name = entry.name().map_err(zip_err)?.into_owned();
-                let bad = |problem: String| Error::BadImage {
-                    archive: archive.to_owned(),
-                    entry: name.clone(),
-                    problem,
-                };
-                let mut png = Vec::with_capacity(entry.size() as usize);
-                entry
-                    .read_to_end(&mut png)
-                    .map_err(|e| bad(format!("cannot decompress: {e}")))?;
-                let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
-                    .map_err(|e| bad(format!("not a readable PNG: {e}")))?
-                    .into_luma8();
-                if img.dimensions() != (ORIGINAL_SIZE, ORIGINAL_SIZE) {
-                    let (w, h) = img.dimensions();
-                    return Err(bad(format!(
-                        "image is {w}x{h}, expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
-                    )));
-                }
-                if size == ORIGINAL_SIZE {
-                    out.copy_from_slice(img.as_raw());
-                } else {
-                    let small = image::imageops::resize(&img, size, size, FilterType::Triangle);
-                    out.copy_from_slice(small.as_raw());
-                }
-                Ok(())
-            },
-        )?;
+    pixels.par_chunks_mut(image_len).zip(entries.par_iter()).try_for_each_init(
+        || zip.clone(),
+        |zip, (out, &i)| -> Result<()> {
+            let mut entry = zip.by_index(i).map_err(zip_err)?;
+            let name = entry.name().map_err(zip_err)?.into_owned();
+            let bad = |problem: String| Error::BadImage { archive: archive.to_owned(), entry: name.clone(), problem };
+            let mut png = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut png).map_err(|e| bad(format!("cannot decompress: {e}")))?;
+            let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+                .map_err(|e| bad(format!("not a readable PNG: {e}")))?
+                .into_luma8();
+            if img.dimensions() != (ORIGINAL_SIZE, ORIGINAL_SIZE) {
+                let (w, h) = img.dimensions();
+                return Err(bad(format!("image is {w}x{h}, expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}")));
+            }
+            if size == ORIGINAL_SIZE {
+                out.copy_from_slice(img.as_raw());
+            } else {
+                let small = image::imageops::resize(&img, size, size, FilterType::Triangle);
+                out.copy_from_slice(small.as_raw());
+            }
+            Ok(())
+        },
+    )?;
     Ok(Decoded { characters, pixels })
 }

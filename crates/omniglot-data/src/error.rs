@@ -19,9 +19,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An archive is not where it should be.
-    #[error(
-        "archive {path} not found: run `cargo xtask download` (or pass --source DIR_OR_URL) first"
-    )]
+    #[error("archive {path} not found: run `cargo xtask download` (or pass --source DIR_OR_URL) first")]
     ArchiveMissing {
         /// Where the archive was expected.
         path: PathBuf,
@@ -113,9 +111,7 @@ pub enum Error {
         status: u16,
     },
     /// The body ended before the announced length.
-    #[error(
-        "download of {url} was truncated: got {got} of {expected} bytes; run the download again"
-    )]
+    #[error("download of {url} was truncated: got {got} of {expected} bytes; run the download again")]
     Truncated {
         /// The URL.
         url: String,
@@ -136,10 +132,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn io_ctx(self, action: &'static str, path: &std::path::Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        })
+        self.map_err(|source| Error::Io { action, path: path.to_owned(), source })
     }
 }

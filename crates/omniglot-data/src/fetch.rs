@@ -120,17 +120,9 @@ pub fn fetch(
         let part = data_dir.join(format!("{name}.part"));
         let result = transfer(source, name, &part, progress).and_then(|()| {
             expected.verify_file(&part).map_err(|e| match e {
-                Error::ChecksumMismatch {
-                    algorithm,
-                    expected,
-                    actual,
-                    ..
-                } => Error::ChecksumMismatch {
-                    file: source.location(name),
-                    algorithm,
-                    expected,
-                    actual,
-                },
+                Error::ChecksumMismatch { algorithm, expected, actual, .. } => {
+                    Error::ChecksumMismatch { file: source.location(name), algorithm, expected, actual }
+                }
                 other => other,
             })
         });
@@ -161,11 +153,7 @@ fn read_sums(source: &Source) -> Result<Vec<(String, String)>> {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => {
-                    return Err(Error::Io {
-                        action: "reading",
-                        path,
-                        source: e,
-                    });
+                    return Err(Error::Io { action: "reading", path, source: e });
                 }
             }
         }
@@ -177,33 +165,18 @@ fn read_sums(source: &Source) -> Result<Vec<(String, String)>> {
     parse_sha256sums(&text, &origin)
 }
 
-fn transfer(
-    source: &Source,
-    name: &str,
-    part: &Path,
-    progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<()> {
+fn transfer(source: &Source, name: &str, part: &Path, progress: &mut dyn FnMut(Progress<'_>)) -> Result<()> {
     let mut out = std::fs::File::create(part).io_ctx("creating", part)?;
     match source {
         Source::Dir(dir) => {
             let path = dir.join(name);
             let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::ArchiveMissing { path: path.clone() },
-                _ => Error::Io {
-                    action: "opening",
-                    path: path.clone(),
-                    source: e,
-                },
+                _ => Error::Io { action: "opening", path: path.clone(), source: e },
             })?;
             let total = file.metadata().ok().map(|m| m.len());
             progress(Progress::Start { file: name, total });
-            copy_with_progress(
-                &mut file,
-                &mut out,
-                part,
-                &path.display().to_string(),
-                progress,
-            )?;
+            copy_with_progress(&mut file, &mut out, part, &path.display().to_string(), progress)?;
         }
         Source::Url(_) => {
             let url = source.location(name);
@@ -238,11 +211,7 @@ fn copy_with_progress(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(Error::Io {
-                    action: "reading",
-                    path: PathBuf::from(origin),
-                    source: e,
-                });
+                return Err(Error::Io { action: "reading", path: PathBuf::from(origin), source: e });
             }
         };
         out.write_all(&buf[..n]).io_ctx("writing", part)?;
@@ -271,14 +240,8 @@ mod http {
         match agent().get(url).call() {
             Ok(resp) => Ok(Some(resp)),
             Err(ureq::Error::StatusCode(404)) => Ok(None),
-            Err(ureq::Error::StatusCode(status)) => Err(Error::HttpStatus {
-                url: url.to_owned(),
-                status,
-            }),
-            Err(e) => Err(Error::Unreachable {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            }),
+            Err(ureq::Error::StatusCode(status)) => Err(Error::HttpStatus { url: url.to_owned(), status }),
+            Err(e) => Err(Error::Unreachable { url: url.to_owned(), reason: e.to_string() }),
         }
     }
 
@@ -290,26 +253,17 @@ mod http {
         let text = resp
             .into_body()
             .read_to_string()
-            .map_err(|e| Error::Unreachable {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
         Ok(Some(text))
     }
 
     /// GET a large file as a stream, with its announced length.
     pub(super) fn get_stream(url: &str) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
         let Some(resp) = call(url)? else {
-            return Err(Error::HttpStatus {
-                url: url.to_owned(),
-                status: 404,
-            });
+            return Err(Error::HttpStatus { url: url.to_owned(), status: 404 });
         };
-        let total = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let total =
+            resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         Ok((Box::new(reader), total))
     }

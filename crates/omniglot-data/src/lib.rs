@@ -32,10 +32,7 @@ pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{
-    CACHE_FORMAT_VERSION, Manifest, RESIZE_FILTER, build_cache, cache_paths, read_cache,
-    write_atomic,
-};
+pub use cache::{CACHE_FORMAT_VERSION, Manifest, RESIZE_FILTER, build_cache, cache_paths, read_cache, write_atomic};
 pub use checksum::{Checksum, md5_file, parse_sha256sums, sha256_bytes, sha256_file};
 pub use decode::{Character, Decoded, decode_archive};
 pub use error::{Error, Result};
@@ -81,11 +78,7 @@ impl Expected {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            image_size: DEFAULT_IMAGE_SIZE,
-            expected: Expected::Omniglot,
-            cache_dir: None,
-        }
+        LoadOptions { image_size: DEFAULT_IMAGE_SIZE, expected: Expected::Omniglot, cache_dir: None }
     }
 }
 
@@ -111,29 +104,14 @@ impl Dataset {
     /// current, otherwise decode the archive and write a fresh cache. A cache that is stale,
     /// foreign or damaged is rebuilt, never trusted.
     pub fn load(data_dir: &Path, subset: Subset, options: &LoadOptions) -> Result<Dataset> {
-        let cache_dir = options
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("cache"));
+        let cache_dir = options.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache"));
         let archive = data_dir.join(subset.archive_name());
         let size = options.image_size;
-        let source_sha = if archive.exists() {
-            Some(sha256_file(&archive)?)
-        } else {
-            None
-        };
+        let source_sha = if archive.exists() { Some(sha256_file(&archive)?) } else { None };
         match read_cache(&cache_dir, subset, size, source_sha.as_deref()) {
             Ok((manifest, pixels)) => {
-                if options
-                    .expected
-                    .counts(subset)
-                    .is_none_or(|c| c == manifest.counts)
-                {
-                    return Ok(Dataset {
-                        manifest,
-                        pixels,
-                        origin: Origin::Cache,
-                    });
+                if options.expected.counts(subset).is_none_or(|c| c == manifest.counts) {
+                    return Ok(Dataset { manifest, pixels, origin: Origin::Cache });
                 }
                 tracing::info!("cache for {subset} has other counts than expected; rebuilding");
             }
@@ -145,11 +123,7 @@ impl Dataset {
         }
         let expected = options.expected.counts(subset);
         let (manifest, pixels) = build_cache(&archive, &cache_dir, subset, size, expected)?;
-        Ok(Dataset {
-            manifest,
-            pixels,
-            origin: Origin::Built,
-        })
+        Ok(Dataset { manifest, pixels, origin: Origin::Built })
     }
 
     /// Which subset this is.
@@ -192,14 +166,8 @@ impl Dataset {
     /// # Panics
     /// If `character` or `drawing` is out of range.
     pub fn image(&self, character: usize, drawing: usize) -> &[u8] {
-        assert!(
-            character < self.characters().len(),
-            "character {character} out of range"
-        );
-        assert!(
-            drawing < DRAWINGS_PER_CHARACTER,
-            "drawing {drawing} out of range (0..20)"
-        );
+        assert!(character < self.characters().len(), "character {character} out of range");
+        assert!(drawing < DRAWINGS_PER_CHARACTER, "drawing {drawing} out of range (0..20)");
         let len = (self.image_size() * self.image_size()) as usize;
         let start = (character * DRAWINGS_PER_CHARACTER + drawing) * len;
         &self.pixels[start..start + len]

@@ -67,16 +67,8 @@ impl Subset {
     /// The counts of the real dataset.
     pub fn expected_counts(self) -> Counts {
         match self {
-            Subset::Background => Counts {
-                alphabets: 30,
-                characters: 964,
-                images: 19_280,
-            },
-            Subset::Evaluation => Counts {
-                alphabets: 20,
-                characters: 659,
-                images: 13_180,
-            },
+            Subset::Background => Counts { alphabets: 30, characters: 964, images: 19_280 },
+            Subset::Evaluation => Counts { alphabets: 20, characters: 659, images: 13_180 },
         }
     }
 }

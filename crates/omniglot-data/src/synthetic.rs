@@ -39,11 +39,7 @@ pub fn image(character: usize, drawer: usize) -> image::GrayImage {
         let len = 20 + next(20);
         for t in 0..len {
             for w in 0..6 {
-                let (x, y) = if horizontal {
-                    (x0 + t, y0 + w)
-                } else {
-                    (x0 + w, y0 + t)
-                };
+                let (x, y) = if horizontal { (x0 + t, y0 + w) } else { (x0 + w, y0 + t) };
                 if x < n && y < n {
                     img.put_pixel(x, y, image::Luma([0]));
                 }
@@ -56,8 +52,7 @@ pub fn image(character: usize, drawer: usize) -> image::GrayImage {
 /// PNG bytes of an image.
 pub fn png_bytes(img: &image::GrayImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encoding a PNG in memory cannot fail");
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encoding a PNG in memory cannot fail");
     out.into_inner()
 }
 
@@ -93,12 +88,8 @@ pub fn entries(subset: Subset, spec: Spec) -> Vec<Entry> {
 pub fn write_zip(path: &Path, entries: &[Entry]) -> Result<()> {
     let file = std::fs::File::create(path).io_ctx("creating", path)?;
     let mut zip = zip::ZipWriter::new(file);
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    let zip_err = |source| Error::Zip {
-        path: path.to_owned(),
-        source,
-    };
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let zip_err = |source| Error::Zip { path: path.to_owned(), source };
     for (name, bytes) in entries {
         zip.start_file(name.as_str(), options).map_err(zip_err)?;
         zip.write_all(bytes).io_ctx("writing", path)?;

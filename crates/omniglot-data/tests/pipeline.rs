@@ -5,29 +5,16 @@ use std::path::Path;
 use omniglot_data::synthetic::{self, Spec};
 use omniglot_data::{Counts, Dataset, Error, Expected, LoadOptions, Origin, Subset, cache_paths};
 
-const SPEC: Spec = Spec {
-    alphabets: 2,
-    characters_per_alphabet: 3,
-};
-const COUNTS: Counts = Counts {
-    alphabets: 2,
-    characters: 6,
-    images: 120,
-};
+const SPEC: Spec = Spec { alphabets: 2, characters_per_alphabet: 3 };
+const COUNTS: Counts = Counts { alphabets: 2, characters: 6, images: 120 };
 
 fn options() -> LoadOptions {
-    LoadOptions {
-        expected: Expected::Exactly(COUNTS),
-        ..LoadOptions::default()
-    }
+    LoadOptions { expected: Expected::Exactly(COUNTS), ..LoadOptions::default() }
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -45,42 +32,24 @@ fn builds_then_reads_cache() {
     assert_eq!(built.characters()[0].files[19], "0001_20");
     assert_eq!(built.pixels().len(), 120 * 28 * 28);
     // Some ink, mostly paper: the strokes cover a few percent of the image.
-    let ink =
-        built.pixels().iter().filter(|&&p| p < 128).count() as f64 / built.pixels().len() as f64;
+    let ink = built.pixels().iter().filter(|&&p| p < 128).count() as f64 / built.pixels().len() as f64;
     assert!((0.01..0.3).contains(&ink), "ink share {ink}");
 
     let cached = Dataset::load(dir.path(), Subset::Background, &options()).unwrap();
     assert_eq!(cached.origin(), Origin::Cache);
     assert_eq!(cached.pixels(), built.pixels());
     assert_eq!(cached.characters(), built.characters());
-    assert_eq!(
-        files_in(&dir.path().join("cache")),
-        ["background-28.json", "background-28.safetensors"]
-    );
+    assert_eq!(files_in(&dir.path().join("cache")), ["background-28.json", "background-28.safetensors"]);
 }
 
 #[test]
 fn full_size_keeps_original_pixels() {
     let dir = tempfile::tempdir().unwrap();
-    synthetic::write_archive(
-        dir.path(),
-        Subset::Evaluation,
-        Spec {
-            alphabets: 1,
-            characters_per_alphabet: 1,
-        },
-    )
-    .unwrap();
-    let opts = LoadOptions {
-        image_size: 105,
-        expected: Expected::Any,
-        cache_dir: None,
-    };
+    synthetic::write_archive(dir.path(), Subset::Evaluation, Spec { alphabets: 1, characters_per_alphabet: 1 })
+        .unwrap();
+    let opts = LoadOptions { image_size: 105, expected: Expected::Any, cache_dir: None };
     let ds = Dataset::load(dir.path(), Subset::Evaluation, &opts).unwrap();
-    assert_eq!(
-        ds.image(0, 4),
-        synthetic::image(10_000, 5).as_raw().as_slice()
-    );
+    assert_eq!(ds.image(0, 4), synthetic::image(10_000, 5).as_raw().as_slice());
 }
 
 #[test]
@@ -90,14 +59,8 @@ fn wrong_counts_name_what_differs() {
     let err = Dataset::load(dir.path(), Subset::Background, &LoadOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("images_background.zip"), "{msg}");
-    assert!(
-        msg.contains("found 2 alphabets / 6 characters / 120 images, expected 30 / 964 / 19280"),
-        "{msg}"
-    );
-    assert!(
-        !dir.path().join("cache").exists(),
-        "no cache may be left behind"
-    );
+    assert!(msg.contains("found 2 alphabets / 6 characters / 120 images, expected 30 / 964 / 19280"), "{msg}");
+    assert!(!dir.path().join("cache").exists(), "no cache may be left behind");
 }
 
 #[test]
@@ -106,21 +69,11 @@ fn missing_drawing_is_named() {
     let mut entries = synthetic::entries(Subset::Background, SPEC);
     entries.retain(|(name, _)| !name.ends_with("/character02/0002_07.png"));
     synthetic::write_zip(&dir.path().join("images_background.zip"), &entries).unwrap();
-    let err = Dataset::load(
-        dir.path(),
-        Subset::Background,
-        &LoadOptions {
-            expected: Expected::Any,
-            ..options()
-        },
-    )
-    .unwrap_err();
+    let err = Dataset::load(dir.path(), Subset::Background, &LoadOptions { expected: Expected::Any, ..options() })
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::BadLayout { .. }), "{msg}");
-    assert!(
-        msg.contains("Alphabet_00/character02 has 19 drawings, expected 20; missing drawers 07"),
-        "{msg}"
-    );
+    assert!(msg.contains("Alphabet_00/character02 has 19 drawings, expected 20; missing drawers 07"), "{msg}");
 }
 
 #[test]
@@ -133,10 +86,7 @@ fn wrong_png_size_names_the_entry() {
     synthetic::write_zip(&dir.path().join("images_background.zip"), &entries).unwrap();
     let err = Dataset::load(dir.path(), Subset::Background, &options()).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains(&bad_name) && msg.contains("image is 50x60, expected 105x105"),
-        "{msg}"
-    );
+    assert!(msg.contains(&bad_name) && msg.contains("image is 50x60, expected 105x105"), "{msg}");
     assert!(!dir.path().join("cache").exists());
 }
 
@@ -159,18 +109,13 @@ fn corrupt_and_truncated_zip_name_the_file() {
         let mut bytes = std::fs::read(&path).unwrap();
         match cut {
             Some(frac) => bytes.truncate((bytes.len() as f64 * frac) as usize),
-            None => bytes
-                .iter_mut()
-                .for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7)),
+            None => bytes.iter_mut().for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7)),
         }
         std::fs::write(&path, &bytes).unwrap();
         let err = Dataset::load(dir.path(), Subset::Background, &options()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::Zip { .. }), "{what}: {msg}");
-        assert!(
-            msg.contains("images_background.zip") && msg.contains("delete it and download again"),
-            "{what}: {msg}"
-        );
+        assert!(msg.contains("images_background.zip") && msg.contains("delete it and download again"), "{what}: {msg}");
         assert!(!dir.path().join("cache").exists(), "{what}");
     }
 }
@@ -181,10 +126,7 @@ fn missing_archive_says_how_to_get_it() {
     let err = Dataset::load(dir.path(), Subset::Evaluation, &options()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::ArchiveMissing { .. }), "{msg}");
-    assert!(
-        msg.contains("images_evaluation.zip") && msg.contains("cargo xtask download"),
-        "{msg}"
-    );
+    assert!(msg.contains("images_evaluation.zip") && msg.contains("cargo xtask download"), "{msg}");
 }
 
 #[test]
@@ -192,18 +134,13 @@ fn stale_foreign_or_damaged_caches_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     synthetic::write_archive(dir.path(), Subset::Background, SPEC).unwrap();
     let first = Dataset::load(dir.path(), Subset::Background, &options()).unwrap();
-    let (manifest_path, pixels_path) =
-        cache_paths(&dir.path().join("cache"), Subset::Background, 28);
+    let (manifest_path, pixels_path) = cache_paths(&dir.path().join("cache"), Subset::Background, 28);
     let original = std::fs::read_to_string(&manifest_path).unwrap();
 
     type Tamper = fn(&Path, &Path, &str);
     let cases: [(&str, Tamper); 5] = [
         ("other format version", |m, _, orig| {
-            std::fs::write(
-                m,
-                orig.replace("\"format_version\": 1", "\"format_version\": 0"),
-            )
-            .unwrap()
+            std::fs::write(m, orig.replace("\"format_version\": 1", "\"format_version\": 0")).unwrap()
         }),
         ("other source archive", |m, _, orig| {
             let v: serde_json::Value = serde_json::from_str(orig).unwrap();
@@ -216,9 +153,7 @@ fn stale_foreign_or_damaged_caches_are_rebuilt() {
             b[last] ^= 0xff;
             std::fs::write(p, b).unwrap()
         }),
-        ("manifest not json", |m, _, _| {
-            std::fs::write(m, "{").unwrap()
-        }),
+        ("manifest not json", |m, _, _| std::fs::write(m, "{").unwrap()),
         ("pixels deleted", |_, p, _| std::fs::remove_file(p).unwrap()),
     ];
     for (what, tamper) in cases {
@@ -227,11 +162,7 @@ fn stale_foreign_or_damaged_caches_are_rebuilt() {
         assert_eq!(again.origin(), Origin::Built, "{what}");
         assert_eq!(again.pixels(), first.pixels(), "{what}");
         let next = Dataset::load(dir.path(), Subset::Background, &options()).unwrap();
-        assert_eq!(
-            next.origin(),
-            Origin::Cache,
-            "{what}: rebuilt cache is read back"
-        );
+        assert_eq!(next.origin(), Origin::Cache, "{what}: rebuilt cache is read back");
     }
 }
 
@@ -240,15 +171,9 @@ fn archive_changed_under_the_cache_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
     synthetic::write_archive(dir.path(), Subset::Background, SPEC).unwrap();
     Dataset::load(dir.path(), Subset::Background, &options()).unwrap();
-    let bigger = Spec {
-        alphabets: 2,
-        characters_per_alphabet: 4,
-    };
+    let bigger = Spec { alphabets: 2, characters_per_alphabet: 4 };
     synthetic::write_archive(dir.path(), Subset::Background, bigger).unwrap();
-    let opts = LoadOptions {
-        expected: Expected::Any,
-        ..options()
-    };
+    let opts = LoadOptions { expected: Expected::Any, ..options() };
     let ds = Dataset::load(dir.path(), Subset::Background, &opts).unwrap();
     assert_eq!((ds.origin(), ds.characters().len()), (Origin::Built, 8));
 }
@@ -262,10 +187,7 @@ fn unwritable_cache_dir_is_named_and_archive_kept() {
     // (a permission-based test would pass vacuously when run as root).
     let blocker = dir.path().join("blocker");
     std::fs::write(&blocker, b"").unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(blocker.join("cache")),
-        ..options()
-    };
+    let opts = LoadOptions { cache_dir: Some(blocker.join("cache")), ..options() };
     let err = Dataset::load(dir.path(), Subset::Background, &opts).unwrap_err();
     assert!(err.to_string().contains("blocker/cache"), "{err}");
     assert_eq!(std::fs::read(&archive).unwrap(), before);
@@ -276,14 +198,6 @@ fn unwritable_cache_dir_is_named_and_archive_kept() {
 fn bad_image_size_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     synthetic::write_archive(dir.path(), Subset::Background, SPEC).unwrap();
-    let err = Dataset::load(
-        dir.path(),
-        Subset::Background,
-        &LoadOptions {
-            image_size: 0,
-            ..options()
-        },
-    )
-    .unwrap_err();
+    let err = Dataset::load(dir.path(), Subset::Background, &LoadOptions { image_size: 0, ..options() }).unwrap_err();
     assert_eq!(err.to_string(), "invalid image_size = 0: 1 to 105");
 }

@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A quarter-turn rotation, counter-clockwise.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub enum Rotation {
     /// No rotation.
     #[default]
@@ -78,11 +76,7 @@ pub fn rotate_bilinear(image: &[f32], size: usize, degrees: f32, fill: f32) -> V
     let centre = (size as f32 - 1.0) / 2.0;
     let (sin, cos) = degrees.to_radians().sin_cos();
     let at = |r: isize, c: isize| {
-        if (0..n).contains(&r) && (0..n).contains(&c) {
-            image[(r * n + c) as usize]
-        } else {
-            fill
-        }
+        if (0..n).contains(&r) && (0..n).contains(&c) { image[(r * n + c) as usize] } else { fill }
     };
     let mut out = vec![fill; size * size];
     for r in 0..size {
@@ -136,11 +130,7 @@ mod tests {
 
     #[track_caller]
     fn check(rotation: Rotation, from: (usize, usize), to: (usize, usize)) {
-        assert_eq!(
-            rotate_quarter(&dot(from.0, from.1), 3, rotation),
-            dot(to.0, to.1),
-            "{rotation:?}"
-        );
+        assert_eq!(rotate_quarter(&dot(from.0, from.1), 3, rotation), dot(to.0, to.1), "{rotation:?}");
     }
 
     #[test]
@@ -162,10 +152,7 @@ mod tests {
             x = rotate_quarter(&x, 5, Rotation::R90);
         }
         assert_eq!(x, img);
-        assert_eq!(
-            rotate_quarter(&rotate_quarter(&img, 5, Rotation::R90), 5, Rotation::R270),
-            img
-        );
+        assert_eq!(rotate_quarter(&rotate_quarter(&img, 5, Rotation::R90), 5, Rotation::R270), img);
     }
 
     #[test]
@@ -188,12 +175,7 @@ mod tests {
         let mut img = vec![1.0f32; 25];
         img[2 * 5 + 4] = 0.0; // row 2, col 4: 2 px right of centre
         let out = rotate_bilinear(&img, 5, 45.0, 1.0);
-        let darkest = out
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0;
+        let darkest = out.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!((darkest / 5, darkest % 5), (1, 3));
         assert!(out[12] > 0.99, "centre stays paper");
     }

@@ -65,22 +65,13 @@ pub struct EpisodeSpec {
 impl EpisodeSpec {
     /// Check the spec against a class pool of `pool` classes; errors name the value and range.
     pub fn validate(&self, pool: usize) -> Result<()> {
-        let bad = |name: &'static str, value: usize, expected: String| {
-            Err(Error::InvalidSpec {
-                name,
-                value,
-                expected,
-            })
-        };
+        let bad =
+            |name: &'static str, value: usize, expected: String| Err(Error::InvalidSpec { name, value, expected });
         if self.n_way < 2 {
             return bad("n_way", self.n_way, "at least 2".into());
         }
         if self.n_way > pool {
-            return bad(
-                "n_way",
-                self.n_way,
-                format!("at most the {pool} classes of the pool"),
-            );
+            return bad("n_way", self.n_way, format!("at most the {pool} classes of the pool"));
         }
         if self.n_way > u8::MAX as usize + 1 {
             return bad("n_way", self.n_way, "at most 256".into());
@@ -97,16 +88,12 @@ impl EpisodeSpec {
                 self.k_shot + self.n_query,
                 format!("at most {DRAWINGS} drawings per character"),
             ),
-            DrawingSplit::FirstTenSupport if self.k_shot > 10 => bad(
-                "k_shot",
-                self.k_shot,
-                "at most 10 (support from drawings 1-10)".into(),
-            ),
-            DrawingSplit::FirstTenSupport if self.n_query > 10 => bad(
-                "n_query",
-                self.n_query,
-                "at most 10 (query from drawings 11-20)".into(),
-            ),
+            DrawingSplit::FirstTenSupport if self.k_shot > 10 => {
+                bad("k_shot", self.k_shot, "at most 10 (support from drawings 1-10)".into())
+            }
+            DrawingSplit::FirstTenSupport if self.n_query > 10 => {
+                bad("n_query", self.n_query, "at most 10 (query from drawings 11-20)".into())
+            }
             _ => Ok(()),
         }
     }
@@ -146,12 +133,7 @@ impl Sampler {
     /// A sampler over `classes` (distinct) for `spec`; errors if the spec does not fit the pool.
     pub fn new(classes: Vec<Class>, spec: EpisodeSpec) -> Result<Sampler> {
         spec.validate(classes.len())?;
-        Ok(Sampler {
-            classes,
-            spec,
-            rotate_classes: false,
-            task_augment: TaskAugment::None,
-        })
+        Ok(Sampler { classes, spec, rotate_classes: false, task_augment: TaskAugment::None })
     }
 
     /// The episode shape.
@@ -162,12 +144,7 @@ impl Sampler {
     /// Draw one episode: `n_way` distinct classes, labels in a random order, `k_shot` support
     /// and `n_query` query drawings per class, disjoint.
     pub fn sample(&self, rng: &mut impl Rng) -> Episode {
-        let EpisodeSpec {
-            n_way,
-            k_shot,
-            n_query,
-            drawing_split,
-        } = self.spec;
+        let EpisodeSpec { n_way, k_shot, n_query, drawing_split } = self.spec;
         let picked = index::sample(rng, self.classes.len(), n_way);
         let mut labels: Vec<u8> = (0..n_way).map(|l| l as u8).collect();
         labels.shuffle(rng);
@@ -176,27 +153,17 @@ impl Sampler {
             let mut class = self.classes[i];
             if self.rotate_classes {
                 let extra = Rotation::from_quarter_turns(rng.random_range(0..4));
-                class.rotation = Rotation::from_quarter_turns(
-                    class.rotation.quarter_turns() + extra.quarter_turns(),
-                );
+                class.rotation = Rotation::from_quarter_turns(class.rotation.quarter_turns() + extra.quarter_turns());
             }
             let (support, query): (Vec<u8>, Vec<u8>) = match drawing_split {
                 DrawingSplit::Any => {
-                    let d: Vec<u8> = index::sample(rng, DRAWINGS, k_shot + n_query)
-                        .into_iter()
-                        .map(|d| d as u8)
-                        .collect();
+                    let d: Vec<u8> =
+                        index::sample(rng, DRAWINGS, k_shot + n_query).into_iter().map(|d| d as u8).collect();
                     (d[..k_shot].to_vec(), d[k_shot..].to_vec())
                 }
                 DrawingSplit::FirstTenSupport => (
-                    index::sample(rng, 10, k_shot)
-                        .into_iter()
-                        .map(|d| d as u8)
-                        .collect(),
-                    index::sample(rng, 10, n_query)
-                        .into_iter()
-                        .map(|d| d as u8 + 10)
-                        .collect(),
+                    index::sample(rng, 10, k_shot).into_iter().map(|d| d as u8).collect(),
+                    index::sample(rng, 10, n_query).into_iter().map(|d| d as u8 + 10).collect(),
                 ),
             };
             by_label.push((label, class, support, query));
@@ -206,11 +173,7 @@ impl Sampler {
             by_label
                 .iter()
                 .flat_map(|entry| {
-                    pick(entry).iter().map(|&drawing| Example {
-                        class: entry.1,
-                        drawing,
-                        label: entry.0,
-                    })
+                    pick(entry).iter().map(|&drawing| Example { class: entry.1, drawing, label: entry.0 })
                 })
                 .collect()
         };
@@ -218,23 +181,14 @@ impl Sampler {
         let query = examples(|e| &e.3);
         let task_rotation = match self.task_augment {
             TaskAugment::None => None,
-            TaskAugment::QuarterTurn { p } => rng.random_bool(p).then(|| {
-                TaskRotation::Quarter(if rng.random_bool(0.5) {
-                    Rotation::R90
-                } else {
-                    Rotation::R270
-                })
-            }),
-            TaskAugment::Angle { p } => rng
+            TaskAugment::QuarterTurn { p } => rng
                 .random_bool(p)
-                .then(|| TaskRotation::Degrees(rng.random_range(-90.0..=90.0))),
+                .then(|| TaskRotation::Quarter(if rng.random_bool(0.5) { Rotation::R90 } else { Rotation::R270 })),
+            TaskAugment::Angle { p } => {
+                rng.random_bool(p).then(|| TaskRotation::Degrees(rng.random_range(-90.0..=90.0)))
+            }
         };
-        Episode {
-            n_way,
-            support,
-            query,
-            task_rotation,
-        }
+        Episode { n_way, support, query, task_rotation }
     }
 }
 
@@ -264,12 +218,7 @@ impl Episode {
             let mut labels = Vec::with_capacity(examples.len());
             for ex in examples {
                 let raw = image(ex.class.character, ex.drawing as usize);
-                assert_eq!(
-                    raw.len(),
-                    size * size,
-                    "image of character {} is not {size}x{size}",
-                    ex.class.character
-                );
+                assert_eq!(raw.len(), size * size, "image of character {} is not {size}x{size}", ex.class.character);
                 let ink: Vec<f32> = raw.iter().map(|&p| 1.0 - p as f32 / 255.0).collect();
                 let mut img = crate::augment::rotate_quarter(&ink, size, ex.class.rotation);
                 if let Some(t) = self.task_rotation {
@@ -282,13 +231,7 @@ impl Episode {
         };
         let (support, support_labels) = render_part(&self.support);
         let (query, query_labels) = render_part(&self.query);
-        EpisodePixels {
-            image_size: size,
-            support,
-            support_labels,
-            query,
-            query_labels,
-        }
+        EpisodePixels { image_size: size, support, support_labels, query, query_labels }
     }
 }
 
@@ -307,17 +250,10 @@ mod tests {
 
     #[test]
     fn sampler_invariants() {
-        for (k_shot, n_query, split) in [
-            (1, 1, DrawingSplit::Any),
-            (5, 15, DrawingSplit::Any),
-            (3, 4, DrawingSplit::FirstTenSupport),
-        ] {
-            let spec = EpisodeSpec {
-                n_way: 5,
-                k_shot,
-                n_query,
-                drawing_split: split,
-            };
+        for (k_shot, n_query, split) in
+            [(1, 1, DrawingSplit::Any), (5, 15, DrawingSplit::Any), (3, 4, DrawingSplit::FirstTenSupport)]
+        {
+            let spec = EpisodeSpec { n_way: 5, k_shot, n_query, drawing_split: split };
             let sampler = Sampler::new(pool(12), spec).unwrap();
             let mut rng = ChaCha8Rng::seed_from_u64(7);
             for _ in 0..200 {
@@ -327,16 +263,12 @@ mod tests {
                 assert_eq!(ep.support.len(), 5 * k_shot);
                 assert_eq!(ep.query.len(), 5 * n_query);
                 for label in 0..5u8 {
-                    let sup: Vec<&Example> =
-                        ep.support.iter().filter(|e| e.label == label).collect();
+                    let sup: Vec<&Example> = ep.support.iter().filter(|e| e.label == label).collect();
                     let qry: Vec<&Example> = ep.query.iter().filter(|e| e.label == label).collect();
                     assert_eq!(sup.len(), k_shot, "each label K times in support");
                     assert_eq!(qry.len(), n_query);
                     let class = sup[0].class;
-                    assert!(
-                        sup.iter().chain(&qry).all(|e| e.class == class),
-                        "one class per label"
-                    );
+                    assert!(sup.iter().chain(&qry).all(|e| e.class == class), "one class per label");
                     let s: BTreeSet<u8> = sup.iter().map(|e| e.drawing).collect();
                     let q: BTreeSet<u8> = qry.iter().map(|e| e.drawing).collect();
                     assert_eq!(s.len() + q.len(), k_shot + n_query, "distinct drawings");
@@ -351,53 +283,25 @@ mod tests {
 
     #[test]
     fn labels_are_shuffled_per_episode() {
-        let sampler = Sampler::new(
-            pool(5),
-            EpisodeSpec {
-                n_way: 5,
-                k_shot: 1,
-                n_query: 1,
-                drawing_split: DrawingSplit::Any,
-            },
-        )
-        .unwrap();
+        let sampler =
+            Sampler::new(pool(5), EpisodeSpec { n_way: 5, k_shot: 1, n_query: 1, drawing_split: DrawingSplit::Any })
+                .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let orders: BTreeSet<Vec<u32>> = (0..50)
-            .map(|_| {
-                sampler
-                    .sample(&mut rng)
-                    .support
-                    .iter()
-                    .map(|e| e.class.character)
-                    .collect()
-            })
-            .collect();
-        assert!(
-            orders.len() > 10,
-            "label-to-class assignment varies: {}",
-            orders.len()
-        );
+        let orders: BTreeSet<Vec<u32>> =
+            (0..50).map(|_| sampler.sample(&mut rng).support.iter().map(|e| e.class.character).collect()).collect();
+        assert!(orders.len() > 10, "label-to-class assignment varies: {}", orders.len());
     }
 
     #[test]
     fn same_seed_same_episodes() {
-        let mut sampler = Sampler::new(
-            pool(30),
-            EpisodeSpec {
-                n_way: 5,
-                k_shot: 2,
-                n_query: 3,
-                drawing_split: DrawingSplit::Any,
-            },
-        )
-        .unwrap();
+        let mut sampler =
+            Sampler::new(pool(30), EpisodeSpec { n_way: 5, k_shot: 2, n_query: 3, drawing_split: DrawingSplit::Any })
+                .unwrap();
         sampler.rotate_classes = true;
         sampler.task_augment = TaskAugment::Angle { p: 0.5 };
         let draw = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..20)
-                .map(|_| sampler.sample(&mut rng))
-                .collect::<Vec<_>>()
+            (0..20).map(|_| sampler.sample(&mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
@@ -405,49 +309,31 @@ mod tests {
 
     #[test]
     fn task_augment_probability_is_respected() {
-        let mut sampler = Sampler::new(
-            pool(10),
-            EpisodeSpec {
-                n_way: 5,
-                k_shot: 1,
-                n_query: 1,
-                drawing_split: DrawingSplit::Any,
-            },
-        )
-        .unwrap();
+        let mut sampler =
+            Sampler::new(pool(10), EpisodeSpec { n_way: 5, k_shot: 1, n_query: 1, drawing_split: DrawingSplit::Any })
+                .unwrap();
         sampler.task_augment = TaskAugment::QuarterTurn { p: 0.6 };
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let n = 2000;
         let eps: Vec<Episode> = (0..n).map(|_| sampler.sample(&mut rng)).collect();
         let rotated = eps.iter().filter(|e| e.task_rotation.is_some()).count() as f64 / n as f64;
         assert!((rotated - 0.6).abs() < 0.04, "{rotated}");
-        assert!(eps.iter().all(|e| matches!(
-            e.task_rotation,
-            None | Some(TaskRotation::Quarter(Rotation::R90 | Rotation::R270))
-        )));
+        assert!(
+            eps.iter()
+                .all(|e| matches!(e.task_rotation, None | Some(TaskRotation::Quarter(Rotation::R90 | Rotation::R270))))
+        );
     }
 
     #[test]
     fn invalid_specs_name_the_key() {
-        let spec = |n_way, k_shot, n_query| EpisodeSpec {
-            n_way,
-            k_shot,
-            n_query,
-            drawing_split: DrawingSplit::Any,
-        };
+        let spec = |n_way, k_shot, n_query| EpisodeSpec { n_way, k_shot, n_query, drawing_split: DrawingSplit::Any };
         let err = |s: EpisodeSpec, pool| s.validate(pool).unwrap_err().to_string();
         assert_eq!(
             err(spec(5, 10, 11), 100),
             "invalid k_shot + n_query = 21: expected at most 20 drawings per character"
         );
-        assert_eq!(
-            err(spec(30, 1, 1), 20),
-            "invalid n_way = 30: expected at most the 20 classes of the pool"
-        );
-        assert_eq!(
-            err(spec(5, 0, 1), 20),
-            "invalid k_shot = 0: expected at least 1"
-        );
+        assert_eq!(err(spec(30, 1, 1), 20), "invalid n_way = 30: expected at most the 20 classes of the pool");
+        assert_eq!(err(spec(5, 0, 1), 20), "invalid k_shot = 0: expected at least 1");
         assert!(spec(5, 1, 19).validate(5).is_ok());
     }
 
@@ -456,22 +342,11 @@ mod tests {
         // A 3x3 "image" per (character, drawing) with one dark pixel at the top right.
         let mut img = [255u8; 9];
         img[2] = 0;
-        let class = Class {
-            character: 0,
-            rotation: Rotation::R90,
-        };
+        let class = Class { character: 0, rotation: Rotation::R90 };
         let ep = Episode {
             n_way: 1,
-            support: vec![Example {
-                class,
-                drawing: 0,
-                label: 0,
-            }],
-            query: vec![Example {
-                class: Class::plain(0),
-                drawing: 1,
-                label: 0,
-            }],
+            support: vec![Example { class, drawing: 0, label: 0 }],
+            query: vec![Example { class: Class::plain(0), drawing: 1, label: 0 }],
             task_rotation: Some(TaskRotation::Quarter(Rotation::R180)),
         };
         let px = ep.render(3, |_, _| &img[..]);
