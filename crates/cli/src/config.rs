@@ -42,11 +42,48 @@ pub struct DataConfig {
     pub source: Option<String>,
     /// Side of the square images.
     pub image_size: u32,
+    /// `omniglot` (the real counts are checked) or `any` (for small generated data sets).
+    pub expect: ExpectCounts,
+}
+
+/// Which dataset counts to insist on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectCounts {
+    /// 964 + 659 characters.
+    Omniglot,
+    /// Any complete structure.
+    Any,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { dir: None, source: None, image_size: 28 }
+        DataConfig { dir: None, source: None, image_size: 28, expect: ExpectCounts::Omniglot }
+    }
+}
+
+impl DataConfig {
+    /// The data directory: this config's `dir`, else `OMNIGLOT_DATA_DIR`, else `data/omniglot`.
+    pub fn resolved_dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .or_else(|| std::env::var_os("OMNIGLOT_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("data/omniglot"))
+    }
+
+    /// The archive source: this config's `source`, else `OMNIGLOT_SOURCE`, else the canonical URL.
+    pub fn resolved_source(&self) -> omniglot_data::Source {
+        let s = self.source.clone().or_else(|| std::env::var("OMNIGLOT_SOURCE").ok().filter(|s| !s.is_empty()));
+        s.map(|s| omniglot_data::Source::parse(&s)).unwrap_or_default()
+    }
+
+    /// Load both subsets (fetching missing archives from the source).
+    pub fn load(&self) -> anyhow::Result<crate::omniglot::Omniglot> {
+        let expected = match self.expect {
+            ExpectCounts::Omniglot => omniglot_data::Expected::Omniglot,
+            ExpectCounts::Any => omniglot_data::Expected::Any,
+        };
+        crate::omniglot::Omniglot::load(&self.resolved_dir(), Some(&self.resolved_source()), self.image_size, expected)
     }
 }
 

@@ -7,3 +7,5 @@ pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod omniglot;
+pub mod predict;
+pub mod train;

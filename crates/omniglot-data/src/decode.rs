@@ -146,14 +146,19 @@ pub fn decode_archive(archive: &Path, subset: Subset, size: u32, expected: Optio
                 let (w, h) = img.dimensions();
                 return Err(bad(format!("image is {w}x{h}, expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}")));
             }
-            if size == ORIGINAL_SIZE {
-                out.copy_from_slice(img.as_raw());
-            } else {
-                let small = image::imageops::resize(&img, size, size, FilterType::Triangle);
-                out.copy_from_slice(small.as_raw());
-            }
+            out.copy_from_slice(&resize_gray(&img, size));
             Ok(())
         },
     )?;
     Ok(Decoded { characters, pixels })
+}
+
+/// Resize a gray image to `size` x `size` exactly as the cache does: a triangle (bilinear)
+/// filter widened to the scale factor; an image already at that size is returned as is.
+pub fn resize_gray(img: &image::GrayImage, size: u32) -> Vec<u8> {
+    if img.dimensions() == (size, size) {
+        img.as_raw().clone()
+    } else {
+        image::imageops::resize(img, size, size, FilterType::Triangle).into_raw()
+    }
 }

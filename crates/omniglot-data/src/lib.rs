@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use cache::{CACHE_FORMAT_VERSION, Manifest, RESIZE_FILTER, build_cache, cache_paths, read_cache, write_atomic};
 pub use checksum::{Checksum, md5_file, parse_sha256sums, sha256_bytes, sha256_file};
-pub use decode::{Character, Decoded, decode_archive};
+pub use decode::{Character, Decoded, decode_archive, resize_gray};
 pub use error::{Error, Result};
 pub use fetch::{CANONICAL_BASE_URL, Fetched, Progress, SHA256SUMS, Source, fetch};
 pub use subset::{Counts, DRAWINGS_PER_CHARACTER, ORIGINAL_SIZE, Subset};

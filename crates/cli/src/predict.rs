@@ -1,0 +1,125 @@
+//! `fewshot predict`: label the query images of tasks stored as folders of PNGs.
+//!
+//! Layout (the course's test set): `DIR/support/NNNN/image_C.png`, one labelled image per
+//! class `C` (0-based), and `DIR/query/NNNN/image_J.png`. The output CSV has one row
+//! `id,class` per query image, `id` being `NNNN_J`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use fewshot_meta::{InnerLoop, Order, adapt};
+use fewshot_model::{ConvNetConfig, ParamMap, forward};
+
+/// One task read from disk.
+#[derive(Debug)]
+pub struct FolderTask {
+    /// The folder name `NNNN`.
+    pub id: String,
+    /// `(class, pixels)` of each support image, ink = 1.
+    pub support: Vec<(u32, Vec<f32>)>,
+    /// `(J, pixels)` of each query image.
+    pub query: Vec<(String, Vec<f32>)>,
+}
+
+/// Read an image of any size, gray or colour, as ink intensities at `size` x `size`, resized
+/// the way the dataset cache is. Expects dark ink on a light background.
+pub fn read_image(path: &Path, size: u32) -> anyhow::Result<Vec<f32>> {
+    let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?.into_luma8();
+    Ok(omniglot_data::resize_gray(&img, size).into_iter().map(|p| 1.0 - p as f32 / 255.0).collect())
+}
+
+/// `image_<X>.png` files of a folder, sorted by their suffix, as `(suffix, path)`.
+fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading folder {}", dir.display()))?.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let is_png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        if let (true, Some(suffix)) = (is_png, stem.strip_prefix("image_")) {
+            out.push((suffix.to_owned(), path));
+        }
+    }
+    out.sort_by(|a, b| (a.0.parse::<u64>().ok(), &a.0).cmp(&(b.0.parse::<u64>().ok(), &b.0)));
+    Ok(out)
+}
+
+/// Read every task under `dir`.
+pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
+    let support_root = dir.join("support");
+    let query_root = dir.join("query");
+    for d in [&support_root, &query_root] {
+        if !d.is_dir() {
+            bail!("{} is missing: expected DIR/support/NNNN/image_C.png and DIR/query/NNNN/image_J.png", d.display());
+        }
+    }
+    let mut ids: Vec<String> = std::fs::read_dir(&support_root)
+        .with_context(|| format!("reading {}", support_root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        bail!("{} holds no task folders", support_root.display());
+    }
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let sdir = support_root.join(&id);
+        let qdir = query_root.join(&id);
+        if !qdir.is_dir() {
+            bail!("{} has no matching query folder {}", sdir.display(), qdir.display());
+        }
+        let mut support = Vec::new();
+        for (suffix, path) in images_in(&sdir)? {
+            let class: u32 =
+                suffix.parse().with_context(|| format!("{}: expected image_C.png with C a class number", path.display()))?;
+            support.push((class, read_image(&path, size)?));
+        }
+        let n_way = support.len();
+        let classes: Vec<u32> = support.iter().map(|(c, _)| *c).collect();
+        if classes != (0..n_way as u32).collect::<Vec<_>>() {
+            bail!("{}: support images must be image_0.png .. image_{}.png, one per class; found classes {classes:?}", sdir.display(), n_way.saturating_sub(1));
+        }
+        let query = images_in(&qdir)?.into_iter().map(|(j, p)| Ok((j, read_image(&p, size)?))).collect::<anyhow::Result<Vec<_>>>()?;
+        if query.is_empty() {
+            bail!("{} holds no image_J.png files", qdir.display());
+        }
+        tasks.push(FolderTask { id, support, query });
+    }
+    let n_way = tasks[0].support.len();
+    if let Some(odd) = tasks.iter().find(|t| t.support.len() != n_way) {
+        bail!(
+            "{} has {} classes but {} has {n_way}; all tasks must have the same number of classes",
+            support_root.join(&odd.id).display(),
+            odd.support.len(),
+            support_root.join(&tasks[0].id).display()
+        );
+    }
+    Ok(tasks)
+}
+
+/// Predicted class of every query image, task by task, as `(id, class)` rows.
+pub fn predict(net: &ConvNetConfig, params: &ParamMap, tasks: &[FolderTask], inner_lr: f64, inner_steps: usize) -> anyhow::Result<Vec<(String, u32)>> {
+    let size = net.image_size;
+    let mut rows = Vec::new();
+    for task in tasks {
+        // Tasks may differ in query count: one task per batched computation.
+        let ns = task.support.len();
+        let nq = task.query.len();
+        let support: Vec<f32> = task.support.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let labels: Vec<u32> = task.support.iter().map(|(c, _)| *c).collect();
+        let query: Vec<f32> = task.query.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let support = Tensor::from_vec(support, (1, ns, 1, size, size), &Device::Cpu)?;
+        let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
+        let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
+        let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
+        let fast = adapt(net, &detached, &support, &labels, &InnerLoop { inner_lr, steps: inner_steps, order: Order::First })?;
+        let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        let predicted = forward(net, &fast, &query.to_dtype(DType::F32)?)?.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
+        for ((j, _), class) in task.query.iter().zip(predicted) {
+            rows.push((format!("{}_{j}", task.id), class));
+        }
+    }
+    Ok(rows)
+}
