@@ -143,7 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if summary.interrupted {
                 eprintln!("interrupted after {} steps; resume with --resume --out {}", summary.steps, out.display());
             } else {
-                eprintln!("trained {} steps; best validation accuracy {best}; outputs in {}", summary.steps, out.display());
+                eprintln!(
+                    "trained {} steps; best validation accuracy {best}; outputs in {}",
+                    summary.steps,
+                    out.display()
+                );
             }
             Ok(())
         }
@@ -155,7 +159,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let set = match (episodes, protocol) {
                 (Some(path), _) => read_episodes(&path)?,
                 (None, Some(p)) => test_episodes(&config, &data, protocol_of(p), n)?,
-                (None, None) if (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1) && config.data.expect == fewshot_cli::config::ExpectCounts::Omniglot => {
+                (None, None)
+                    if (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
+                        && config.data.expect == fewshot_cli::config::ExpectCounts::Omniglot =>
+                {
                     EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?
                 }
                 (None, None) => test_episodes(&config, &data, config.episodes.protocol, n)?,
@@ -184,10 +191,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n_way = folder_tasks[0].support.len();
             let params = eval_params(&config, &ckpt.params, n_way)?;
             if config.train.method != fewshot_cli::config::Method::Transfer && n_way != config.episodes.n_way {
-                bail!("{} holds {n_way}-way tasks but the checkpoint is {}-way", tasks.display(), config.episodes.n_way);
+                bail!(
+                    "{} holds {n_way}-way tasks but the checkpoint is {}-way",
+                    tasks.display(),
+                    config.episodes.n_way
+                );
             }
             let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
-            let rows = fewshot_cli::predict::predict(&config.net(n_way), &params, &folder_tasks, config.train.inner_lr, steps)?;
+            let rows = fewshot_cli::predict::predict(
+                &config.net(n_way),
+                &params,
+                &folder_tasks,
+                config.train.inner_lr,
+                steps,
+            )?;
             let mut csv = String::from("id,class\n");
             for (id, class) in &rows {
                 csv += &format!("{id},{class}\n");

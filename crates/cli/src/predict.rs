@@ -72,16 +72,24 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
         }
         let mut support = Vec::new();
         for (suffix, path) in images_in(&sdir)? {
-            let class: u32 =
-                suffix.parse().with_context(|| format!("{}: expected image_C.png with C a class number", path.display()))?;
+            let class: u32 = suffix
+                .parse()
+                .with_context(|| format!("{}: expected image_C.png with C a class number", path.display()))?;
             support.push((class, read_image(&path, size)?));
         }
         let n_way = support.len();
         let classes: Vec<u32> = support.iter().map(|(c, _)| *c).collect();
         if classes != (0..n_way as u32).collect::<Vec<_>>() {
-            bail!("{}: support images must be image_0.png .. image_{}.png, one per class; found classes {classes:?}", sdir.display(), n_way.saturating_sub(1));
+            bail!(
+                "{}: support images must be image_0.png .. image_{}.png, one per class; found classes {classes:?}",
+                sdir.display(),
+                n_way.saturating_sub(1)
+            );
         }
-        let query = images_in(&qdir)?.into_iter().map(|(j, p)| Ok((j, read_image(&p, size)?))).collect::<anyhow::Result<Vec<_>>>()?;
+        let query = images_in(&qdir)?
+            .into_iter()
+            .map(|(j, p)| Ok((j, read_image(&p, size)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if query.is_empty() {
             bail!("{} holds no image_J.png files", qdir.display());
         }
@@ -100,7 +108,13 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
 }
 
 /// Predicted class of every query image, task by task, as `(id, class)` rows.
-pub fn predict(net: &ConvNetConfig, params: &ParamMap, tasks: &[FolderTask], inner_lr: f64, inner_steps: usize) -> anyhow::Result<Vec<(String, u32)>> {
+pub fn predict(
+    net: &ConvNetConfig,
+    params: &ParamMap,
+    tasks: &[FolderTask],
+    inner_lr: f64,
+    inner_steps: usize,
+) -> anyhow::Result<Vec<(String, u32)>> {
     let size = net.image_size;
     let mut rows = Vec::new();
     for task in tasks {
@@ -114,7 +128,8 @@ pub fn predict(net: &ConvNetConfig, params: &ParamMap, tasks: &[FolderTask], inn
         let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
         let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
         let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
-        let fast = adapt(net, &detached, &support, &labels, &InnerLoop { inner_lr, steps: inner_steps, order: Order::First })?;
+        let fast =
+            adapt(net, &detached, &support, &labels, &InnerLoop { inner_lr, steps: inner_steps, order: Order::First })?;
         let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
         let predicted = forward(net, &fast, &query.to_dtype(DType::F32)?)?.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
         for ((j, _), class) in task.query.iter().zip(predicted) {

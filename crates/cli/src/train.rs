@@ -63,7 +63,9 @@ impl Learner {
     fn params(&self) -> ParamMap {
         match self {
             Learner::Maml(m) => m.params(),
-            Learner::Transfer { params, .. } => params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect(),
+            Learner::Transfer { params, .. } => {
+                params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+            }
         }
     }
 
@@ -77,7 +79,12 @@ impl Learner {
 
 /// Train as `config` says; returns when done, interrupted, or on error (the last good
 /// checkpoint stays on disk in every case).
-pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc<AtomicBool>) -> anyhow::Result<TrainSummary> {
+pub fn train(
+    config: &Config,
+    data: &Omniglot,
+    options: &TrainOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<TrainSummary> {
     let device = Device::Cpu;
     let splits = splits(config, data)?;
     let spec = config.spec();
@@ -89,8 +96,9 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
         TaskRotationKind::Angle => TaskAugment::Angle { p: config.augment.task_rotation_p },
     };
     let val_seed = stream_rng(config.seed, streams::VALIDATION, 0).random();
-    let validation = EpisodeSet::generate(splits.validation.clone(), spec, config.train.val_episodes, val_seed, "validation")
-        .context("episodes vs the validation pool")?;
+    let validation =
+        EpisodeSet::generate(splits.validation.clone(), spec, config.train.val_episodes, val_seed, "validation")
+            .context("episodes vs the validation pool")?;
 
     let t = &config.train;
     let n_out = match t.method {
@@ -110,7 +118,10 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
         }
         Method::Transfer => Learner::Transfer {
             net,
-            params: initial.iter().map(|(k, v)| Ok((k.clone(), Var::from_tensor(v)?))).collect::<anyhow::Result<_>>()?,
+            params: initial
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), Var::from_tensor(v)?)))
+                .collect::<anyhow::Result<_>>()?,
             adam: Adam::new(t.meta_lr),
         },
     };
@@ -124,7 +135,9 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
     if options.resume {
         let ckpt = Checkpoint::load(&last_path, &device)
             .with_context(|| format!("--resume needs {}; train without --resume first", last_path.display()))?;
-        let saved = ckpt.config(&last_path)?;
+        let mut saved = ckpt.config(&last_path)?;
+        // Extending a run (more steps) is a resume; anything else is a different run.
+        saved.train.steps = config.train.steps;
         if saved != *config {
             bail!(
                 "{} was written with another config; resume with the same config (see {}) or start a new --out",
@@ -151,7 +164,8 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let bar = if options.progress { indicatif::ProgressBar::new(t.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar =
+        if options.progress { indicatif::ProgressBar::new(t.steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{per_sec}, eta {eta}]")
             .expect("valid template")
@@ -191,17 +205,30 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
                 let batch = data.batch(&episodes, DType::F32, &device)?;
                 maml.meta_step(&batch).map_err(|e| diverged(e, &last_path))?
             }
-            Learner::Transfer { net, params, adam } => {
-                transfer_step(net, params, adam, data, &splits.train, t.meta_batch_size * spec.n_way * (spec.k_shot + spec.n_query), &mut rng)
-                    .map_err(|e| diverged(e, &last_path))?
-            }
+            Learner::Transfer { net, params, adam } => transfer_step(
+                net,
+                params,
+                adam,
+                data,
+                &splits.train,
+                t.meta_batch_size * spec.n_way * (spec.k_shot + spec.n_query),
+                &mut rng,
+            )
+            .map_err(|e| diverged(e, &last_path))?,
         };
         step += 1;
         bar.set_position(step as u64);
         let validate_now = step % t.val_every == 0 || step == t.steps;
         let val = if validate_now {
             let params = eval_params(config, &learner.params(), spec.n_way)?;
-            Some(evaluate(&config.net(spec.n_way), &params, data, &validation.episodes, t.inner_lr, t.eval_inner_steps)?)
+            Some(evaluate(
+                &config.net(spec.n_way),
+                &params,
+                data,
+                &validation.episodes,
+                t.inner_lr,
+                t.eval_inner_steps,
+            )?)
         } else {
             None
         };
@@ -224,7 +251,8 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
                 val_ci95: val.map(|v| v.ci95),
                 wall_s: start.elapsed().as_secs_f64(),
             };
-            writeln!(metrics, "{}", serde_json::to_string(&line)?).with_context(|| format!("writing {}", metrics_path.display()))?;
+            writeln!(metrics, "{}", serde_json::to_string(&line)?)
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
             let msg = format!(
                 "loss {:.3} acc {:.3}{}",
                 stats.loss,
@@ -235,7 +263,11 @@ pub fn train(config: &Config, data: &Omniglot, options: &TrainOptions, stop: Arc
                 bar.set_message(msg);
             } else {
                 let rate = (step * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                eprintln!("step {step}/{}: {msg}{} ({rate:.1} tasks/s)", t.steps, val.map(|v| format!(" val {v}")).unwrap_or_default());
+                eprintln!(
+                    "step {step}/{}: {msg}{} ({rate:.1} tasks/s)",
+                    t.steps,
+                    val.map(|v| format!(" val {v}")).unwrap_or_default()
+                );
             }
         }
     }
@@ -298,10 +330,8 @@ fn transfer_step(
         return Err(fewshot_meta::Error::NonFinite(stats.loss).into());
     }
     let grads = fewshot_meta::backward(&loss, fewshot_meta::GradMode::Detach)?;
-    let grads: ParamMap = params
-        .iter()
-        .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.detach())))
-        .collect();
+    let grads: ParamMap =
+        params.iter().filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.detach()))).collect();
     adam.step(params, &grads)?;
     Ok(stats)
 }
@@ -337,7 +367,12 @@ fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     omniglot_data::write_atomic(path, kept.as_bytes())?;
