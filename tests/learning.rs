@@ -73,11 +73,11 @@ fn first_order_maml_learns_5_way_1_shot() {
             best = acc;
         }
     }
-    println!(
+    fewshot_e2e::report(&format!(
         "first-order MAML, 5-way 1-shot: best validation accuracy {best} after {step} meta-steps ({} tasks) in {:.0} s",
         step * META_BATCH,
         start.elapsed().as_secs_f64()
-    );
+    ));
     assert!(best.mean >= REQUIRED, "validation accuracy {:.3} < {REQUIRED}", best.mean);
     assert!(
         best.mean - initial.mean >= REQUIRED_GAIN,

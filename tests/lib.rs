@@ -56,3 +56,14 @@ pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::omniglot::Omnigl
     fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28, omniglot_data::Expected::Omniglot)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// Print a measured figure and append it to `target/e2e-report.txt`, which `.ci/run` shows
+/// (cargo hides the output of passing tests).
+pub fn report(line: &str) {
+    println!("{line}");
+    let path = workspace_root().join("target/e2e-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}

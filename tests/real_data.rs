@@ -33,10 +33,10 @@ fn real_archives_decode_with_expected_counts() {
         let px = built.pixels();
         let ink = px.iter().filter(|&&p| p < 128).count() as f64 / px.len() as f64;
         let mean = px.iter().map(|&p| p as f64).sum::<f64>() / px.len() as f64 / 255.0;
-        println!(
+        fewshot_e2e::report(&format!(
             "{subset}: {:?}, build {build_s:.2} s, cache load {load_s:.3} s, ink share {ink:.4}, mean gray {mean:.3}",
             built.counts()
-        );
+        ));
         assert!((0.02..0.25).contains(&ink), "ink share {ink} out of the plausible band");
         assert!((0.75..0.98).contains(&mean), "mean gray {mean} out of the plausible band");
         // Every image has some ink (a few thin strokes average out to light gray at 28x28, so

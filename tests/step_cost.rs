@@ -45,11 +45,11 @@ fn meta_step_cost_on_real_episodes() {
         times.remove(0); // warm-up
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        println!(
+        fewshot_e2e::report(&format!(
             "{order:?}-order meta-step (chunks of {chunk}), 32 tasks 5-way 1-shot 1 query 1 inner step: median {median:.3} s ({:.1} tasks/s), peak RSS {:.0} MiB (before: {before:.0} MiB)",
             32.0 / median,
             peak_rss_mib().unwrap_or(f64::NAN)
-        );
+        ));
         if order == Order::Second {
             let peak = peak_rss_mib().unwrap_or(0.0);
             assert!(peak < 2048.0, "second-order meta-step of 32 tasks peaked at {peak:.0} MiB");

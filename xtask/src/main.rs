@@ -1,5 +1,6 @@
 //! Project automation. `cargo xtask <command>`; see `cargo xtask --help`.
 
+mod bench;
 mod download;
 
 use std::process::ExitCode;
@@ -19,12 +20,17 @@ enum Command {
     ///
     /// Example: cargo xtask download --source ../shared/omniglot
     Download(download::Args),
+    /// Time meta-training and evaluation on synthetic data; optionally against PyTorch.
+    ///
+    /// Example: cargo xtask bench --against-torch /tmp/torch-ref/bin/python
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Download(args) => download::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,7 @@ pub fn train(
     );
     bar.set_position(step as u64);
     let start = Instant::now();
+    let first_step = step;
     let checkpoint = |learner: &mut Learner, step: usize, best_val: Option<f64>, val_acc: Option<f64>, path: &Path| {
         let adam = learner.adam().clone();
         Checkpoint {
@@ -262,7 +263,7 @@ pub fn train(
             if options.progress {
                 bar.set_message(msg);
             } else {
-                let rate = (step * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                let rate = ((step - first_step) * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "step {step}/{}: {msg}{} ({rate:.1} tasks/s)",
                     t.steps,

@@ -1,0 +1,163 @@
+//! One benchmark case of meta-training or evaluation on synthetic data of the real shapes,
+//! through the same code path as `fewshot train` / `eval`. Prints one JSON line.
+//! Run it through `cargo xtask bench`, which runs every case in its own process (so peak
+//! memory is the case's own) and compares with PyTorch.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use fewshot_meta::{InnerLoop, Maml, Order, TaskBatch, evaluate_batch};
+use fewshot_model::{ConvNetConfig, init};
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+#[command(about = "Time one meta-learning case on synthetic data (see cargo xtask bench)")]
+struct Args {
+    /// `so` (second-order meta-train), `fo` (first-order meta-train) or `eval`.
+    #[arg(long)]
+    mode: String,
+    #[arg(long, default_value_t = 5)]
+    n_way: usize,
+    #[arg(long, default_value_t = 1)]
+    k_shot: usize,
+    #[arg(long, default_value_t = 1)]
+    q_query: usize,
+    #[arg(long, default_value_t = 32)]
+    meta_batch: usize,
+    /// Inner steps (default: 1 for training, 3 for eval).
+    #[arg(long)]
+    inner_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.4)]
+    inner_lr: f64,
+    /// Tasks per batched chunk (default: the library's, or the whole batch for fo/eval).
+    #[arg(long)]
+    task_chunk: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+}
+
+/// FLOPs of the conv and linear layers for one image's forward pass (2 per multiply-add), as
+/// the PyTorch reference counts them.
+fn forward_flops_per_image(net: &ConvNetConfig) -> f64 {
+    let (mut size, mut ch, mut flops) = (net.image_size, net.in_channels, 0usize);
+    for _ in 0..net.depth {
+        flops += 2 * size * size * net.hidden * ch * 9;
+        size /= 2;
+        ch = net.hidden;
+    }
+    (flops + 2 * net.features() * net.n_way) as f64
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let order = match args.mode.as_str() {
+        "so" => Some(Order::Second),
+        "fo" => Some(Order::First),
+        "eval" => None,
+        other => bail!("--mode {other}: expected so, fo or eval"),
+    };
+    let inner_steps = args.inner_steps.unwrap_or(if order.is_some() { 1 } else { 3 });
+    let net = ConvNetConfig::omniglot(args.n_way);
+    let params = init(&net, 0, DType::F32, &Device::Cpu)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let (ns, nq) = (args.n_way * args.k_shot, args.n_way * args.q_query);
+    let mut make_batch = || -> anyhow::Result<TaskBatch> {
+        let t = args.meta_batch;
+        let mut images = |n: usize| {
+            Tensor::from_vec(
+                (0..t * n * 784).map(|_| rng.random::<f32>()).collect::<Vec<_>>(),
+                (t, n, 1, 28, 28),
+                &Device::Cpu,
+            )
+        };
+        let labels = |per: usize| {
+            Tensor::from_vec(
+                (0..t)
+                    .flat_map(|_| (0..args.n_way as u32).flat_map(move |c| std::iter::repeat_n(c, per)))
+                    .collect::<Vec<_>>(),
+                (t, args.n_way * per),
+                &Device::Cpu,
+            )
+        };
+        Ok(TaskBatch {
+            support_images: images(ns)?,
+            support_labels: labels(args.k_shot)?,
+            query_images: images(nq)?,
+            query_labels: labels(args.q_query)?,
+        })
+    };
+    let batches: Vec<TaskBatch> = (0..4).map(|_| make_batch()).collect::<anyhow::Result<_>>()?;
+    let mut maml = order
+        .map(|order| Maml::new(net, &params, InnerLoop { inner_lr: args.inner_lr, steps: inner_steps, order }, 1e-3))
+        .transpose()?;
+    if let Some(m) = maml.as_mut() {
+        m.task_chunk = args.task_chunk.unwrap_or(if order == Some(Order::Second) {
+            fewshot_meta::DEFAULT_TASK_CHUNK
+        } else {
+            args.meta_batch
+        });
+    }
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let batch = &batches[i % batches.len()];
+        let start = Instant::now();
+        match maml.as_mut() {
+            Some(m) => {
+                m.meta_step(batch)?;
+            }
+            None => {
+                evaluate_batch(&net, &params, batch, args.inner_lr, inner_steps)?;
+            }
+        }
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let fwd = forward_flops_per_image(&net);
+    // Analytic FLOPs per task, in forward-pass units: a backward pass costs 2 (input and
+    // weight gradients); second order adds the backward of the inner backward (about 2x it).
+    let per_step_support = match order {
+        Some(Order::Second) => 1.0 + 2.0 + 4.0 + 2.0,
+        _ => 3.0,
+    };
+    let query_units = if order.is_some() { 3.0 } else { 1.0 };
+    let flops_per_task = fwd * (ns as f64 * per_step_support * inner_steps as f64 + nq as f64 * query_units);
+    let tasks_per_sec = args.meta_batch as f64 / median;
+    let result = serde_json::json!({
+        "impl": "fewshot",
+        "mode": if order.is_some() { "train" } else { "eval" },
+        "order": match order { Some(Order::Second) => "second", _ => "first" },
+        "n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query,
+        "meta_batch": args.meta_batch, "inner_steps": inner_steps,
+        "threads": rayon::current_num_threads(),
+        "task_chunk": maml.as_ref().map(|m| m.task_chunk),
+        "steps": args.steps, "warmup": args.warmup,
+        "sec_per_meta_step": median,
+        "sec_per_meta_step_min": times[0],
+        "sec_per_meta_step_max": times[times.len() - 1],
+        "tasks_per_sec": tasks_per_sec,
+        "peak_rss_mb": peak_rss_mib(),
+        "analytic_flops_per_task": flops_per_task,
+        "achieved_gflops_per_sec": flops_per_task * tasks_per_sec / 1e9,
+    });
+    println!("{result}");
+    Ok(())
+}

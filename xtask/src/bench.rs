@@ -1,0 +1,135 @@
+//! `cargo xtask bench`: meta-training and evaluation throughput, peak memory and achieved
+//! GFLOP/s of the real code path on synthetic data, each case in its own process; with
+//! `--against-torch PYTHON`, the PyTorch reference on the same cases, alternating with ours.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Cases: 5w1s (meta-batch 32, 1 inner step) and 20w1s (meta-batch 16, 5 inner steps).
+    #[arg(long, default_value = "5w1s,20w1s", value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Modes: so (second-order meta-train), fo (first-order), eval.
+    #[arg(long, default_value = "so,fo,eval", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Timed meta-steps per measurement (after 3 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// A Python with torch installed: also run the PyTorch reference and print ratios.
+    #[arg(long)]
+    against_torch: Option<PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "../shared/bench/torch_maml_reference.py")]
+    torch_script: PathBuf,
+    /// Where results.jsonl and table.md go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+struct Case {
+    name: &'static str,
+    n_way: usize,
+    meta_batch: usize,
+    train_steps: usize,
+    eval_steps: usize,
+}
+
+const CASES: [Case; 2] = [
+    Case { name: "5w1s", n_way: 5, meta_batch: 32, train_steps: 1, eval_steps: 3 },
+    Case { name: "20w1s", n_way: 20, meta_batch: 16, train_steps: 5, eval_steps: 5 },
+];
+
+fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{cmd:?} printed no JSON"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO")).args(["build", "--release", "--bin", "fewshot-bench"]).status()?;
+    if !status.success() {
+        bail!("building fewshot-bench failed");
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let mut results = Vec::new();
+    let mut table = String::from(
+        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for &threads in &args.threads {
+        for case in CASES.iter().filter(|c| args.cases.iter().any(|n| n == c.name)) {
+            for mode in &args.modes {
+                let inner = if mode == "eval" { case.eval_steps } else { case.train_steps };
+                let common = [
+                    "--n-way".to_owned(),
+                    case.n_way.to_string(),
+                    "--meta-batch".into(),
+                    case.meta_batch.to_string(),
+                    "--inner-steps".into(),
+                    inner.to_string(),
+                    "--steps".into(),
+                    args.steps.to_string(),
+                ];
+                let ours = run_json(
+                    Command::new("target/release/fewshot-bench")
+                        .env("RAYON_NUM_THREADS", threads.to_string())
+                        .args(["--mode", mode])
+                        .args(&common),
+                )?;
+                let torch = match &args.against_torch {
+                    Some(python) => {
+                        let mut cmd = Command::new(python);
+                        cmd.arg(&args.torch_script).args(["--threads", &threads.to_string(), "--json"]).args(&common);
+                        match mode.as_str() {
+                            "fo" => {
+                                cmd.arg("--first-order");
+                            }
+                            "eval" => {
+                                cmd.arg("--eval");
+                            }
+                            _ => {}
+                        }
+                        Some(run_json(&mut cmd)?)
+                    }
+                    None => None,
+                };
+                let ours_tps = ours["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
+                let torch_tps = torch.as_ref().and_then(|t| t["tasks_per_sec"].as_f64());
+                let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+                let row = format!(
+                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {:.1} |\n",
+                    case.name,
+                    fmt(torch_tps, 1),
+                    fmt(torch_tps.map(|t| ours_tps / t), 2),
+                    ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                    fmt(torch.as_ref().and_then(|t| t["peak_rss_mb"].as_f64()), 0),
+                    ours["achieved_gflops_per_sec"].as_f64().unwrap_or(f64::NAN),
+                );
+                eprint!("{row}");
+                table += &row;
+                results.push(serde_json::json!({ "case": case.name, "mode": mode, "threads": threads, "fewshot": ours, "torch": torch }));
+            }
+        }
+    }
+    let jsonl: String = results.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(args.out.join("results.jsonl"), jsonl)?;
+    std::fs::write(args.out.join("table.md"), &table)?;
+    println!("{table}");
+    println!("results: {}", args.out.join("results.jsonl").display());
+    Ok(())
+}
