@@ -243,3 +243,29 @@ fn fewshot_grad(y: &Tensor, x: &candle_core::Var, keep_graph: bool) -> Tensor {
     .join()
     .unwrap()
 }
+
+#[test]
+fn max_pool_op_matches_the_reference_to_second_order() {
+    use candle_core::Var;
+    for (h, w) in [(4, 6), (7, 7), (3, 5)] {
+        let x0 = seeded(&[2, 3, 2, h, w], 31);
+        let fast = max_pool2x2_op(&x0).unwrap();
+        let slow = max_pool2x2(&x0).unwrap();
+        assert_eq!(fast.dims(), slow.dims());
+        assert_eq!(max_abs_diff(&fast, &slow), 0.0);
+        let weights = seeded(fast.dims(), 32);
+        let direction = seeded(&[2, 3, 2, h, w], 33);
+        let run = |f: fn(&Tensor) -> Tensor| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = (f(x.as_tensor()) * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
+            let g = fewshot_grad(&y, &x, true);
+            let gv = (&g * &direction).unwrap().sum_all().unwrap();
+            (g, fewshot_grad(&gv, &x, false))
+        };
+        let (g1, h1) = run(|x| max_pool2x2_op(x).unwrap());
+        let (g2, h2) = run(|x| fewshot_model::max_pool2x2(&x.reshape(x.dims5().unwrap()).unwrap()).unwrap());
+        assert!(max_abs_diff(&g1, &g2) < 1e-12, "first order");
+        assert!(max_abs_diff(&h1, &h2) < 1e-12, "second order");
+        assert!(h1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.1);
+    }
+}
