@@ -10,20 +10,25 @@ use crate::maml::{InnerLoop, Order, adapt};
 ///
 /// Evaluation needs no meta-gradient, so the inner loop runs first-order (same fast weights,
 /// no graph kept).
-pub fn evaluate_batch(
-    config: &ConvNetConfig,
-    params: &ParamMap,
-    batch: &TaskBatch,
-    inner_lr: f64,
-    steps: usize,
-) -> Result<Vec<f32>> {
+pub fn evaluate_batch(config: &ConvNetConfig, params: &ParamMap, batch: &TaskBatch, inner_lr: f64, steps: usize) -> Result<Vec<f32>> {
     let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
     let inner = InnerLoop { inner_lr, steps, order: Order::First };
-    let fast = adapt(config, &detached, &batch.support_images, &batch.support_labels, &inner)?;
-    let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
-    let logits = forward(config, &fast, &batch.query_images)?;
-    Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?)
+    let t = batch.n_tasks();
+    let mut out = Vec::with_capacity(t);
+    // One task at a time: on CPU its activations stay in cache, which beats batching (see
+    // docs/performance.md).
+    for start in (0..t).step_by(EVAL_TASK_CHUNK) {
+        let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
+        let fast = adapt(config, &detached, &chunk.support_images, &chunk.support_labels, &inner)?;
+        let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        let logits = forward(config, &fast, &chunk.query_images)?;
+        out.extend(accuracy(&logits, &chunk.query_labels)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
+
+/// Tasks per batched computation in [`evaluate_batch`].
+pub const EVAL_TASK_CHUNK: usize = 1;
 
 /// Accuracy over episodes: mean and the half-width of its 95% confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -83,12 +83,12 @@ pub fn adapt(
         fast = fast
             .iter()
             .map(|(k, w)| {
-                let g = grads.get(probes[k].as_tensor()).ok_or_else(|| {
-                    Error::GradMode(format!("no gradient reached parameter `{k}`; is it used by the forward?"))
-                })?;
-                let g = match inner.order {
-                    Order::Second => g.clone(),
-                    Order::First => g.detach(),
+                // A parameter the loss does not depend on (a conv bias before batch norm)
+                // has a zero gradient.
+                let g = match (grads.get(probes[k].as_tensor()), inner.order) {
+                    (Some(g), Order::Second) => g.clone(),
+                    (Some(g), Order::First) => g.detach(),
+                    (None, _) => w.zeros_like()?,
                 };
                 Ok((k.clone(), (w - (g * inner.inner_lr)?)?))
             })
@@ -108,7 +108,7 @@ pub struct StepStats {
 
 /// Default number of tasks whose graphs are alive at once in a meta-gradient (see
 /// [`meta_gradient`]): bounds second-order memory while keeping batched ops large.
-pub const DEFAULT_TASK_CHUNK: usize = 4;
+pub const DEFAULT_TASK_CHUNK: usize = 1;
 
 /// The meta-gradient of the mean query loss after adaptation, with respect to `params`.
 ///
@@ -145,12 +145,13 @@ pub fn meta_gradient(
         let grads = backward(&loss, GradMode::Detach)?;
         let mut chunk_grads = ParamMap::new();
         for (name, var) in params {
-            let g = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| Error::GradMode(format!("no meta-gradient reached `{name}`")))?;
+            let g = match grads.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like()?, // the loss does not depend on it
+            };
             let g = match sum.as_ref() {
                 Some(acc) => (&acc[name] + g)?,
-                None => g.clone(),
+                None => g,
             };
             chunk_grads.insert(name.clone(), g.detach());
         }

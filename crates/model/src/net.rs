@@ -89,7 +89,11 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
     // Channels first within each task, so batch-norm reductions run over contiguous memory.
     let mut x = images.transpose(1, 2)?.contiguous()?; // [t, c, b, h, w]
     for i in 0..config.depth {
-        x = conv3x3(&x, get(&block_param(i, "conv.weight"))?, get(&block_param(i, "conv.bias"))?)?;
+        // The conv bias is a per-channel constant that batch norm's mean subtraction removes
+        // exactly: it changes no output and its gradient is zero, so it is not added (the
+        // parameter stays, for PyTorch-compatible parameter maps).
+        get(&block_param(i, "conv.bias"))?;
+        x = conv3x3_unbiased(&x, get(&block_param(i, "conv.weight"))?)?;
         x = batch_norm(&x, get(&block_param(i, "bn.weight"))?, get(&block_param(i, "bn.bias"))?)?;
         // relu(max(x)) = max(relu(x)): pooling first makes the ReLU pass 4x smaller.
         x = crate::pool::max_pool2x2_op(&x)?.relu()?;
@@ -110,13 +114,18 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
 /// `x`: `[t, c_in, b, h, w]`; `weight`: `[t, c_out, c_in, 3, 3]`; `bias`: `[t, c_out]`;
 /// returns `[t, c_out, b, h, w]`.
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let out = conv3x3_unbiased(x, weight)?;
+    Ok(out.broadcast_add(&bias.unsqueeze(2)?.unsqueeze(3)?.unsqueeze(4)?)?)
+}
+
+/// [`conv3x3`] without the bias.
+pub fn conv3x3_unbiased(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (t, c_in, b, h, w) = x.dims5()?;
     let c_out = weight.dim(1)?;
     // Column index c * 9 + (dy * 3 + dx), matching PyTorch's [c_out, c_in, kh, kw] flattening.
     let cols = crate::im2col::im2col3x3(x)?; // [t, c_in*9, b*h*w]
     let weight = weight.reshape((t, c_out, c_in * 9))?;
     let out = weight.matmul(&cols)?; // [t, c_out, b*h*w]
-    let out = out.broadcast_add(&bias.unsqueeze(2)?)?;
     Ok(out.reshape((t, c_out, b, h, w))?)
 }
 
@@ -131,8 +140,9 @@ pub fn batch_norm(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> 
     let mean = flat.mean_keepdim(D::Minus1)?; // [t, c, 1]
     let centred = flat.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-    let out = normed.broadcast_mul(&scale.unsqueeze(2)?)?.broadcast_add(&shift.unsqueeze(2)?)?;
+    // Fold 1/std into the scale on the small [t, c, 1] side: one full-size multiply, not two.
+    let gain = scale.unsqueeze(2)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?; // [t, c, 1]
+    let out = centred.broadcast_mul(&gain)?.broadcast_add(&shift.unsqueeze(2)?)?;
     Ok(out.reshape((t, c, b, h, w))?)
 }
 
