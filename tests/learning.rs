@@ -44,7 +44,6 @@ fn first_order_maml_learns_5_way_1_shot() {
     let params = init(&config, 0, DType::F32, &Device::Cpu).unwrap();
     let inner = InnerLoop { inner_lr: INNER_LR, steps: 1, order: Order::First };
     let mut maml = Maml::new(config, &params, inner, 1e-3).unwrap();
-    maml.task_chunk = META_BATCH; // first order keeps no graph of graphs: one batch is cheapest
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
     let validate = |maml: &Maml| {

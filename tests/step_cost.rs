@@ -30,7 +30,9 @@ fn meta_step_cost_on_real_episodes() {
         .ok()
         .map(|s| s.split(',').map(|c| c.parse().unwrap()).collect())
         .unwrap_or(vec![fewshot_meta::DEFAULT_TASK_CHUNK]);
-    for (order, chunk) in chunks.iter().map(|&c| (Order::Second, c)).chain([(Order::First, 32)]) {
+    for (order, chunk) in
+        chunks.iter().map(|&c| (Order::Second, c)).chain([(Order::First, fewshot_meta::DEFAULT_TASK_CHUNK)])
+    {
         let mut maml = Maml::new(config, &params, InnerLoop { inner_lr: 0.4, steps: 1, order }, 1e-3).unwrap();
         maml.task_chunk = chunk;
         let mut times = Vec::new();

@@ -87,8 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ];
                 let ours = run_json(
                     Command::new("target/release/fewshot-bench")
-                        .env("RAYON_NUM_THREADS", threads.to_string())
-                        .args(["--mode", mode])
+                        .args(["--mode", mode, "--threads", &threads.to_string()])
                         .args(&common),
                 )?;
                 let torch = match &args.against_torch {

@@ -9,3 +9,18 @@ pub mod evaluate;
 pub mod omniglot;
 pub mod predict;
 pub mod train;
+
+/// Use `n` threads: `n` tasks in parallel, each on single-threaded candle kernels (measured
+/// fastest for these small per-task tensors; see docs/performance.md). Call before any other
+/// thread starts.
+pub fn set_threads(n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        anyhow::bail!("--threads 0: give at least 1");
+    }
+    // SAFETY: called at start-up, before other threads exist; candle's kernels read
+    // RAYON_NUM_THREADS when they first run.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    fewshot_meta::set_parallel_tasks(n);
+    Ok(())
+}

@@ -28,7 +28,7 @@ const DEFAULT_EPISODES_TEXT: &str = include_str!("../../../configs/episodes/cour
     after_help = "Example:\n  fewshot train --config configs/hw15-medium.toml\n  fewshot eval --checkpoint runs/hw15-medium/checkpoints/best.safetensors"
 )]
 struct Cli {
-    /// Worker threads for tensor work (default: all cores).
+    /// Threads: tasks processed in parallel, each on single-threaded kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -123,15 +123,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads 0: give at least 1");
-        }
-        // SAFETY: set once, at start-up, before any other thread exists; candle's matmul reads
-        // RAYON_NUM_THREADS when it first runs.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
-    }
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    fewshot_cli::set_threads(threads)?;
     match cli.command {
         Command::Train { config, overrides, out, resume } => {
             let config = Config::load(&config, &overrides)?;

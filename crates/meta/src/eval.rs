@@ -4,27 +4,40 @@ use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
 
 use crate::batch::TaskBatch;
 use crate::error::Result;
+use crate::grad_mode::{GradMode, ParallelJob, run_parallel};
 use crate::maml::{InnerLoop, Order, adapt};
 
 /// Query accuracy of each task in `batch` after `steps` inner SGD steps from `params`.
 ///
 /// Evaluation needs no meta-gradient, so the inner loop runs first-order (same fast weights,
 /// no graph kept).
-pub fn evaluate_batch(config: &ConvNetConfig, params: &ParamMap, batch: &TaskBatch, inner_lr: f64, steps: usize) -> Result<Vec<f32>> {
+pub fn evaluate_batch(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner_lr: f64,
+    steps: usize,
+) -> Result<Vec<f32>> {
     let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
     let inner = InnerLoop { inner_lr, steps, order: Order::First };
     let t = batch.n_tasks();
-    let mut out = Vec::with_capacity(t);
-    // One task at a time: on CPU its activations stay in cache, which beats batching (see
-    // docs/performance.md).
-    for start in (0..t).step_by(EVAL_TASK_CHUNK) {
-        let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
-        let fast = adapt(config, &detached, &chunk.support_images, &chunk.support_labels, &inner)?;
-        let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
-        let logits = forward(config, &fast, &chunk.query_images)?;
-        out.extend(accuracy(&logits, &chunk.query_labels)?.to_vec1::<f32>()?);
-    }
-    Ok(out)
+    // Small chunks keep activations in cache on CPU (see docs/performance.md); chunks run in
+    // parallel on rayon's threads.
+    let jobs: Vec<ParallelJob<Result<Vec<f32>>>> = (0..t)
+        .step_by(EVAL_TASK_CHUNK)
+        .map(|start| -> Result<ParallelJob<Result<Vec<f32>>>> {
+            let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
+            let (config, detached) = (*config, detached.clone());
+            Ok(Box::new(move || -> Result<Vec<f32>> {
+                let fast = adapt(&config, &detached, &chunk.support_images, &chunk.support_labels, &inner)?;
+                let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
+                let logits = forward(&config, &fast, &chunk.query_images)?;
+                Ok(accuracy(&logits, &chunk.query_labels)?.to_vec1::<f32>()?)
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let per_chunk: Vec<Vec<f32>> = run_parallel(GradMode::Detach, jobs)?.into_iter().collect::<Result<_>>()?;
+    Ok(per_chunk.into_iter().flatten().collect())
 }
 
 /// Tasks per batched computation in [`evaluate_batch`].

@@ -29,55 +29,121 @@ pub enum GradMode {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A worker is a one-thread rayon pool: candle's rayon-parallel kernels called from a job run
+/// inline on that thread (its own pool) instead of queueing on a shared pool, so parallel tasks
+/// neither contend nor deadlock while one of them waits for another mode's worker.
 struct Worker {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    pool: rayon::ThreadPool,
 }
 
 /// Serialises the set-variable / first-backward / restore dance across workers.
 static LATCH: Mutex<()> = Mutex::new(());
-static KEEP_GRAPH: OnceLock<std::result::Result<Worker, String>> = OnceLock::new();
-static DETACH: OnceLock<std::result::Result<Worker, String>> = OnceLock::new();
+static KEEP_GRAPH: OnceLock<std::result::Result<Vec<Worker>, String>> = OnceLock::new();
+static DETACH: OnceLock<std::result::Result<Vec<Worker>, String>> = OnceLock::new();
 
-/// Run `loss.backward()` in the given mode and return the gradients of every `Var` it reaches.
-pub fn backward(loss: &Tensor, mode: GradMode) -> Result<GradStore> {
-    let cell = match mode {
-        GradMode::KeepGraph => &KEEP_GRAPH,
-        GradMode::Detach => &DETACH,
-    };
-    let worker = cell.get_or_init(|| start_worker(mode)).as_ref().map_err(|e| Error::GradMode(e.clone()))?;
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    let loss = loss.clone();
-    let job: Job = Box::new(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss.backward()));
-        let _ = reply_tx.send(result);
-    });
-    worker
-        .jobs
-        .lock()
-        .map_err(|_| Error::GradMode("gradient worker lock poisoned".into()))?
-        .send(job)
-        .map_err(|_| Error::GradMode("gradient worker thread has stopped".into()))?;
-    match reply_rx.recv() {
-        Ok(Ok(grads)) => Ok(grads?),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => Err(Error::GradMode("gradient worker thread has stopped".into())),
+thread_local! {
+    /// The mode this thread is latched into, on our worker threads.
+    static LATCHED: std::cell::Cell<Option<GradMode>> = const { std::cell::Cell::new(None) };
+}
+
+/// Round-robin counter for choosing a worker.
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Tasks run in parallel (workers per mode); 0 = not set.
+static PARALLEL_TASKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Set how many tasks run in parallel (one worker thread per task lane and mode). Takes
+/// effect only before the first meta-gradient or evaluation of the process; default: the
+/// number of cores. For these small per-task tensors, parallel tasks with single-threaded
+/// kernels (`RAYON_NUM_THREADS=1`) measured fastest: see docs/performance.md.
+pub fn set_parallel_tasks(n: usize) {
+    PARALLEL_TASKS.store(n.max(1), std::sync::atomic::Ordering::SeqCst);
+}
+
+fn worker_count() -> usize {
+    match PARALLEL_TASKS.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
+/// The workers of `mode`. Both modes start together, from the first caller, so that no worker
+/// is ever started from inside another (a rayon pool waiting in `install` may run queued jobs).
+fn workers(mode: GradMode) -> Result<&'static [Worker]> {
+    let start = |mode| (0..worker_count()).map(|_| start_worker(mode)).collect();
+    let keep = KEEP_GRAPH.get_or_init(|| start(GradMode::KeepGraph));
+    let detach = DETACH.get_or_init(|| start(GradMode::Detach));
+    match mode {
+        GradMode::KeepGraph => keep,
+        GradMode::Detach => detach,
+    }
+    .as_deref()
+    .map_err(|e| Error::GradMode(e.clone()))
+}
+
+fn send(worker: &Worker, job: Job) -> Result<()> {
+    worker.pool.spawn(job);
+    Ok(())
+}
+
+/// Run `loss.backward()` in the given mode and return the gradients of every `Var` it reaches.
+///
+/// On a worker already latched into `mode` it runs in place; elsewhere it is handed to one.
+/// Workers are plain threads, never rayon's, so candle's rayon-parallel kernels always find
+/// free rayon threads while a caller waits.
+pub fn backward(loss: &Tensor, mode: GradMode) -> Result<GradStore> {
+    if LATCHED.with(|l| l.get()) == Some(mode) {
+        return Ok(loss.backward()?);
+    }
+    let loss = loss.clone();
+    let mut out = run_parallel(mode, vec![Box::new(move || loss.backward())])?;
+    Ok(out.pop().expect("one job, one result")?)
+}
+
+/// A job for [`run_parallel`].
+pub type ParallelJob<R> = Box<dyn FnOnce() -> R + Send>;
+
+/// Run `jobs` on the workers of `mode` (job `i` on worker `i mod n`), in parallel, and return
+/// their results in order. Backward passes inside a job in the same mode run in place.
+pub fn run_parallel<R: Send + 'static>(mode: GradMode, jobs: Vec<ParallelJob<R>>) -> Result<Vec<R>> {
+    let workers = workers(mode)?;
+    let n = jobs.len();
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let first = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    for (i, job) in jobs.into_iter().enumerate() {
+        let reply_tx = reply_tx.clone();
+        let wrapped: Job = Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            let _ = reply_tx.send((i, result));
+        });
+        send(&workers[(first + i) % workers.len()], wrapped)?;
+    }
+    drop(reply_tx);
+    let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        match reply_rx.recv() {
+            Ok((i, Ok(r))) => results[i] = Some(r),
+            Ok((_, Err(panic))) => std::panic::resume_unwind(panic),
+            Err(_) => return Err(Error::GradMode("gradient worker thread has stopped".into())),
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every job replied")).collect())
+}
+
 fn start_worker(mode: GradMode) -> std::result::Result<Worker, String> {
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name(format!("candle-backward-{mode:?}"))
-        .spawn(move || {
-            let _ = ready_tx.send(latch(mode).and_then(|()| self_check(mode)));
-            for job in jobs_rx {
-                job();
-            }
-        })
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(move |_| format!("candle-backward-{mode:?}"))
+        .build()
         .map_err(|e| format!("cannot start the gradient worker thread: {e}"))?;
-    ready_rx.recv().map_err(|_| "gradient worker died while starting".to_owned())??;
-    Ok(Worker { jobs: Mutex::new(jobs_tx) })
+    pool.install(|| {
+        let ready = latch(mode).and_then(|()| self_check(mode));
+        if ready.is_ok() {
+            LATCHED.with(|l| l.set(Some(mode)));
+        }
+        ready
+    })?;
+    Ok(Worker { pool })
 }
 
 /// Latch this thread into `mode`: candle caches the variable at the first backward.

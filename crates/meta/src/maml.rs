@@ -8,7 +8,7 @@ use fewshot_model::{ConvNetConfig, ParamMap, accuracy, cross_entropy, expand, fo
 use crate::adam::Adam;
 use crate::batch::TaskBatch;
 use crate::error::{Error, Result};
-use crate::grad_mode::{GradMode, backward};
+use crate::grad_mode::{GradMode, ParallelJob, backward, run_parallel};
 
 /// How the meta-gradient treats the inner loop's gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,37 +128,63 @@ pub fn meta_gradient(
     }
     let theta: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     let t = batch.n_tasks();
-    let mut sum: Option<ParamMap> = None;
+    let mode = match inner.order {
+        Order::Second => GradMode::KeepGraph,
+        Order::First => GradMode::Detach,
+    };
+    // Chunks run in parallel, each wholly on a gradient worker of the inner loop's mode.
+    let jobs: Vec<ParallelJob<Result<(ParamMap, f64, f64)>>> = (0..t)
+        .step_by(task_chunk)
+        .map(|start| -> Result<ParallelJob<Result<(ParamMap, f64, f64)>>> {
+            let chunk = batch.narrow(start, task_chunk.min(t - start))?;
+            let (config, theta, params, inner) = (*config, theta.clone(), params.clone(), *inner);
+            Ok(Box::new(move || chunk_meta_gradient(&config, &theta, &params, &chunk, &inner, t)))
+        })
+        .collect::<Result<_>>()?;
+    let per_chunk: Vec<(ParamMap, f64, f64)> = run_parallel(mode, jobs)?.into_iter().collect::<Result<_>>()?;
     let (mut loss_sum, mut acc_sum) = (0f64, 0f64);
-    for start in (0..t).step_by(task_chunk) {
-        let chunk = batch.narrow(start, task_chunk.min(t - start))?;
-        let fast = adapt(config, &theta, &chunk.support_images, &chunk.support_labels, inner)?;
-        let logits = forward(config, &fast, &chunk.query_images)?;
-        let losses = cross_entropy(&logits, &chunk.query_labels)?; // [chunk]
-        // This chunk's share of the batch mean.
-        let loss = (losses.sum_all()? / t as f64)?;
-        loss_sum += losses.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        acc_sum += accuracy(&logits, &chunk.query_labels)?.sum_all()?.to_scalar::<f32>()? as f64;
-        if !loss_sum.is_finite() {
-            return Err(Error::NonFinite(loss_sum as f32));
-        }
-        let grads = backward(&loss, GradMode::Detach)?;
-        let mut chunk_grads = ParamMap::new();
-        for (name, var) in params {
-            let g = match grads.get(var.as_tensor()) {
-                Some(g) => g.clone(),
-                None => var.as_tensor().zeros_like()?, // the loss does not depend on it
-            };
-            let g = match sum.as_ref() {
-                Some(acc) => (&acc[name] + g)?,
-                None => g,
-            };
-            chunk_grads.insert(name.clone(), g.detach());
-        }
-        sum = Some(chunk_grads);
+    let mut sum: Option<ParamMap> = None;
+    // Summed in chunk order, so the result does not depend on scheduling.
+    for (grads, l, a) in per_chunk {
+        loss_sum += l;
+        acc_sum += a;
+        sum = Some(match sum {
+            None => grads,
+            Some(acc) => acc.iter().map(|(k, v)| Ok((k.clone(), (v + &grads[k])?))).collect::<Result<_>>()?,
+        });
     }
     let grads = sum.expect("a batch has at least one task");
     Ok((grads, StepStats { loss: (loss_sum / t as f64) as f32, accuracy: (acc_sum / t as f64) as f32 }))
+}
+
+/// One chunk's share of the meta-gradient (its loss divided by the batch's `t` tasks), with
+/// its summed loss and accuracy.
+fn chunk_meta_gradient(
+    config: &ConvNetConfig,
+    theta: &ParamMap,
+    params: &BTreeMap<String, Var>,
+    chunk: &TaskBatch,
+    inner: &InnerLoop,
+    t: usize,
+) -> Result<(ParamMap, f64, f64)> {
+    let fast = adapt(config, theta, &chunk.support_images, &chunk.support_labels, inner)?;
+    let logits = forward(config, &fast, &chunk.query_images)?;
+    let losses = cross_entropy(&logits, &chunk.query_labels)?; // [chunk]
+    let loss_sum = losses.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let acc_sum = accuracy(&logits, &chunk.query_labels)?.sum_all()?.to_scalar::<f32>()? as f64;
+    if !loss_sum.is_finite() {
+        return Err(Error::NonFinite(loss_sum as f32));
+    }
+    let grads = backward(&(losses.sum_all()? / t as f64)?, GradMode::Detach)?;
+    let mut out = ParamMap::new();
+    for (name, var) in params {
+        let g = match grads.get(var.as_tensor()) {
+            Some(g) => g.detach(),
+            None => var.as_tensor().zeros_like()?, // the loss does not depend on it
+        };
+        out.insert(name.clone(), g);
+    }
+    Ok((out, loss_sum, acc_sum))
 }
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.

@@ -142,8 +142,12 @@ impl CustomOp1 for Unpool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims))
+            }
             _ => candle_core::bail!("max_unpool2x2: only f32 and f64 are supported"),
         };
         Ok((out, self.in_shape.clone()))
@@ -163,8 +167,12 @@ impl CustomOp1 for Gather {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims))
+            }
             _ => candle_core::bail!("max_gather2x2: only f32 and f64 are supported"),
         };
         Ok((out, self.out_shape.clone()))

@@ -41,6 +41,9 @@ struct Args {
     steps: usize,
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Tasks in parallel (kernels single-threaded), as `fewshot --threads`.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 /// FLOPs of the conv and linear layers for one image's forward pass (2 per multiply-add), as
@@ -66,6 +69,7 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    fewshot_cli::set_threads(args.threads)?;
     let order = match args.mode.as_str() {
         "so" => Some(Order::Second),
         "fo" => Some(Order::First),
@@ -107,11 +111,7 @@ fn main() -> anyhow::Result<()> {
         .map(|order| Maml::new(net, &params, InnerLoop { inner_lr: args.inner_lr, steps: inner_steps, order }, 1e-3))
         .transpose()?;
     if let Some(m) = maml.as_mut() {
-        m.task_chunk = args.task_chunk.unwrap_or(if order == Some(Order::Second) {
-            fewshot_meta::DEFAULT_TASK_CHUNK
-        } else {
-            args.meta_batch
-        });
+        m.task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
     }
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {
@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         "order": match order { Some(Order::Second) => "second", _ => "first" },
         "n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query,
         "meta_batch": args.meta_batch, "inner_steps": inner_steps,
-        "threads": rayon::current_num_threads(),
+        "threads": args.threads,
         "task_chunk": maml.as_ref().map(|m| m.task_chunk),
         "steps": args.steps, "warmup": args.warmup,
         "sec_per_meta_step": median,
