@@ -7,6 +7,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_op::map_float;
+
 /// Layout of the image tensor both ops work on: `[t, c, b, h, w]`.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -84,13 +86,6 @@ fn col2im_slice<T: Copy + Default + Send + Sync + std::ops::AddAssign>(src: &[T]
     out
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col3x3"
@@ -99,11 +94,7 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = self.0;
         let shape = Shape::from((d.t, d.c * 9, d.plane()));
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(im2col_slice(contiguous(v, layout, "im2col")?, d)),
-            CpuStorage::F64(v) => CpuStorage::F64(im2col_slice(contiguous(v, layout, "im2col")?, d)),
-            _ => candle_core::bail!("im2col: only f32 and f64 are supported"),
-        };
+        let out = map_float(storage, layout, "im2col", |v| im2col_slice(v, d), |v| im2col_slice(v, d))?;
         Ok((out, shape))
     }
 
@@ -120,11 +111,7 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = self.0;
         let shape = Shape::from((d.t, d.c, d.b, d.h, d.w));
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(col2im_slice(contiguous(v, layout, "col2im")?, d)),
-            CpuStorage::F64(v) => CpuStorage::F64(col2im_slice(contiguous(v, layout, "col2im")?, d)),
-            _ => candle_core::bail!("col2im: only f32 and f64 are supported"),
-        };
+        let out = map_float(storage, layout, "col2im", |v| col2im_slice(v, d), |v| col2im_slice(v, d))?;
         Ok((out, shape))
     }
 

@@ -25,6 +25,7 @@
 //! nothing Omniglot-specific beyond the input shape, no training loop.
 #![deny(missing_docs)]
 
+mod cpu_op;
 mod error;
 mod im2col;
 mod net;

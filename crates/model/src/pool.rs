@@ -12,6 +12,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_op::map_float;
+
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     planes: usize,
@@ -55,13 +57,6 @@ struct Gather {
     argmax: Arc<Vec<u32>>,
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 fn pool_slice<T: Copy + PartialOrd + Default + Send + Sync>(src: &[T], d: Dims) -> (Vec<T>, Vec<u32>) {
     let (oh, ow, w) = (d.oh(), d.ow(), d.w);
     let mut out = vec![T::default(); d.planes * d.out_plane()];
@@ -83,6 +78,12 @@ fn pool_slice<T: Copy + PartialOrd + Default + Send + Sync>(src: &[T], d: Dims) 
         }
     });
     (out, idx)
+}
+
+/// Store a kernel's indices aside and return its values.
+fn keep_indices<T>((values, indices): (Vec<T>, Vec<u32>), slot: &std::sync::Mutex<Vec<u32>>) -> Vec<T> {
+    *slot.lock().expect("not poisoned") = indices;
+    values
 }
 
 fn unpool_slice<T: Copy + Default + Send + Sync>(src: &[T], idx: &[u32], d: Dims) -> Vec<T> {
@@ -113,17 +114,16 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (out, idx) = match storage {
-            CpuStorage::F32(v) => {
-                let (o, i) = pool_slice(contiguous(v, layout, "max_pool2x2")?, self.dims);
-                (CpuStorage::F32(o), i)
-            }
-            CpuStorage::F64(v) => {
-                let (o, i) = pool_slice(contiguous(v, layout, "max_pool2x2")?, self.dims);
-                (CpuStorage::F64(o), i)
-            }
-            _ => candle_core::bail!("max_pool2x2: only f32 and f64 are supported"),
-        };
+        // The kernels return values and indices; keep the indices aside for the backward.
+        let idx = std::sync::Mutex::new(Vec::new());
+        let out = map_float(
+            storage,
+            layout,
+            "max_pool2x2",
+            |v| keep_indices(pool_slice(v, self.dims), &idx),
+            |v| keep_indices(pool_slice(v, self.dims), &idx),
+        )?;
+        let idx = idx.into_inner().expect("not poisoned");
         let _ = self.argmax.set(Arc::new(idx));
         Ok((out, self.out_shape.clone()))
     }
@@ -141,15 +141,13 @@ impl CustomOp1 for Unpool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(unpool_slice(contiguous(v, layout, "max_unpool2x2")?, &self.argmax, self.dims))
-            }
-            _ => candle_core::bail!("max_unpool2x2: only f32 and f64 are supported"),
-        };
+        let out = map_float(
+            storage,
+            layout,
+            "max_unpool2x2",
+            |v| unpool_slice(v, &self.argmax, self.dims),
+            |v| unpool_slice(v, &self.argmax, self.dims),
+        )?;
         Ok((out, self.in_shape.clone()))
     }
 
@@ -166,15 +164,13 @@ impl CustomOp1 for Gather {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(gather_slice(contiguous(v, layout, "max_gather2x2")?, &self.argmax, self.dims))
-            }
-            _ => candle_core::bail!("max_gather2x2: only f32 and f64 are supported"),
-        };
+        let out = map_float(
+            storage,
+            layout,
+            "max_gather2x2",
+            |v| gather_slice(v, &self.argmax, self.dims),
+            |v| gather_slice(v, &self.argmax, self.dims),
+        )?;
         Ok((out, self.out_shape.clone()))
     }
 
