@@ -203,3 +203,34 @@ fn clear_errors() {
     let err = fails(fewshot(&["eval", "--checkpoint", cfg.to_str().unwrap()], &data));
     assert!(err.contains("tiny-fomaml.toml"), "{err}");
 }
+
+#[test]
+fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    let out = tmp.path().join("run");
+    let err = fails(fewshot(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.meta_lr=1e38",
+            "--set",
+            "train.checkpoint_every=1",
+        ],
+        &data,
+    ));
+    assert!(err.contains("diverged") && err.contains("last good checkpoint"), "{err}");
+    assert!(err.contains("lower meta_lr or inner_lr"), "{err}");
+    // The checkpoint written before the loss turned non-finite is intact.
+    let manifest = out.join("checkpoints/last.safetensors.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert!(m["step"].as_u64().unwrap() >= 1);
+    let bytes = std::fs::read(out.join("checkpoints/last.safetensors")).unwrap();
+    assert_eq!(m["sha256"].as_str().unwrap(), omniglot_data::sha256_bytes(&bytes));
+}
