@@ -167,7 +167,7 @@ pub fn train(
     let bar =
         if options.progress { indicatif::ProgressBar::new(t.steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{per_sec}, eta {eta}]")
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [eta {eta}]")
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -260,10 +260,10 @@ pub fn train(
                 stats.accuracy,
                 best_val.map(|b| format!(" best val {b:.3}")).unwrap_or_default()
             );
+            let rate = ((step - first_step) * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
             if options.progress {
-                bar.set_message(msg);
+                bar.set_message(format!("{msg} {rate:.1} tasks/s"));
             } else {
-                let rate = ((step - first_step) * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "step {step}/{}: {msg}{} ({rate:.1} tasks/s)",
                     t.steps,
