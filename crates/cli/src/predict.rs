@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{InnerLoop, Order, adapt};
-use fewshot_model::{ConvNetConfig, ParamMap, forward};
+use candle_core::{Device, Tensor};
+use fewshot_meta::adapted_logits;
+use fewshot_model::{ConvNetConfig, ParamMap};
 
 /// One task read from disk.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ pub struct FolderTask {
 /// the way the dataset cache is. Expects dark ink on a light background.
 pub fn read_image(path: &Path, size: u32) -> anyhow::Result<Vec<f32>> {
     let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?.into_luma8();
-    Ok(omniglot_data::resize_gray(&img, size).into_iter().map(|p| 1.0 - p as f32 / 255.0).collect())
+    Ok(omniglot_data::resize_gray(&img, size).into_iter().map(fewshot_tasks::ink_intensity).collect())
 }
 
 /// `image_<X>.png` files of a folder, sorted by their suffix, as `(suffix, path)`.
@@ -127,11 +127,8 @@ pub fn predict(
         let support = Tensor::from_vec(support, (1, ns, 1, size, size), &Device::Cpu)?;
         let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
         let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
-        let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
-        let fast =
-            adapt(net, &detached, &support, &labels, &InnerLoop { inner_lr, steps: inner_steps, order: Order::First })?;
-        let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
-        let predicted = forward(net, &fast, &query.to_dtype(DType::F32)?)?.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
+        let logits = adapted_logits(net, params, &support, &labels, &query, inner_lr, inner_steps)?;
+        let predicted = logits.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
         for ((j, _), class) in task.query.iter().zip(predicted) {
             rows.push((format!("{}_{j}", task.id), class));
         }

@@ -315,7 +315,7 @@ fn transfer_step(
     for _ in 0..n_images {
         let label = rng.random_range(0..pool.len());
         let drawing = rng.random_range(0..fewshot_tasks::DRAWINGS);
-        pixels.extend(data.image(pool[label].character, drawing).iter().map(|&p| 1.0 - p as f32 / 255.0));
+        pixels.extend(data.image(pool[label].character, drawing).iter().map(|&p| fewshot_tasks::ink_intensity(p)));
         labels.push(label as u32);
     }
     let images = Tensor::from_vec(pixels, (1, n_images, 1, size, size), &Device::Cpu)?;

@@ -1,11 +1,35 @@
 //! Evaluation: adapt on each episode's support, score its query; mean and 95% interval.
 
+use candle_core::Tensor;
 use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
 
 use crate::batch::TaskBatch;
 use crate::error::Result;
 use crate::grad_mode::{GradMode, ParallelJob, run_parallel};
 use crate::maml::{InnerLoop, Order, adapt};
+
+/// Query logits of each task after `steps` inner SGD steps of `inner_lr` on its support set,
+/// starting from `params`. First order (same fast weights as exact MAML, no graph kept):
+/// adaptation at test time needs no meta-gradient.
+///
+/// # Shapes
+/// `support_images`: `[t, n_support, c, h, w]`, `support_labels`: `[t, n_support]`,
+/// `query_images`: `[t, n_query, c, h, w]`; returns `[t, n_query, n_way]`.
+pub fn adapted_logits(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    support_images: &Tensor,
+    support_labels: &Tensor,
+    query_images: &Tensor,
+    inner_lr: f64,
+    steps: usize,
+) -> Result<Tensor> {
+    let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
+    let inner = InnerLoop { inner_lr, steps, order: Order::First };
+    let fast = adapt(config, &detached, support_images, support_labels, &inner)?;
+    let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
+    Ok(forward(config, &fast, query_images)?)
+}
 
 /// Query accuracy of each task in `batch` after `steps` inner SGD steps from `params`.
 ///
@@ -18,8 +42,6 @@ pub fn evaluate_batch(
     inner_lr: f64,
     steps: usize,
 ) -> Result<Vec<f32>> {
-    let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
-    let inner = InnerLoop { inner_lr, steps, order: Order::First };
     let t = batch.n_tasks();
     // Small chunks keep activations in cache on CPU (see docs/performance.md); chunks run in
     // parallel on rayon's threads.
@@ -27,11 +49,17 @@ pub fn evaluate_batch(
         .step_by(EVAL_TASK_CHUNK)
         .map(|start| -> Result<ParallelJob<Result<Vec<f32>>>> {
             let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
-            let (config, detached) = (*config, detached.clone());
+            let (config, params) = (*config, params.clone());
             Ok(Box::new(move || -> Result<Vec<f32>> {
-                let fast = adapt(&config, &detached, &chunk.support_images, &chunk.support_labels, &inner)?;
-                let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
-                let logits = forward(&config, &fast, &chunk.query_images)?;
+                let logits = adapted_logits(
+                    &config,
+                    &params,
+                    &chunk.support_images,
+                    &chunk.support_labels,
+                    &chunk.query_images,
+                    inner_lr,
+                    steps,
+                )?;
                 Ok(accuracy(&logits, &chunk.query_labels)?.to_vec1::<f32>()?)
             }))
         })

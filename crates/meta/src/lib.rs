@@ -44,6 +44,6 @@ mod maml;
 pub use adam::Adam;
 pub use batch::TaskBatch;
 pub use error::{Error, Result};
-pub use eval::{Accuracy, evaluate_batch};
+pub use eval::{Accuracy, adapted_logits, evaluate_batch};
 pub use grad_mode::{GradMode, ParallelJob, backward, run_parallel, set_parallel_tasks};
 pub use maml::{DEFAULT_TASK_CHUNK, InnerLoop, Maml, Order, StepStats, adapt, meta_gradient};

@@ -52,6 +52,11 @@ fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMa
     out
 }
 
+/// Largest absolute difference of two tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
 struct Comparison {
     checked: usize,
     skipped: usize,
@@ -129,16 +134,7 @@ fn first_order_equals_query_gradient_at_fast_weights() {
                 Some(g) => g.sum(0).unwrap(),
                 None => fo[name].zeros_like().unwrap(),
             };
-            let diff = (&fo[name] - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = max_abs_diff(&fo[name], &want);
             assert!(diff < 1e-12, "{name}: first-order meta-gradient differs by {diff}");
         }
     }
@@ -181,16 +177,7 @@ fn chunking_tasks_does_not_change_the_meta_gradient() {
     let (chunked, s2) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
     for (name, g) in &whole {
-        let diff = (g - &chunked[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_abs_diff(g, &chunked[name]);
         assert!(diff < 1e-12, "{name}: {diff}");
     }
     assert!(meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0).unwrap_err().to_string().contains("task_chunk"));

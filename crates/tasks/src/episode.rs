@@ -192,6 +192,12 @@ impl Sampler {
     }
 }
 
+/// The model's input value of a u8 gray level (255 = paper): `1 - gray / 255`, so ink is 1
+/// and paper 0 (a conv net's zero padding then looks like paper).
+pub fn ink_intensity(gray: u8) -> f32 {
+    1.0 - gray as f32 / 255.0
+}
+
 /// An episode's pixels, ready for a model: f32 in [0, 1] with ink = 1 and paper = 0 (so a
 /// conv net's zero padding looks like paper), labels as u32.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,7 +225,7 @@ impl Episode {
             for ex in examples {
                 let raw = image(ex.class.character, ex.drawing as usize);
                 assert_eq!(raw.len(), size * size, "image of character {} is not {size}x{size}", ex.class.character);
-                let ink: Vec<f32> = raw.iter().map(|&p| 1.0 - p as f32 / 255.0).collect();
+                let ink: Vec<f32> = raw.iter().map(|&p| ink_intensity(p)).collect();
                 let mut img = crate::augment::rotate_quarter(&ink, size, ex.class.rotation);
                 if let Some(t) = self.task_rotation {
                     img = t.apply(&img, size, 0.0);

@@ -34,7 +34,9 @@ mod evalset;
 mod split;
 
 pub use augment::{Rotation, TaskRotation, rotate_bilinear, rotate_quarter};
-pub use episode::{DRAWINGS, DrawingSplit, Episode, EpisodePixels, EpisodeSpec, Example, Sampler, TaskAugment};
+pub use episode::{
+    DRAWINGS, DrawingSplit, Episode, EpisodePixels, EpisodeSpec, Example, Sampler, TaskAugment, ink_intensity,
+};
 pub use error::{Error, Result};
 pub use evalset::{EPISODE_SET_VERSION, EpisodeSet};
 pub use split::{Class, OMNIGLOT_BACKGROUND, OMNIGLOT_EVALUATION, OMNIGLOT_TOTAL, PAPER_SPLIT_SEED, Protocol, Splits};
