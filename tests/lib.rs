@@ -42,13 +42,7 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("crate has a parent").to_owned()
 }
 
-/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+pub use fewshot_cli::peak_rss_mib;
 
 /// Both Omniglot subsets at 28x28, fetched from `source` if needed.
 pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::omniglot::Omniglot {

@@ -24,3 +24,11 @@ pub fn set_threads(n: usize) -> anyhow::Result<()> {
     fewshot_meta::set_parallel_tasks(n);
     Ok(())
 }
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

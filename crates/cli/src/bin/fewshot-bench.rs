@@ -58,15 +58,6 @@ fn forward_flops_per_image(net: &ConvNetConfig) -> f64 {
     (flops + 2 * net.features() * net.n_way) as f64
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     fewshot_cli::set_threads(args.threads)?;
@@ -154,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         "sec_per_meta_step_min": times[0],
         "sec_per_meta_step_max": times[times.len() - 1],
         "tasks_per_sec": tasks_per_sec,
-        "peak_rss_mb": peak_rss_mib(),
+        "peak_rss_mb": fewshot_cli::peak_rss_mib().unwrap_or(f64::NAN),
         "analytic_flops_per_task": flops_per_task,
         "achieved_gflops_per_sec": flops_per_task * tasks_per_sec / 1e9,
     });
