@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod cpu_op;
+pub mod engine;
 mod error;
 mod im2col;
 mod net;
