@@ -1,12 +1,13 @@
 //! Evaluation: adapt on each episode's support, score its query; mean and 95% interval.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
 
 use crate::batch::TaskBatch;
 use crate::error::Result;
 use crate::grad_mode::{GradMode, ParallelJob, run_parallel};
 use crate::maml::{InnerLoop, Order, adapt};
+use crate::native::{Engine, native_adapted_logits};
 
 /// Query logits of each task after `steps` inner SGD steps of `inner_lr` on its support set,
 /// starting from `params`. First order (same fast weights as exact MAML, no graph kept):
@@ -16,6 +17,30 @@ use crate::maml::{InnerLoop, Order, adapt};
 /// `support_images`: `[t, n_support, c, h, w]`, `support_labels`: `[t, n_support]`,
 /// `query_images`: `[t, n_query, c, h, w]`; returns `[t, n_query, n_way]`.
 pub fn adapted_logits(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    support_images: &Tensor,
+    support_labels: &Tensor,
+    query_images: &Tensor,
+    inner_lr: f64,
+    steps: usize,
+) -> Result<Tensor> {
+    if Engine::native_supports(support_images.dtype(), support_images.device()) {
+        let (t, nq) = (query_images.dim(0)?, query_images.dim(1)?);
+        let batch = TaskBatch {
+            support_images: support_images.clone(),
+            support_labels: support_labels.clone(),
+            query_images: query_images.clone(),
+            // Unused by adaptation; any valid class index will do.
+            query_labels: Tensor::zeros((t, nq), DType::U32, query_images.device())?,
+        };
+        return native_adapted_logits(config, params, &batch, inner_lr, steps);
+    }
+    adapted_logits_candle(config, params, support_images, support_labels, query_images, inner_lr, steps)
+}
+
+/// [`adapted_logits`] through candle's autograd (the reference path).
+pub fn adapted_logits_candle(
     config: &ConvNetConfig,
     params: &ParamMap,
     support_images: &Tensor,
@@ -34,7 +59,8 @@ pub fn adapted_logits(
 /// Query accuracy of each task in `batch` after `steps` inner SGD steps from `params`.
 ///
 /// Evaluation needs no meta-gradient, so the inner loop runs first-order (same fast weights,
-/// no graph kept).
+/// no graph kept). Runs on the native engine when it supports the batch (f32/f64 on the CPU),
+/// through candle otherwise.
 pub fn evaluate_batch(
     config: &ConvNetConfig,
     params: &ParamMap,
@@ -42,6 +68,10 @@ pub fn evaluate_batch(
     inner_lr: f64,
     steps: usize,
 ) -> Result<Vec<f32>> {
+    if Engine::native_supports(batch.support_images.dtype(), batch.support_images.device()) {
+        let logits = native_adapted_logits(config, params, batch, inner_lr, steps)?;
+        return Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
+    }
     let t = batch.n_tasks();
     // Small chunks keep activations in cache on CPU (see docs/performance.md); chunks run in
     // parallel on rayon's threads.

@@ -9,6 +9,7 @@ use crate::adam::Adam;
 use crate::batch::TaskBatch;
 use crate::error::{Error, Result};
 use crate::grad_mode::{GradMode, ParallelJob, backward, run_parallel};
+use crate::native::{Engine, native_meta_gradient};
 
 /// How the meta-gradient treats the inner loop's gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,8 +197,12 @@ pub struct Maml {
     pub optimizer: Adam,
     /// Inner-loop settings used by [`Maml::meta_step`].
     pub inner: InnerLoop,
-    /// Tasks per chunk in [`meta_gradient`] (memory bound); default [`DEFAULT_TASK_CHUNK`].
+    /// Tasks per chunk in [`meta_gradient`] (memory bound) on the candle engine; default
+    /// [`DEFAULT_TASK_CHUNK`].
     pub task_chunk: usize,
+    /// Which implementation computes meta-gradients; default [`Engine::Native`] (falls back to
+    /// candle for batches it does not support).
+    pub engine: Engine,
 }
 
 impl Maml {
@@ -215,7 +220,14 @@ impl Maml {
         }
         let params =
             params.iter().map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.detach())?))).collect::<Result<_>>()?;
-        Ok(Maml { config, params, optimizer: Adam::new(meta_lr), inner, task_chunk: DEFAULT_TASK_CHUNK })
+        Ok(Maml {
+            config,
+            params,
+            optimizer: Adam::new(meta_lr),
+            inner,
+            task_chunk: DEFAULT_TASK_CHUNK,
+            engine: Engine::default(),
+        })
     }
 
     /// The net's shape.
@@ -239,6 +251,10 @@ impl Maml {
 
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
+        let images = &batch.support_images;
+        if self.engine == Engine::Native && Engine::native_supports(images.dtype(), images.device()) {
+            return native_meta_gradient(&self.config, &self.params(), batch, &self.inner);
+        }
         meta_gradient(&self.config, &self.params, batch, &self.inner, self.task_chunk)
     }
 

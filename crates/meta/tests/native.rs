@@ -1,0 +1,124 @@
+//! The native engine (the fast path) against the candle engine (the simple reference path):
+//! same meta-gradients, same adapted logits, same meta-steps. Finite-difference checks of both
+//! are in `second_order.rs`.
+
+use candle_core::{DType, Device, Tensor};
+use fewshot_meta::{
+    Engine, InnerLoop, Maml, Order, TaskBatch, adapted_logits, adapted_logits_candle, meta_gradient,
+    native_meta_gradient,
+};
+use fewshot_model::{ConvNetConfig, ParamMap, init};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn batch(config: &ConvNetConfig, t: usize, k_shot: usize, n_query: usize, dtype: DType, seed: u64) -> TaskBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let s = config.image_size;
+    let mut images = |n: usize| {
+        // Continuous values: no exact or near ties in max-pooling (at a tie each engine may route
+        // the gradient to a different, equally valid element).
+        let data: Vec<f32> = (0..t * n * s * s).map(|_| rng.random_range(0.0..1.0)).collect();
+        Tensor::from_vec(data, (t, n, 1, s, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    };
+    let (support_images, query_images) = (images(config.n_way * k_shot), images(config.n_way * n_query));
+    let mut labels = |n: usize| {
+        let data: Vec<u32> = (0..t * n).map(|_| rng.random_range(0..config.n_way as u32)).collect();
+        Tensor::from_vec(data, (t, n), &Device::Cpu).unwrap()
+    };
+    let (support_labels, query_labels) = (labels(config.n_way * k_shot), labels(config.n_way * n_query));
+    TaskBatch { support_images, support_labels, query_images, query_labels }
+}
+
+fn vars(params: &ParamMap) -> std::collections::BTreeMap<String, candle_core::Var> {
+    params.iter().map(|(k, v)| (k.clone(), candle_core::Var::from_tensor(v).unwrap())).collect()
+}
+
+/// Largest difference over all parameters, relative to the largest reference entry.
+fn rel_diff(a: &ParamMap, b: &ParamMap) -> f64 {
+    let (mut diff, mut scale) = (0f64, 0f64);
+    for (name, bv) in b {
+        let av = a[name].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let bv = bv.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (x, y) in av.iter().zip(&bv) {
+            diff = diff.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+    }
+    diff / scale
+}
+
+#[test]
+fn native_meta_gradient_equals_candle_in_f64() {
+    let config = ConvNetConfig { in_channels: 1, image_size: 10, hidden: 4, depth: 3, n_way: 3 };
+    let params = init(&config, 21, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(&config, 3, 2, 2, DType::F64, 1);
+    for order in [Order::Second, Order::First] {
+        for steps in [1, 3] {
+            let inner = InnerLoop { inner_lr: 0.3, steps, order };
+            let (reference, rs) = meta_gradient(&config, &vars(&params), &batch, &inner, 1).unwrap();
+            let (native, ns) = native_meta_gradient(&config, &params, &batch, &inner).unwrap();
+            let err = rel_diff(&native, &reference);
+            assert!(err < 1e-10, "{order:?}, {steps} steps: native differs by {err:e}");
+            assert!((rs.loss - ns.loss).abs() < 1e-5 && rs.accuracy == ns.accuracy);
+        }
+    }
+}
+
+#[test]
+fn native_meta_gradient_equals_candle_at_omniglot_shapes_in_f32() {
+    let config = ConvNetConfig::omniglot(5);
+    let params = init(&config, 22, DType::F32, &Device::Cpu).unwrap();
+    let batch = batch(&config, 2, 1, 1, DType::F32, 2);
+    for order in [Order::Second, Order::First] {
+        let inner = InnerLoop { inner_lr: 0.4, steps: 1, order };
+        let (reference, _) = meta_gradient(&config, &vars(&params), &batch, &inner, 1).unwrap();
+        let (native, _) = native_meta_gradient(&config, &params, &batch, &inner).unwrap();
+        let err = rel_diff(&native, &reference);
+        println!("{order:?}: relative difference {err:.2e}");
+        assert!(err < 1e-4, "{order:?}: native differs by {err:e}");
+    }
+}
+
+#[test]
+fn adapted_logits_agree() {
+    let config = ConvNetConfig { in_channels: 1, image_size: 12, hidden: 5, depth: 2, n_way: 4 };
+    let params = init(&config, 23, DType::F64, &Device::Cpu).unwrap();
+    let b = batch(&config, 2, 1, 3, DType::F64, 3);
+    let args = (&b.support_images, &b.support_labels, &b.query_images);
+    let native = adapted_logits(&config, &params, args.0, args.1, args.2, 0.4, 3).unwrap();
+    let reference = adapted_logits_candle(&config, &params, args.0, args.1, args.2, 0.4, 3).unwrap();
+    assert_eq!(native.dims(), &[2, 12, 4]);
+    let diff = (native - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(diff.to_scalar::<f64>().unwrap() < 1e-10);
+}
+
+#[test]
+fn maml_steps_agree_across_engines() {
+    let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
+    let params = init(&config, 24, DType::F64, &Device::Cpu).unwrap();
+    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+    let mut native = Maml::new(config, &params, inner, 1e-2).unwrap();
+    let mut candle = Maml::new(config, &params, inner, 1e-2).unwrap();
+    assert_eq!(native.engine, Engine::Native, "the fast path is the default");
+    candle.engine = Engine::Candle;
+    for step in 0..3 {
+        let b = batch(&config, 4, 1, 2, DType::F64, 10 + step);
+        let (a, c) = (native.meta_step(&b).unwrap(), candle.meta_step(&b).unwrap());
+        assert!((a.loss - c.loss).abs() < 1e-5);
+    }
+    assert!(rel_diff(&native.params(), &candle.params()) < 1e-9);
+}
+
+#[test]
+fn native_engine_rejects_bad_labels_and_dtypes() {
+    let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
+    let params = init(&config, 25, DType::F32, &Device::Cpu).unwrap();
+    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+    let mut b = batch(&config, 1, 1, 1, DType::F32, 4);
+    b.query_labels = Tensor::new(&[[0u32, 7]], &Device::Cpu).unwrap();
+    let err = native_meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
+    assert!(err.contains("label = 7") && err.contains("n_way = 2"), "{err}");
+    let b = batch(&config, 1, 1, 1, DType::BF16, 4);
+    let err = native_meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
+    assert!(err.contains("dtype") && err.contains("Candle"), "{err}");
+}
