@@ -44,6 +44,9 @@ struct Args {
     /// Tasks in parallel (kernels single-threaded), as `fewshot --threads`.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// `native` (the default fast path) or `candle` (the reference path; so/fo only).
+    #[arg(long, default_value = "native")]
+    engine: String,
 }
 
 /// FLOPs of the conv and linear layers for one image's forward pass (2 per multiply-add), as
@@ -101,8 +104,14 @@ fn main() -> anyhow::Result<()> {
     let mut maml = order
         .map(|order| Maml::new(net, &params, InnerLoop { inner_lr: args.inner_lr, steps: inner_steps, order }, 1e-3))
         .transpose()?;
+    let engine = match (args.engine.as_str(), order) {
+        ("native", _) => fewshot_meta::Engine::Native,
+        ("candle", Some(_)) => fewshot_meta::Engine::Candle,
+        (other, _) => bail!("--engine {other}: expected native, or candle with --mode so or fo"),
+    };
     if let Some(m) = maml.as_mut() {
         m.task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
+        m.engine = engine;
     }
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {
@@ -134,6 +143,7 @@ fn main() -> anyhow::Result<()> {
     let tasks_per_sec = args.meta_batch as f64 / median;
     let result = serde_json::json!({
         "impl": "fewshot",
+        "engine": args.engine,
         "mode": if order.is_some() { "train" } else { "eval" },
         "order": match order { Some(Order::Second) => "second", _ => "first" },
         "n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query,
