@@ -416,11 +416,16 @@ fn im2col<T: Real>(x: &[T], b: usize, h: usize, w: usize, c: usize, cols: &mut [
                     let sy = yi as isize + ky as isize - 1;
                     for kx in 0..3 {
                         let sx = xi as isize + kx as isize - 1;
-                        let dst = &mut row[(ky * 3 + kx) * c..][..c];
-                        if sy < 0 || sy >= h as isize || sx < 0 || sx >= w as isize {
-                            dst.fill(T::default());
+                        let at = (ky * 3 + kx) * c;
+                        let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
+                        let src = ((bi * h + sy.max(0) as usize) * w + sx.max(0) as usize) * c;
+                        if c == 1 {
+                            // One channel (the first layer): a plain load, not a copy call.
+                            row[at] = if inside { x[src] } else { T::default() };
+                        } else if inside {
+                            row[at..at + c].copy_from_slice(&x[src..src + c]);
                         } else {
-                            dst.copy_from_slice(&x[((bi * h + sy as usize) * w + sx as usize) * c..][..c]);
+                            row[at..at + c].fill(T::default());
                         }
                     }
                 }
