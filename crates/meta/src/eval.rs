@@ -1,6 +1,6 @@
 //! Evaluation: adapt on each episode's support, score its query; mean and 95% interval.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
 
 use crate::batch::TaskBatch;
@@ -26,15 +26,7 @@ pub fn adapted_logits(
     steps: usize,
 ) -> Result<Tensor> {
     if Engine::native_supports(support_images.dtype(), support_images.device()) {
-        let (t, nq) = (query_images.dim(0)?, query_images.dim(1)?);
-        let batch = TaskBatch {
-            support_images: support_images.clone(),
-            support_labels: support_labels.clone(),
-            query_images: query_images.clone(),
-            // Unused by adaptation; any valid class index will do.
-            query_labels: Tensor::zeros((t, nq), DType::U32, query_images.device())?,
-        };
-        return native_adapted_logits(config, params, &batch, inner_lr, steps);
+        return native_adapted_logits(config, params, support_images, support_labels, query_images, inner_lr, steps);
     }
     adapted_logits_candle(config, params, support_images, support_labels, query_images, inner_lr, steps)
 }
@@ -69,7 +61,16 @@ pub fn evaluate_batch(
     steps: usize,
 ) -> Result<Vec<f32>> {
     if Engine::native_supports(batch.support_images.dtype(), batch.support_images.device()) {
-        let logits = native_adapted_logits(config, params, batch, inner_lr, steps)?;
+        let b = batch;
+        let logits = native_adapted_logits(
+            config,
+            params,
+            &b.support_images,
+            &b.support_labels,
+            &b.query_images,
+            inner_lr,
+            steps,
+        )?;
         return Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
     }
     let t = batch.n_tasks();

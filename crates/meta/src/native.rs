@@ -43,30 +43,27 @@ struct FlatBatch<T> {
 }
 
 impl<T: Real> FlatBatch<T> {
-    fn new(layout: &Layout, batch: &TaskBatch) -> Result<FlatBatch<T>> {
-        let images = |t: &Tensor| -> Result<Vec<T>> { Ok(layout.images_to_channels_last(&T::tensor_values(t)?)) };
-        let labels = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<u32>()?) };
-        let image_dims = |t: &Tensor| -> Result<()> {
+    /// Flatten support and query sets; `query_labels` may be absent (adaptation only).
+    fn new(
+        layout: &Layout,
+        support_images: &Tensor,
+        support_labels: &Tensor,
+        query_images: &Tensor,
+        query_labels: Option<&Tensor>,
+    ) -> Result<FlatBatch<T>> {
+        let images = |t: &Tensor| -> Result<Vec<T>> {
             let (_, _, c, h, w) = t.dims5()?;
-            let cfg = layout.config();
-            if (c, h, w) != (cfg.in_channels, cfg.image_size, cfg.image_size) {
-                return Err(fewshot_model::Error::Params(format!(
-                    "images are {c}x{h}x{w}, the net expects {}x{}x{}",
-                    cfg.in_channels, cfg.image_size, cfg.image_size
-                ))
-                .into());
-            }
-            Ok(())
+            layout.config().check_image(c, h, w)?;
+            Ok(layout.images_to_channels_last(&T::tensor_values(t)?))
         };
-        image_dims(&batch.support_images)?;
-        image_dims(&batch.query_images)?;
+        let labels = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<u32>()?) };
         let flat = FlatBatch {
-            n_support: batch.support_images.dim(1)?,
-            n_query: batch.query_images.dim(1)?,
-            support: images(&batch.support_images)?,
-            support_labels: labels(&batch.support_labels)?,
-            query: images(&batch.query_images)?,
-            query_labels: labels(&batch.query_labels)?,
+            n_support: support_images.dim(1)?,
+            n_query: query_images.dim(1)?,
+            support: images(support_images)?,
+            support_labels: labels(support_labels)?,
+            query: images(query_images)?,
+            query_labels: query_labels.map(labels).transpose()?.unwrap_or_default(),
         };
         let n_way = layout.config().n_way as u32;
         if let Some(bad) = flat.support_labels.iter().chain(&flat.query_labels).find(|&&y| y >= n_way) {
@@ -79,13 +76,18 @@ impl<T: Real> FlatBatch<T> {
         Ok(flat)
     }
 
+    fn from_batch(layout: &Layout, batch: &TaskBatch) -> Result<FlatBatch<T>> {
+        let b = batch;
+        FlatBatch::new(layout, &b.support_images, &b.support_labels, &b.query_images, Some(&b.query_labels))
+    }
+
     fn task(&self, i: usize, image_len: usize) -> TaskData<'_, T> {
         let (s, q) = (self.n_support, self.n_query);
         TaskData {
             support: &self.support[i * s * image_len..(i + 1) * s * image_len],
             support_labels: &self.support_labels[i * s..(i + 1) * s],
             query: &self.query[i * q * image_len..(i + 1) * q * image_len],
-            query_labels: &self.query_labels[i * q..(i + 1) * q],
+            query_labels: self.query_labels.get(i * q..(i + 1) * q).unwrap_or(&[]),
         }
     }
 }
@@ -125,7 +127,7 @@ fn meta_gradient_typed<T: Real>(
 ) -> Result<(ParamMap, StepStats)> {
     let layout = Arc::new(Layout::new(config)?);
     let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
-    let flat = Arc::new(FlatBatch::<T>::new(&layout, batch)?);
+    let flat = Arc::new(FlatBatch::<T>::from_batch(&layout, batch)?);
     let t = batch.n_tasks();
     let inner = *inner;
     let jobs: Vec<ParallelJob<engine::TaskOutcome<T>>> = (0..t)
@@ -158,17 +160,20 @@ fn meta_gradient_typed<T: Real>(
 }
 
 /// Query logits `[t, n_query, n_way]` of each task after `steps` inner SGD steps, on the native
-/// engine (see [`crate::adapted_logits`]).
+/// engine (see [`crate::adapted_logits`] for the shapes).
 pub fn native_adapted_logits(
     config: &ConvNetConfig,
     params: &ParamMap,
-    batch: &TaskBatch,
+    support_images: &Tensor,
+    support_labels: &Tensor,
+    query_images: &Tensor,
     inner_lr: f64,
     steps: usize,
 ) -> Result<Tensor> {
-    match batch.support_images.dtype() {
-        DType::F32 => adapted_logits_typed::<f32>(config, params, batch, inner_lr, steps),
-        DType::F64 => adapted_logits_typed::<f64>(config, params, batch, inner_lr, steps),
+    let args = (support_images, support_labels, query_images);
+    match support_images.dtype() {
+        DType::F32 => adapted_logits_typed::<f32>(config, params, args, inner_lr, steps),
+        DType::F64 => adapted_logits_typed::<f64>(config, params, args, inner_lr, steps),
         other => Err(unsupported(other)),
     }
 }
@@ -176,20 +181,20 @@ pub fn native_adapted_logits(
 fn adapted_logits_typed<T: Real>(
     config: &ConvNetConfig,
     params: &ParamMap,
-    batch: &TaskBatch,
+    (support_images, support_labels, query_images): (&Tensor, &Tensor, &Tensor),
     inner_lr: f64,
     steps: usize,
 ) -> Result<Tensor> {
     let layout = Arc::new(Layout::new(config)?);
     let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
-    let flat = Arc::new(FlatBatch::<T>::new(&layout, batch)?);
-    let t = batch.n_tasks();
+    let flat = Arc::new(FlatBatch::<T>::new(&layout, support_images, support_labels, query_images, None)?);
+    let t = support_images.dim(0)?;
     let jobs: Vec<ParallelJob<Vec<T>>> = (0..t)
         .map(|i| -> ParallelJob<Vec<T>> {
             let (layout, theta, flat) = (layout.clone(), theta.clone(), flat.clone());
             Box::new(move || {
                 let task = flat.task(i, layout.image_len());
-                let n_query = task.query_labels.len();
+                let (lr, n_query) = (inner_lr, flat.n_query);
                 engine::adapted_logits(
                     &layout,
                     &theta,
@@ -197,7 +202,7 @@ fn adapted_logits_typed<T: Real>(
                     task.support_labels,
                     task.query,
                     n_query,
-                    inner_lr,
+                    lr,
                     steps,
                 )
             })

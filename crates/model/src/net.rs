@@ -40,6 +40,17 @@ impl ConvNetConfig {
         self.hidden * self.final_size() * self.final_size()
     }
 
+    /// Check that images of `c` channels, `h` x `w` pixels fit the net.
+    pub fn check_image(&self, c: usize, h: usize, w: usize) -> Result<()> {
+        if (c, h, w) != (self.in_channels, self.image_size, self.image_size) {
+            return Err(Error::Params(format!(
+                "images are {c}x{h}x{w}, the net expects {}x{}x{}",
+                self.in_channels, self.image_size, self.image_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Check every field; errors name the field and the allowed range.
     pub fn validate(&self) -> Result<()> {
         let bad =
@@ -79,12 +90,7 @@ impl ConvNetConfig {
 /// `softmax_last_dim`; see `docs/architecture.md`).
 pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Result<Tensor> {
     let (t, b, c, h, w) = images.dims5()?;
-    if (c, h, w) != (config.in_channels, config.image_size, config.image_size) {
-        return Err(Error::Params(format!(
-            "images are {c}x{h}x{w}, the net expects {}x{}x{}",
-            config.in_channels, config.image_size, config.image_size
-        )));
-    }
+    config.check_image(c, h, w)?;
     let get = |name: &str| params.get(name).ok_or_else(|| Error::Params(format!("missing parameter `{name}`")));
     // Channels first within each task, so batch-norm reductions run over contiguous memory.
     let mut x = images.transpose(1, 2)?.contiguous()?; // [t, c, b, h, w]
