@@ -365,9 +365,15 @@ impl<T: Real> Forward<T> {
 
     /// Mean cross-entropy against `labels`.
     pub fn loss(&self, labels: &[u32]) -> f64 {
-        let n = self.probs.len() / self.batch;
-        let sum: f64 = labels.iter().enumerate().map(|(i, &y)| -self.probs[i * n + y as usize].to_f64().ln()).sum();
-        sum / self.batch as f64
+        // From the logits (log-sum-exp minus the label's logit), like the candle path: -ln of a
+        // softmax probability that underflowed to 0 would report a finite loss as infinite.
+        let n = self.logits.len() / self.batch;
+        let per_image = |(row, &y): (&[T], &u32)| {
+            let max = row[argmax(row)].to_f64();
+            let sum: f64 = row.iter().map(|l| (l.to_f64() - max).exp()).sum();
+            max + sum.ln() - row[y as usize].to_f64()
+        };
+        self.logits.chunks_exact(n).zip(labels).map(per_image).sum::<f64>() / self.batch as f64
     }
 
     /// Number of images whose arg-max logit is the label.

@@ -168,3 +168,17 @@ fn f32_matches_f64() {
     let g32: Vec<f64> = g32.iter().map(|&x| x as f64).collect();
     assert!(max_rel_diff(&g32, &g64) < 1e-4);
 }
+
+#[test]
+fn loss_stays_finite_when_a_softmax_probability_underflows() {
+    let c = case(CONFIGS[0], 9);
+    let mut theta32: Vec<f32> = c.theta().iter().map(|&x| x as f32).collect();
+    // A huge head bias on class 0: the other classes' probabilities underflow to 0 in f32.
+    let bias_at = theta32.len() - c.config.n_way;
+    theta32[bias_at] = 200.0;
+    let images32: Vec<f32> = c.images_nhwc().iter().map(|&x| x as f32).collect();
+    let fwd = engine::forward(&c.layout, &theta32, &images32, c.labels.len());
+    let loss = fwd.loss(&c.labels);
+    // Two thirds of the labels are not class 0: each costs about 200 nats.
+    assert!(loss.is_finite() && loss > 100.0 && loss < 200.0, "loss {loss}");
+}
