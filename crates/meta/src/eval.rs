@@ -61,16 +61,9 @@ pub fn evaluate_batch(
     steps: usize,
 ) -> Result<Vec<f32>> {
     if Engine::native_supports(batch.support_images.dtype(), batch.support_images.device()) {
-        let b = batch;
-        let logits = native_adapted_logits(
-            config,
-            params,
-            &b.support_images,
-            &b.support_labels,
-            &b.query_images,
-            inner_lr,
-            steps,
-        )?;
+        // The engine runs the tasks in parallel itself.
+        let (support, labels, query) = (&batch.support_images, &batch.support_labels, &batch.query_images);
+        let logits = native_adapted_logits(config, params, support, labels, query, inner_lr, steps)?;
         return Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
     }
     let t = batch.n_tasks();
@@ -82,7 +75,7 @@ pub fn evaluate_batch(
             let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
             let (config, params) = (*config, params.clone());
             Ok(Box::new(move || -> Result<Vec<f32>> {
-                let logits = adapted_logits(
+                let logits = adapted_logits_candle(
                     &config,
                     &params,
                     &chunk.support_images,
