@@ -2,6 +2,8 @@
 
 mod bench;
 mod download;
+mod experiment;
+mod report;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ enum Command {
     ///
     /// Example: cargo xtask bench --against-torch /tmp/torch-ref/bin/python
     Bench(bench::Args),
+    /// Run an experiment and write its report: `hw15` (the course's ladder and two figures).
+    ///
+    /// Example: cargo xtask experiment hw15 --budget course
+    Experiment(experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Download(args) => download::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Experiment(args) => experiment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

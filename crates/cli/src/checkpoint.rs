@@ -80,9 +80,26 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Read a checkpoint file; errors name it.
+    /// Read a checkpoint file; errors name it. When its manifest `<path>.json` is there, the
+    /// file's SHA-256 must match it; parameters must be finite.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let manifest = manifest_path(path);
+        if let Ok(text) = std::fs::read_to_string(&manifest) {
+            let recorded = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|m| m["sha256"].as_str().map(str::to_owned))
+                .with_context(|| format!("{}: unreadable manifest (no sha256)", manifest.display()))?;
+            let actual = omniglot_data::sha256_bytes(&bytes);
+            if actual != recorded {
+                bail!(
+                    "{} does not match its manifest {} (SHA-256 {actual}, recorded {recorded}): the checkpoint \
+                     was changed or damaged after it was written; use another checkpoint (e.g. best/last)",
+                    path.display(),
+                    manifest.display()
+                );
+            }
+        }
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{} is not a safetensors checkpoint", path.display()))?;
         let state: State = meta
@@ -108,6 +125,17 @@ impl Checkpoint {
                 out.adam_v.insert(n.to_owned(), v);
             } else {
                 bail!("{}: unexpected tensor `{k}`", path.display());
+            }
+        }
+        for (name, tensor) in &out.params {
+            let finite = tensor
+                .to_dtype(candle_core::DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                bail!("{}: parameter `{name}` holds NaN or infinite values; use another checkpoint", path.display());
             }
         }
         Ok(out)

@@ -101,6 +101,9 @@ pub struct EpisodesConfig {
     pub n_query: usize,
     /// `any` or `first_ten_support`.
     pub drawing_split: fewshot_tasks::DrawingSplit,
+    /// Meta-train on only the first this many classes of the (seeded, shuffled) meta-train
+    /// pool; all of them when absent (the course code's `task_num`).
+    pub train_classes: Option<usize>,
 }
 
 impl Default for EpisodesConfig {
@@ -111,6 +114,7 @@ impl Default for EpisodesConfig {
             k_shot: 1,
             n_query: 1,
             drawing_split: fewshot_tasks::DrawingSplit::Any,
+            train_classes: None,
         }
     }
 }
@@ -133,22 +137,37 @@ impl Default for ModelConfig {
 
 /// Training method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Method {
     /// MAML, exact second order.
     Maml,
     /// First-order MAML.
     Fomaml,
-    /// Transfer-learning baseline: one classifier over all meta-train classes, fine-tuned on
-    /// each test task's support set.
+    /// Transfer-learning baseline ("A Closer Look at Few-shot Classification"): one classifier
+    /// over all meta-train classes; at evaluation a fresh, zero N-way head replaces its head and
+    /// is fine-tuned on each task's support set (see `train.finetune`).
     Transfer,
+    /// The course's baseline: one N-way classifier trained on the support sets of meta-train
+    /// tasks (labels local to each task, no inner loop), then fine-tuned as a whole on each
+    /// test task's support set.
+    TaskClassifier,
+}
+
+/// Which parameters fine-tuning on a support set updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetune {
+    /// Every parameter (MAML's inner loop).
+    All,
+    /// The linear head only, the feature extractor frozen.
+    Head,
 }
 
 /// `[train]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// `maml`, `fomaml` or `transfer`.
+    /// `maml`, `fomaml`, `transfer` or `task_classifier`.
     pub method: Method,
     /// Meta-steps (or, for `transfer`, classifier steps).
     pub steps: usize,
@@ -162,10 +181,15 @@ pub struct TrainConfig {
     pub inner_steps: usize,
     /// Inner steps at validation and evaluation.
     pub eval_inner_steps: usize,
+    /// What adaptation at validation and evaluation updates: `all` or `head`.
+    pub finetune: Finetune,
     /// Log a metrics line every this many steps.
     pub log_every: usize,
     /// Validate every this many steps.
     pub val_every: usize,
+    /// Also validate at about this many log-spaced steps (1, 2, 3, 5, ...; for learning
+    /// curves on a log axis); 0: none.
+    pub val_log_points: usize,
     /// Episodes in the fixed validation set.
     pub val_episodes: usize,
     /// Write the `last` checkpoint every this many steps.
@@ -184,8 +208,10 @@ impl Default for TrainConfig {
             inner_lr: 0.4,
             inner_steps: 1,
             eval_inner_steps: 3,
+            finetune: Finetune::All,
             log_every: 10,
             val_every: 100,
+            val_log_points: 0,
             val_episodes: 200,
             checkpoint_every: 100,
             task_chunk: fewshot_meta::DEFAULT_TASK_CHUNK,
@@ -264,6 +290,14 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let e = &self.episodes;
         let t = &self.train;
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if self.name.is_empty() || self.name.starts_with('.') || !self.name.chars().all(name_ok) {
+            bail!(
+                "name = {:?}: a run name is one folder name under runs/ (letters, digits, `.`, `_`, `-`; \
+                 not starting with `.`); use --out to write elsewhere",
+                self.name
+            );
+        }
         let positive = |key: &str, v: f64| -> anyhow::Result<()> {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{key} = {v}: must be a finite number > 0");
@@ -300,6 +334,11 @@ impl Config {
                 bail!("{key} = 0: must be at least 1");
             }
         }
+        if let Some(n) = e.train_classes
+            && n < e.n_way
+        {
+            bail!("episodes.train_classes = {n}: must be at least episodes.n_way = {}", e.n_way);
+        }
         if !(0.0..=1.0).contains(&self.augment.task_rotation_p) {
             bail!("augment.task_rotation_p = {}: must be in [0, 1]", self.augment.task_rotation_p);
         }
@@ -321,6 +360,15 @@ impl Config {
         }
     }
 
+    /// How a model adapts to a task at validation and evaluation, with `steps` inner steps.
+    pub fn adaptation(&self, steps: usize) -> fewshot_meta::Adaptation {
+        let scope = match self.train.finetune {
+            Finetune::All => fewshot_meta::Scope::All,
+            Finetune::Head => fewshot_meta::Scope::Head,
+        };
+        fewshot_meta::Adaptation { inner_lr: self.train.inner_lr, steps, scope }
+    }
+
     /// The episode shape.
     pub fn spec(&self) -> fewshot_tasks::EpisodeSpec {
         let e = &self.episodes;
@@ -330,6 +378,35 @@ impl Config {
             n_query: e.n_query,
             drawing_split: e.drawing_split,
         }
+    }
+
+    /// The keys whose values differ between `self` and `other`, as `key: self -> other`.
+    pub fn differences(&self, other: &Config) -> Vec<String> {
+        fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        flatten(&key, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_owned(), other.to_string());
+                }
+            }
+        }
+        let table = |c: &Config| {
+            let mut out = std::collections::BTreeMap::new();
+            flatten("", &toml::Value::try_from(c).expect("configs serialise"), &mut out);
+            out
+        };
+        let (a, b) = (table(self), table(other));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let none = "(unset)".to_owned();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| format!("{k}: {} -> {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
+            .collect()
     }
 
     /// The config as TOML (written beside every run and inside every checkpoint).
@@ -370,6 +447,9 @@ mod tests {
         check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
+        check_err("name = \"\"\n", &[], "name = \"\": a run name is one folder name");
+        check_err("name = \"../../x\"\n", &[], "a run name is one folder name");
+        check_err("name = \"x\"\n", &["episodes.train_classes=3"], "episodes.train_classes = 3: must be at least");
     }
 
     #[test]

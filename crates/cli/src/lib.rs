@@ -8,6 +8,8 @@ pub mod config;
 pub mod evaluate;
 pub mod omniglot;
 pub mod predict;
+pub mod run_dir;
+pub mod signals;
 pub mod train;
 
 /// Use `n` threads: `n` tasks in parallel, each on single-threaded candle kernels (measured

@@ -11,9 +11,10 @@ use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fewshot_cli::checkpoint::Checkpoint;
-use fewshot_cli::config::Config;
-use fewshot_cli::evaluate::{eval_params, evaluate, test_episodes};
-use fewshot_cli::train::{TrainOptions, ctrl_c_flag, stderr_is_terminal, train};
+use fewshot_cli::config::{Config, Method};
+use fewshot_cli::evaluate::{eval_params, evaluate, test_episodes, validation_episodes};
+use fewshot_cli::signals::StopSignal;
+use fewshot_cli::train::{TrainOptions, stderr_is_terminal, train};
 use fewshot_tasks::{EpisodeSet, Protocol};
 
 /// The 640 course test tasks (5-way 1-shot, 1 query, evaluation set) shipped with the project.
@@ -51,8 +52,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Continue from <out>/checkpoints/last.safetensors.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Start afresh in a folder that already holds a run: the old run is first moved to
+        /// <out>.old-N (nothing is deleted). Without it, such a folder is refused.
+        #[arg(long)]
+        overwrite: bool,
+        /// The run's seed (the same as --set seed=N).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Accuracy with a 95% confidence interval on fixed or freshly seeded test episodes.
     ///
@@ -68,13 +76,18 @@ enum Command {
         /// Draw fresh test episodes from this protocol's test classes instead.
         #[arg(long, value_enum)]
         protocol: Option<ProtocolArg>,
-        /// Number of fresh episodes with --protocol.
-        #[arg(long, default_value_t = 600)]
-        n: usize,
-        /// Inner steps on each support set (default: the config's eval_inner_steps).
+        /// Evaluate on the run's own fixed validation episodes (the dev set of its training).
+        #[arg(long, conflicts_with_all = ["episodes", "protocol"])]
+        validation: bool,
+        /// Number of episodes with --protocol (default 600) or --validation (default: the
+        /// config's val_episodes).
         #[arg(long)]
-        inner_steps: Option<usize>,
-        /// Print one JSON object instead of a sentence.
+        n: Option<usize>,
+        /// Inner steps on each support set, or a list swept in one call, e.g. 0,1,2,3,5,10
+        /// (default: the config's eval_inner_steps).
+        #[arg(long, value_delimiter = ',')]
+        inner_steps: Vec<usize>,
+        /// Print one JSON object per inner-step count instead of sentences.
         #[arg(long)]
         json: bool,
     },
@@ -95,7 +108,8 @@ enum Command {
         /// Inner steps on each support set (default: the config's eval_inner_steps).
         #[arg(long)]
         inner_steps: Option<usize>,
-        /// Output CSV.
+        /// Output CSV (`-`: standard output). A symlink is written through; a special file
+        /// (a device, a pipe) is written directly.
         #[arg(long)]
         out: PathBuf,
     },
@@ -114,7 +128,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -122,60 +136,85 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     fewshot_cli::set_threads(threads)?;
     match cli.command {
-        Command::Train { config, overrides, out, resume } => {
+        Command::Train { config, mut overrides, out, resume, overwrite, seed } => {
+            if let Some(seed) = seed {
+                overrides.push(format!("seed={seed}"));
+            }
             let config = Config::load(&config, &overrides)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            let stop = StopSignal::install()?;
             let data = config.data.load()?;
-            let options = TrainOptions { out: out.clone(), resume, progress: stderr_is_terminal() };
-            let summary = train(&config, &data, &options, ctrl_c_flag())?;
+            let options = TrainOptions { out: out.clone(), resume, overwrite, progress: stderr_is_terminal() };
+            let summary = train(&config, &data, &options, &stop)?;
             let best = summary.best_val.map(|b| format!("{b:.4}")).unwrap_or_else(|| "n/a".into());
-            if summary.interrupted {
-                eprintln!("interrupted after {} steps; resume with --resume --out {}", summary.steps, out.display());
-            } else {
+            if let Some(signal) = summary.interrupted {
                 eprintln!(
-                    "trained {} steps; best validation accuracy {best}; outputs in {}",
+                    "{} after {} steps: wrote the last checkpoint; continue with --resume --out {}",
+                    signal.name(),
                     summary.steps,
                     out.display()
                 );
+                return Ok(ExitCode::from(signal.exit_code()));
             }
-            Ok(())
+            eprintln!("trained {} steps; best validation accuracy {best}; outputs in {}", summary.steps, out.display());
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { checkpoint, episodes, protocol, n, inner_steps, json } => {
+        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json } => {
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
             let config = ckpt.config(&checkpoint)?;
-            let data = config.data.load()?;
-            let spec = config.spec();
-            let set = match (episodes, protocol) {
-                (Some(path), _) => read_episodes(&path)?,
-                (None, Some(p)) => test_episodes(&config, &data, protocol_of(p), n)?,
-                (None, None)
-                    if (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
-                        && config.data.expect == fewshot_cli::config::ExpectCounts::Omniglot =>
-                {
-                    EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?
-                }
-                (None, None) => test_episodes(&config, &data, config.episodes.protocol, n)?,
-            };
-            let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
-            let n_way = set.spec.n_way;
-            let params = eval_params(&config, &ckpt.params, n_way)?;
-            let acc = evaluate(&config.net(n_way), &params, &data, &set.episodes, config.train.inner_lr, steps)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean, "ci95": acc.ci95,
-                        "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot, "description": set.description,
-                    })
-                );
-            } else {
-                println!("accuracy {acc} with {steps} inner steps ({})", set.description);
+            if n == Some(0) {
+                bail!("--n 0: give at least 1 episode");
             }
-            Ok(())
+            let spec = config.spec();
+            let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
+                && config.data.expect == fewshot_cli::config::ExpectCounts::Omniglot;
+            let fixed = episodes.is_some() || (shipped && protocol.is_none() && !validation);
+            if n.is_some() && fixed {
+                bail!(
+                    "--n counts fresh episodes, but these episodes are a fixed set: use it with --protocol or --validation"
+                );
+            }
+            let data = config.data.load()?;
+            let n_fresh = n.unwrap_or(600);
+            let set = match (episodes, protocol) {
+                _ if validation => validation_episodes(&config, &data, n)?,
+                (Some(path), _) => read_episodes(&path)?,
+                (None, Some(p)) => test_episodes(&config, &data, protocol_of(p), n_fresh)?,
+                (None, None) if shipped => EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?,
+                (None, None) => test_episodes(&config, &data, config.episodes.protocol, n_fresh)?,
+            };
+            let n_way = set.spec.n_way;
+            if config.train.method != Method::Transfer && n_way != config.episodes.n_way {
+                bail!(
+                    "{} is a {}-way model and the episodes are {n_way}-way: evaluate it on {}-way episodes",
+                    checkpoint.display(),
+                    config.episodes.n_way,
+                    config.episodes.n_way
+                );
+            }
+            let params = eval_params(&config, &ckpt.params, n_way)?;
+            let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
+            for steps in steps {
+                let adaptation = config.adaptation(steps);
+                let acc = evaluate(&config.net(n_way), &params, &data, &set.episodes, &adaptation)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
+                            "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot,
+                            "description": set.description,
+                        })
+                    );
+                } else {
+                    println!("accuracy {acc} with {steps} inner steps ({})", set.description);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Predict { checkpoint, tasks, inner_steps, out } => {
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
@@ -183,7 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let folder_tasks = fewshot_cli::predict::read_tasks(&tasks, config.data.image_size)?;
             let n_way = folder_tasks[0].support.len();
             let params = eval_params(&config, &ckpt.params, n_way)?;
-            if config.train.method != fewshot_cli::config::Method::Transfer && n_way != config.episodes.n_way {
+            if config.train.method != Method::Transfer && n_way != config.episodes.n_way {
                 bail!(
                     "{} holds {n_way}-way tasks but the checkpoint is {}-way",
                     tasks.display(),
@@ -191,20 +230,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
-            let rows = fewshot_cli::predict::predict(
-                &config.net(n_way),
-                &params,
-                &folder_tasks,
-                config.train.inner_lr,
-                steps,
-            )?;
+            let rows =
+                fewshot_cli::predict::predict(&config.net(n_way), &params, &folder_tasks, &config.adaptation(steps))?;
             let mut csv = String::from("id,class\n");
             for (id, class) in &rows {
-                csv += &format!("{id},{class}\n");
+                csv += &format!("{},{class}\n", fewshot_cli::predict::csv_field(id));
             }
-            omniglot_data::write_atomic(&out, csv.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+            fewshot_cli::predict::write_output(&out, csv.as_bytes())?;
             eprintln!("wrote {} predictions for {} tasks to {}", rows.len(), folder_tasks.len(), out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
-use fewshot_meta::adapted_logits;
+use fewshot_meta::{Adaptation, adapted_logits};
 use fewshot_model::{ConvNetConfig, ParamMap};
 
 /// One task read from disk.
@@ -112,8 +112,7 @@ pub fn predict(
     net: &ConvNetConfig,
     params: &ParamMap,
     tasks: &[FolderTask],
-    inner_lr: f64,
-    inner_steps: usize,
+    adaptation: &Adaptation,
 ) -> anyhow::Result<Vec<(String, u32)>> {
     let size = net.image_size;
     let mut rows = Vec::new();
@@ -127,11 +126,42 @@ pub fn predict(
         let support = Tensor::from_vec(support, (1, ns, 1, size, size), &Device::Cpu)?;
         let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
         let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
-        let logits = adapted_logits(net, params, &support, &labels, &query, inner_lr, inner_steps)?;
+        let logits = adapted_logits(net, params, &support, &labels, &query, adaptation)?;
         let predicted = logits.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
         for ((j, _), class) in task.query.iter().zip(predicted) {
             rows.push((format!("{}_{j}", task.id), class));
         }
     }
     Ok(rows)
+}
+
+/// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+/// Write `bytes` to `out`: `-` is standard output; a regular file (or a symlink to one, or a
+/// new path) is replaced atomically, through the symlink; anything else that exists (a
+/// device, a pipe) is written directly, never replaced.
+pub fn write_output(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if out.as_os_str() == "-" {
+        let mut stdout = std::io::stdout().lock();
+        return stdout.write_all(bytes).and_then(|()| stdout.flush()).context("writing to standard output");
+    }
+    let target = match std::fs::canonicalize(out) {
+        Ok(resolved) => resolved, // through symlinks
+        Err(_) => out.to_path_buf(),
+    };
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => bail!("--out {} is a folder: give a file path", out.display()),
+        Ok(m) if !m.is_file() => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .with_context(|| format!("opening {}", out.display()))?;
+            f.write_all(bytes).with_context(|| format!("writing {}", out.display()))
+        }
+        _ => omniglot_data::write_atomic(&target, bytes).with_context(|| format!("writing {}", out.display())),
+    }
 }

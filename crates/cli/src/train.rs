@@ -3,21 +3,19 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{Adam, InnerLoop, Maml, Order};
-use fewshot_model::{ConvNetConfig, ParamMap};
-use fewshot_tasks::{EpisodeSet, Sampler, TaskAugment};
+use candle_core::{DType, Device};
+use fewshot_meta::{InnerLoop, Maml, Order, TaskBatch};
+use fewshot_tasks::{Class, Episode, EpisodePixels, Example, Sampler, TaskAugment};
 use rand::Rng;
 
 use crate::checkpoint::{CHECKPOINT_FORMAT, Checkpoint, State};
 use crate::config::{Config, Method, TaskRotationKind};
-use crate::evaluate::{eval_params, evaluate, splits, stream_rng, streams};
+use crate::evaluate::{eval_params, evaluate, splits, stream_rng, streams, validation_episodes};
 use crate::omniglot::Omniglot;
+use crate::signals::{Signal, StopSignal};
 
 /// Options of one training run beyond its config.
 #[derive(Debug, Clone)]
@@ -26,6 +24,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from `<out>/checkpoints/last.safetensors`.
     pub resume: bool,
+    /// Start afresh in a folder that holds a run, moving the old run aside first.
+    pub overwrite: bool,
     /// Show a progress bar (otherwise plain log lines).
     pub progress: bool,
 }
@@ -37,8 +37,8 @@ pub struct TrainSummary {
     pub steps: usize,
     /// Best validation accuracy.
     pub best_val: Option<f64>,
-    /// Whether Ctrl-C stopped it early.
-    pub interrupted: bool,
+    /// The signal that stopped it early, if one did.
+    pub interrupted: Option<Signal>,
 }
 
 /// One line of `metrics.jsonl`.
@@ -53,37 +53,18 @@ struct Metrics {
     wall_s: f64,
 }
 
-/// The learner being trained: MAML-family or the transfer baseline.
-enum Learner {
-    Maml(Box<Maml>),
-    Transfer { net: ConvNetConfig, params: std::collections::BTreeMap<String, Var>, adam: Adam },
-}
-
-impl Learner {
-    fn params(&self) -> ParamMap {
-        match self {
-            Learner::Maml(m) => m.params(),
-            Learner::Transfer { params, .. } => {
-                params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
-            }
-        }
-    }
-
-    fn adam(&mut self) -> &mut Adam {
-        match self {
-            Learner::Maml(m) => &mut m.optimizer,
-            Learner::Transfer { adam, .. } => adam,
-        }
-    }
-}
-
 /// Train as `config` says; returns when done, interrupted, or on error (the last good
 /// checkpoint stays on disk in every case).
+///
+/// Every method trains a [`Maml`]: MAML and first-order MAML on episodes; the baselines as
+/// "MAML with no inner step", whose meta-gradient is the plain gradient of the batch's loss:
+/// the transfer baseline on chunks of images labelled by their class in the meta-train pool,
+/// the course's task classifier on each episode's support set with its task-local labels.
 pub fn train(
     config: &Config,
     data: &Omniglot,
     options: &TrainOptions,
-    stop: Arc<AtomicBool>,
+    stop: &StopSignal,
 ) -> anyhow::Result<TrainSummary> {
     let device = Device::Cpu;
     let splits = splits(config, data)?;
@@ -95,10 +76,7 @@ pub fn train(
         TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: config.augment.task_rotation_p },
         TaskRotationKind::Angle => TaskAugment::Angle { p: config.augment.task_rotation_p },
     };
-    let val_seed = stream_rng(config.seed, streams::VALIDATION, 0).random();
-    let validation =
-        EpisodeSet::generate(splits.validation.clone(), spec, config.train.val_episodes, val_seed, "validation")
-            .context("episodes vs the validation pool")?;
+    let validation = validation_episodes(config, data, None).context("episodes vs the validation pool")?;
 
     let t = &config.train;
     let n_out = match t.method {
@@ -108,54 +86,51 @@ pub fn train(
     let net = config.net(n_out);
     let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
     let initial = fewshot_model::init(&net, init_seed, DType::F32, &device)?;
-    let mut learner = match t.method {
-        Method::Maml | Method::Fomaml => {
-            let order = if t.method == Method::Maml { Order::Second } else { Order::First };
-            let inner = InnerLoop { inner_lr: t.inner_lr, steps: t.inner_steps, order };
-            let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
-            maml.task_chunk = t.task_chunk;
-            Learner::Maml(Box::new(maml))
-        }
-        Method::Transfer => Learner::Transfer {
-            net,
-            params: initial
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), Var::from_tensor(v)?)))
-                .collect::<anyhow::Result<_>>()?,
-            adam: Adam::new(t.meta_lr),
-        },
+    let inner = match t.method {
+        Method::Maml => InnerLoop { inner_lr: t.inner_lr, steps: t.inner_steps, order: Order::Second },
+        Method::Fomaml => InnerLoop { inner_lr: t.inner_lr, steps: t.inner_steps, order: Order::First },
+        Method::Transfer | Method::TaskClassifier => InnerLoop { inner_lr: t.inner_lr, steps: 0, order: Order::First },
     };
+    let mut learner = Maml::new(net, &initial, inner, t.meta_lr)?;
+    learner.task_chunk = t.task_chunk;
 
     let ckpt_dir = options.out.join("checkpoints");
     let last_path = ckpt_dir.join("last.safetensors");
     let best_path = ckpt_dir.join("best.safetensors");
     let mut step = 0usize;
     let mut best_val: Option<f64> = None;
+    let mut wall_before = 0.0;
     let metrics_path = options.out.join("metrics.jsonl");
+    let _lock = crate::run_dir::prepare(&options.out, options.resume, options.overwrite)?;
     if options.resume {
-        let ckpt = Checkpoint::load(&last_path, &device)
-            .with_context(|| format!("--resume needs {}; train without --resume first", last_path.display()))?;
+        let ckpt = Checkpoint::load(&last_path, &device).with_context(|| {
+            format!(
+                "--resume needs a readable {}; to keep this run's other files and start again, \
+                 train with --overwrite (the old run is moved aside, not deleted) or a new --out",
+                last_path.display()
+            )
+        })?;
         let mut saved = ckpt.config(&last_path)?;
         // Extending a run (more steps) is a resume; anything else is a different run.
         saved.train.steps = config.train.steps;
         if saved != *config {
             bail!(
-                "{} was written with another config; resume with the same config (see {}) or start a new --out",
+                "{} was written with another config ({}); resume with the same config (see {}) or start a new --out",
                 last_path.display(),
+                saved.differences(config).join(", "),
                 options.out.join("config.toml").display()
             );
         }
-        set_params(&mut learner, &ckpt.params)?;
-        let adam = learner.adam();
+        learner.set_params(&ckpt.params)?;
+        let adam = &mut learner.optimizer;
         adam.m = ckpt.adam_m;
         adam.v = ckpt.adam_v;
         adam.step = ckpt.state.adam_step;
         step = ckpt.state.step;
         best_val = ckpt.state.best_val;
-        truncate_metrics(&metrics_path, step)?;
+        wall_before = truncate_metrics(&metrics_path, step)?;
         tracing::info!("resumed from {} at step {step}", last_path.display());
     } else {
-        std::fs::create_dir_all(&options.out).with_context(|| format!("creating {}", options.out.display()))?;
         write_run_files(config, &options.out)?;
         omniglot_data::write_atomic(&metrics_path, b"")?;
     }
@@ -174,8 +149,9 @@ pub fn train(
     bar.set_position(step as u64);
     let start = Instant::now();
     let first_step = step;
-    let checkpoint = |learner: &mut Learner, step: usize, best_val: Option<f64>, val_acc: Option<f64>, path: &Path| {
-        let adam = learner.adam().clone();
+    let log_points = log_spaced(t.steps, t.val_log_points);
+    let checkpoint = |learner: &Maml, step: usize, best_val: Option<f64>, val_acc: Option<f64>, path: &Path| {
+        let adam = learner.optimizer.clone();
         Checkpoint {
             params: learner.params(),
             adam_m: adam.m,
@@ -193,43 +169,23 @@ pub fn train(
         .save(path)
         .with_context(|| format!("writing checkpoint {}", path.display()))
     };
-    let mut interrupted = false;
+    let mut interrupted = None;
+    let mut last_saved = (step > 0).then_some(step);
     while step < t.steps {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
+        if let Some(signal) = stop.received() {
+            interrupted = Some(signal);
             break;
         }
         let mut rng = stream_rng(config.seed, streams::TRAIN, step as u64);
-        let stats = match &mut learner {
-            Learner::Maml(maml) => {
-                let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(&mut rng)).collect();
-                let batch = data.batch(&episodes, DType::F32, &device)?;
-                maml.meta_step(&batch).map_err(|e| diverged(e, &last_path))?
-            }
-            Learner::Transfer { net, params, adam } => transfer_step(
-                net,
-                params,
-                adam,
-                data,
-                &splits.train,
-                t.meta_batch_size * spec.n_way * (spec.k_shot + spec.n_query),
-                &mut rng,
-            )
-            .map_err(|e| diverged(e, &last_path))?,
-        };
+        let batch = training_batch(config, data, &sampler, &splits.train, &mut rng)?;
+        let stats = learner.meta_step(&batch).map_err(|e| diverged(e, &last_path, last_saved))?;
         step += 1;
         bar.set_position(step as u64);
-        let validate_now = step % t.val_every == 0 || step == t.steps;
+        let validate_now = step % t.val_every == 0 || step == t.steps || log_points.contains(&step);
         let val = if validate_now {
             let params = eval_params(config, &learner.params(), spec.n_way)?;
-            Some(evaluate(
-                &config.net(spec.n_way),
-                &params,
-                data,
-                &validation.episodes,
-                t.inner_lr,
-                t.eval_inner_steps,
-            )?)
+            let adaptation = config.adaptation(t.eval_inner_steps);
+            Some(evaluate(&config.net(spec.n_way), &params, data, &validation.episodes, &adaptation)?)
         } else {
             None
         };
@@ -237,10 +193,11 @@ pub fn train(
             && best_val.is_none_or(|b| v.mean > b)
         {
             best_val = Some(v.mean);
-            checkpoint(&mut learner, step, best_val, Some(v.mean), &best_path)?;
+            checkpoint(&learner, step, best_val, Some(v.mean), &best_path)?;
         }
         if step % t.checkpoint_every == 0 || step == t.steps {
-            checkpoint(&mut learner, step, best_val, val.map(|v| v.mean), &last_path)?;
+            checkpoint(&learner, step, best_val, val.map(|v| v.mean), &last_path)?;
+            last_saved = Some(step);
         }
         if step % t.log_every == 0 || val.is_some() || step == t.steps {
             let line = Metrics {
@@ -250,7 +207,7 @@ pub fn train(
                 train_acc: stats.accuracy,
                 val_acc: val.map(|v| v.mean),
                 val_ci95: val.map(|v| v.ci95),
-                wall_s: start.elapsed().as_secs_f64(),
+                wall_s: wall_before + start.elapsed().as_secs_f64(),
             };
             writeln!(metrics, "{}", serde_json::to_string(&line)?)
                 .with_context(|| format!("writing {}", metrics_path.display()))?;
@@ -272,8 +229,8 @@ pub fn train(
             }
         }
     }
-    if interrupted {
-        checkpoint(&mut learner, step, best_val, None, &last_path)?;
+    if interrupted.is_some() {
+        checkpoint(&learner, step, best_val, None, &last_path)?;
         bar.abandon_with_message(format!("interrupted at step {step}; wrote {}", last_path.display()));
     } else {
         bar.finish();
@@ -281,60 +238,75 @@ pub fn train(
     Ok(TrainSummary { steps: step, best_val, interrupted })
 }
 
-fn diverged(e: impl Into<anyhow::Error>, last: &Path) -> anyhow::Error {
-    e.into().context(format!("training stopped; the last good checkpoint is {}", last.display()))
-}
-
-fn set_params(learner: &mut Learner, params: &ParamMap) -> anyhow::Result<()> {
-    match learner {
-        Learner::Maml(m) => Ok(m.set_params(params)?),
-        Learner::Transfer { net, params: vars, .. } => {
-            fewshot_model::check_params(net, params)?;
-            for (k, v) in vars.iter() {
-                v.set(&params[k])?;
-            }
-            Ok(())
+/// The batch of step `rng` for the config's method (see [`train`]).
+fn training_batch(
+    config: &Config,
+    data: &Omniglot,
+    sampler: &Sampler,
+    pool: &[Class],
+    rng: &mut impl Rng,
+) -> anyhow::Result<TaskBatch> {
+    let t = &config.train;
+    let spec = config.spec();
+    match t.method {
+        Method::Maml | Method::Fomaml => {
+            let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(rng)).collect();
+            data.batch(&episodes, DType::F32, &Device::Cpu)
+        }
+        Method::TaskClassifier => {
+            let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(rng)).collect();
+            let b = data.batch(&episodes, DType::F32, &Device::Cpu)?;
+            Ok(TaskBatch { query_images: b.support_images.clone(), query_labels: b.support_labels.clone(), ..b })
+        }
+        Method::Transfer => {
+            // As many images per step as an episode batch holds, in chunks of one episode's size
+            // (each chunk normalised by its own batch statistics, as a task is), labelled by
+            // their class's index in the pool.
+            let chunk = spec.n_way * (spec.k_shot + spec.n_query);
+            let size = data.image_size();
+            let pixels: Vec<EpisodePixels> = (0..t.meta_batch_size)
+                .map(|_| {
+                    let labels: Vec<u32> = (0..chunk).map(|_| rng.random_range(0..pool.len()) as u32).collect();
+                    let examples = labels
+                        .iter()
+                        .map(|&l| Example {
+                            class: pool[l as usize],
+                            drawing: rng.random_range(0..fewshot_tasks::DRAWINGS) as u8,
+                            label: 0,
+                        })
+                        .collect();
+                    let episode = Episode { n_way: pool.len(), support: vec![], query: examples, task_rotation: None };
+                    let mut p = episode.render(size, |c, d| data.image(c, d));
+                    p.query_labels = labels;
+                    EpisodePixels { support: p.query.clone(), support_labels: p.query_labels.clone(), ..p }
+                })
+                .collect();
+            Ok(TaskBatch::from_pixels(&pixels, DType::F32, &Device::Cpu)?)
         }
     }
 }
 
-/// One supervised step of the transfer baseline: a batch of `n_images` random drawings of
-/// meta-train classes, labelled by their index in the pool.
-fn transfer_step(
-    net: &ConvNetConfig,
-    params: &std::collections::BTreeMap<String, Var>,
-    adam: &mut Adam,
-    data: &Omniglot,
-    pool: &[fewshot_tasks::Class],
-    n_images: usize,
-    rng: &mut impl Rng,
-) -> anyhow::Result<fewshot_meta::StepStats> {
-    let size = data.image_size();
-    let mut pixels = Vec::with_capacity(n_images * size * size);
-    let mut labels = Vec::with_capacity(n_images);
-    for _ in 0..n_images {
-        let label = rng.random_range(0..pool.len());
-        let drawing = rng.random_range(0..fewshot_tasks::DRAWINGS);
-        pixels.extend(data.image(pool[label].character, drawing).iter().map(|&p| fewshot_tasks::ink_intensity(p)));
-        labels.push(label as u32);
+/// About `n` log-spaced steps in `1..=steps` (1, 2, 3, 5, ...).
+fn log_spaced(steps: usize, n: usize) -> Vec<usize> {
+    if n == 0 || steps == 0 {
+        return Vec::new();
     }
-    let images = Tensor::from_vec(pixels, (1, n_images, 1, size, size), &Device::Cpu)?;
-    let labels = Tensor::from_vec(labels, (1, n_images), &Device::Cpu)?;
-    let theta: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    let logits = fewshot_model::forward(net, &fewshot_model::expand(&theta, 1)?, &images)?;
-    let loss = fewshot_model::cross_entropy(&logits, &labels)?.mean_all()?;
-    let stats = fewshot_meta::StepStats {
-        loss: loss.to_scalar::<f32>()?,
-        accuracy: fewshot_model::accuracy(&logits, &labels)?.mean_all()?.to_scalar::<f32>()?,
+    let mut out: Vec<usize> = (0..n)
+        .map(|i| {
+            let f = if n == 1 { 1.0 } else { i as f64 / (n - 1) as f64 };
+            ((steps as f64).powf(f).round() as usize).clamp(1, steps)
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+fn diverged(e: impl Into<anyhow::Error>, last: &Path, saved: Option<usize>) -> anyhow::Error {
+    let what = match saved {
+        Some(step) => format!("the last good checkpoint is {} (step {step})", last.display()),
+        None => "no checkpoint was written yet (the loss diverged before the first one)".to_owned(),
     };
-    if !stats.loss.is_finite() {
-        return Err(fewshot_meta::Error::NonFinite(stats.loss).into());
-    }
-    let grads = fewshot_meta::backward(&loss, fewshot_meta::GradMode::Detach)?;
-    let grads: ParamMap =
-        params.iter().filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.detach()))).collect();
-    adam.step(params, &grads)?;
-    Ok(stats)
+    e.into().context(format!("training stopped; {what}"))
 }
 
 /// `config.toml` (resolved) and `run.json` (seed, git revision, command line) beside the run.
@@ -363,8 +335,9 @@ fn write_run_files(config: &Config, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drop metrics lines past `step` (written after the checkpoint we resume from).
-fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
+/// Drop metrics lines past `step` (written after the checkpoint we resume from); returns the
+/// wall time the kept lines had reached, so that `wall_s` continues.
+fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<f64> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let kept: String = text
         .lines()
@@ -377,22 +350,8 @@ fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     omniglot_data::write_atomic(path, kept.as_bytes())?;
-    Ok(())
-}
-
-/// Install a Ctrl-C handler that asks the loop to stop after the current step.
-pub fn ctrl_c_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(130); // a second Ctrl-C: leave at once
-        }
-        eprintln!("\nCtrl-C: finishing this step and writing the last checkpoint (press again to quit now)");
-    }) {
-        tracing::warn!("cannot install a Ctrl-C handler: {e}");
-    }
-    flag
+    let wall = kept.lines().last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["wall_s"].as_f64());
+    Ok(wall.unwrap_or(0.0))
 }
 
 /// Whether stderr is a terminal (progress bar) or not (log lines).

@@ -234,3 +234,185 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
     let bytes = std::fs::read(out.join("checkpoints/last.safetensors")).unwrap();
     assert_eq!(m["sha256"].as_str().unwrap(), omniglot_data::sha256_bytes(&bytes));
 }
+
+fn train_args<'a>(cfg: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_finished_run_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    let out = tmp.path().join("run");
+    ok(fewshot(&train_args(&cfg, &out, &[]), &data));
+    let best = std::fs::read(out.join("checkpoints/best.safetensors")).unwrap();
+    let err = fails(fewshot(&train_args(&cfg, &out, &["--set", "train.steps=2"]), &data));
+    assert!(err.contains("already holds a run") && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(out.join("checkpoints/best.safetensors")).unwrap(), best, "best was touched");
+    // --overwrite moves the old run aside, whole, and starts afresh.
+    let log = ok(fewshot(&train_args(&cfg, &out, &["--set", "train.steps=2", "--overwrite"]), &data));
+    assert!(log.contains("trained 2 steps"), "{log}");
+    let aside = tmp.path().join("run.old-1");
+    assert_eq!(std::fs::read(aside.join("checkpoints/best.safetensors")).unwrap(), best);
+    assert_eq!(std::fs::read_to_string(aside.join("metrics.jsonl")).unwrap().lines().count(), 6);
+    // --resume of a folder without a run says so and creates nothing.
+    let empty = tmp.path().join("empty");
+    let err = fails(fewshot(&train_args(&cfg, &empty, &["--resume"]), &data));
+    assert!(err.contains("holds no run"), "{err}");
+    assert!(!empty.exists());
+}
+
+/// Start a long training in the background; returns once it has written its first metrics line.
+fn background_train(cfg: &Path, out: &Path, data: &Path) -> std::process::Child {
+    let mut args = train_args(cfg, out, &["--set", "train.steps=100000", "--set", "train.val_every=100000"]);
+    args.extend(["--set", "train.checkpoint_every=100000"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_fewshot"))
+        .args(&args)
+        .env("OMNIGLOT_DATA_DIR", data)
+        .env_remove("OMNIGLOT_SOURCE")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&metrics).is_ok_and(|t| !t.is_empty()) {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the background run wrote no metrics in 30 s");
+}
+
+#[test]
+fn signals_write_a_checkpoint_exit_non_zero_and_a_folder_has_one_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let out = tmp.path().join(format!("run{signal}"));
+        let mut child = background_train(&cfg, &out, &data);
+        // A second writer is refused, by name and PID, and changes nothing.
+        let config_before = std::fs::read(out.join("config.toml")).unwrap();
+        let err = fails(fewshot(&train_args(&cfg, &out, &["--resume"]), &data));
+        assert!(err.contains("in use by process") && err.contains(&child.id().to_string()), "{err}");
+        assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config_before);
+
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert_eq!(exit.code(), Some(code), "{signal}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("continue with --resume"), "{stderr}");
+        // The checkpoint written on the signal is where the run stopped; the lock went with the
+        // process, so the run resumes.
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.safetensors.json")).unwrap())
+                .unwrap();
+        let step = m["step"].as_u64().unwrap();
+        assert!(step >= 1);
+        let target = format!("train.steps={}", step + 1);
+        let args = train_args(&cfg, &out, &["--resume", "--set", &target, "--set", "train.val_every=100000"]);
+        let mut args = args;
+        args.extend(["--set", "train.checkpoint_every=100000"]);
+        let log = ok(fewshot(&args, &data));
+        assert!(log.contains(&format!("trained {} steps", step + 1)), "{log}");
+    }
+}
+
+#[test]
+fn damaged_checkpoints_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    let out = tmp.path().join("run");
+    ok(fewshot(&train_args(&cfg, &out, &["--set", "train.steps=2"]), &data));
+    let last = out.join("checkpoints/last.safetensors");
+    let ckpt = fewshot_cli::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu).unwrap();
+
+    // One flipped byte: the manifest's checksum names it.
+    let damaged = tmp.path().join("damaged.safetensors");
+    ckpt.save(&damaged).unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err =
+        fails(fewshot(&["eval", "--checkpoint", damaged.to_str().unwrap(), "--protocol", "course", "--n", "4"], &data));
+    assert!(err.contains("does not match its manifest") && err.contains("damaged.safetensors.json"), "{err}");
+
+    // NaN parameters with a consistent manifest: refused on load, not evaluated to 0.2.
+    let mut nan = ckpt.clone();
+    let w = &nan.params["head.weight"];
+    nan.params.insert("head.weight".into(), (w.ones_like().unwrap() * f64::NAN).unwrap());
+    let nan_path = tmp.path().join("nan.safetensors");
+    nan.save(&nan_path).unwrap();
+    let err = fails(fewshot(
+        &["eval", "--checkpoint", nan_path.to_str().unwrap(), "--protocol", "course", "--n", "4"],
+        &data,
+    ));
+    assert!(err.contains("head.weight") && err.contains("NaN"), "{err}");
+
+    // A truncated `last`: the advice keeps everything.
+    std::fs::write(&last, &std::fs::read(&last).unwrap()[..100]).unwrap();
+    let err = fails(fewshot(&train_args(&cfg, &out, &["--resume"]), &data));
+    assert!(err.contains("--overwrite") && !err.contains("train without --resume first"), "{err}");
+
+    // eval's episode count: 0 and a count without a source of fresh episodes are refused.
+    let best = out.join("checkpoints/best.safetensors");
+    let err =
+        fails(fewshot(&["eval", "--checkpoint", best.to_str().unwrap(), "--protocol", "course", "--n", "0"], &data));
+    assert!(err.contains("--n 0"), "{err}");
+    let set = tmp.path().join("set.json");
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/episodes/course-test-5w1s1q-640.json");
+    std::fs::copy(shipped, &set).unwrap();
+    let args = ["eval", "--checkpoint", best.to_str().unwrap(), "--episodes", set.to_str().unwrap(), "--n", "5"];
+    let err = fails(fewshot(&args, &data));
+    assert!(err.contains("--protocol or --validation"), "{err}");
+}
+
+#[test]
+fn predict_output_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    let out = tmp.path().join("run");
+    ok(fewshot(&train_args(&cfg, &out, &["--set", "train.steps=1"]), &data));
+    let ckpt = out.join("checkpoints/last.safetensors");
+    let tasks = tmp.path().join("tasks");
+    task_folder(&tasks, 1, 5);
+    // A task folder whose name needs quoting in CSV.
+    std::fs::rename(tasks.join("support/0000"), tasks.join("support/00,02")).unwrap();
+    std::fs::rename(tasks.join("query/0000"), tasks.join("query/00,02")).unwrap();
+    let predict = |out: &str| {
+        fewshot(
+            &["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", tasks.to_str().unwrap(), "--out", out],
+            &data,
+        )
+    };
+    // `-`: standard output.
+    let stdout = String::from_utf8(predict("-").stdout).unwrap();
+    assert_eq!(stdout.lines().next(), Some("id,class"));
+    assert!(stdout.lines().nth(1).unwrap().starts_with("\"00,02_0\","), "{stdout}");
+    // A symlink is written through: it stays a link and its target gets the CSV.
+    let target = tmp.path().join("target.csv");
+    std::fs::write(&target, "old").unwrap();
+    let link = tmp.path().join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(predict(link.to_str().unwrap()));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), stdout);
+    // A special file is written, never replaced.
+    ok(predict("/dev/null"));
+    assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+}

@@ -6,12 +6,51 @@ use fewshot_model::{ConvNetConfig, ParamMap, accuracy, forward};
 use crate::batch::TaskBatch;
 use crate::error::Result;
 use crate::grad_mode::{GradMode, ParallelJob, run_parallel};
-use crate::maml::{InnerLoop, Order, adapt};
+use crate::maml::{InnerLoop, Order, adapt_scoped};
 use crate::native::{Engine, native_adapted_logits};
 
-/// Query logits of each task after `steps` inner SGD steps of `inner_lr` on its support set,
-/// starting from `params`. First order (same fast weights as exact MAML, no graph kept):
-/// adaptation at test time needs no meta-gradient.
+/// Which parameters adaptation to a task updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every parameter (MAML).
+    #[default]
+    All,
+    /// The linear head only, the feature extractor frozen (a transfer baseline's fine-tuning).
+    Head,
+}
+
+impl Scope {
+    /// Whether adaptation updates the parameter named `name`.
+    pub fn updates(self, name: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Head => name.starts_with("head."),
+        }
+    }
+}
+
+/// How a model adapts to a task's support set before it labels the query set: `steps` SGD
+/// steps of `inner_lr` on the support loss, of the parameters in `scope`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adaptation {
+    /// SGD step size.
+    pub inner_lr: f64,
+    /// Number of SGD steps (0: no adaptation).
+    pub steps: usize,
+    /// Which parameters move.
+    pub scope: Scope,
+}
+
+impl Adaptation {
+    /// `steps` steps of `inner_lr` on every parameter, as MAML adapts.
+    pub fn all(inner_lr: f64, steps: usize) -> Adaptation {
+        Adaptation { inner_lr, steps, scope: Scope::All }
+    }
+}
+
+/// Query logits of each task after adapting `params` to its support set as `adaptation` says.
+/// First order (same fast weights as exact MAML, no graph kept): adaptation at test time needs
+/// no meta-gradient.
 ///
 /// # Shapes
 /// `support_images`: `[t, n_support, c, h, w]`, `support_labels`: `[t, n_support]`,
@@ -22,13 +61,12 @@ pub fn adapted_logits(
     support_images: &Tensor,
     support_labels: &Tensor,
     query_images: &Tensor,
-    inner_lr: f64,
-    steps: usize,
+    adaptation: &Adaptation,
 ) -> Result<Tensor> {
     if Engine::native_supports(support_images.dtype(), support_images.device()) {
-        return native_adapted_logits(config, params, support_images, support_labels, query_images, inner_lr, steps);
+        return native_adapted_logits(config, params, support_images, support_labels, query_images, adaptation);
     }
-    adapted_logits_candle(config, params, support_images, support_labels, query_images, inner_lr, steps)
+    adapted_logits_candle(config, params, support_images, support_labels, query_images, adaptation)
 }
 
 /// [`adapted_logits`] through candle's autograd (the reference path).
@@ -38,17 +76,16 @@ pub fn adapted_logits_candle(
     support_images: &Tensor,
     support_labels: &Tensor,
     query_images: &Tensor,
-    inner_lr: f64,
-    steps: usize,
+    adaptation: &Adaptation,
 ) -> Result<Tensor> {
     let detached: ParamMap = params.iter().map(|(k, v)| (k.clone(), v.detach())).collect();
-    let inner = InnerLoop { inner_lr, steps, order: Order::First };
-    let fast = adapt(config, &detached, support_images, support_labels, &inner)?;
+    let inner = InnerLoop { inner_lr: adaptation.inner_lr, steps: adaptation.steps, order: Order::First };
+    let fast = adapt_scoped(config, &detached, support_images, support_labels, &inner, adaptation.scope)?;
     let fast: ParamMap = fast.into_iter().map(|(k, v)| (k, v.detach())).collect();
     Ok(forward(config, &fast, query_images)?)
 }
 
-/// Query accuracy of each task in `batch` after `steps` inner SGD steps from `params`.
+/// Query accuracy of each task in `batch` after adapting `params` as `adaptation` says.
 ///
 /// Evaluation needs no meta-gradient, so the inner loop runs first-order (same fast weights,
 /// no graph kept). Runs on the native engine when it supports the batch (f32/f64 on the CPU),
@@ -57,13 +94,12 @@ pub fn evaluate_batch(
     config: &ConvNetConfig,
     params: &ParamMap,
     batch: &TaskBatch,
-    inner_lr: f64,
-    steps: usize,
+    adaptation: &Adaptation,
 ) -> Result<Vec<f32>> {
     if Engine::native_supports(batch.support_images.dtype(), batch.support_images.device()) {
         // The engine runs the tasks in parallel itself.
         let (support, labels, query) = (&batch.support_images, &batch.support_labels, &batch.query_images);
-        let logits = native_adapted_logits(config, params, support, labels, query, inner_lr, steps)?;
+        let logits = native_adapted_logits(config, params, support, labels, query, adaptation)?;
         return Ok(accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
     }
     let t = batch.n_tasks();
@@ -73,7 +109,7 @@ pub fn evaluate_batch(
         .step_by(EVAL_TASK_CHUNK)
         .map(|start| -> Result<ParallelJob<Result<Vec<f32>>>> {
             let chunk = batch.narrow(start, EVAL_TASK_CHUNK.min(t - start))?;
-            let (config, params) = (*config, params.clone());
+            let (config, params, adaptation) = (*config, params.clone(), *adaptation);
             Ok(Box::new(move || -> Result<Vec<f32>> {
                 let logits = adapted_logits_candle(
                     &config,
@@ -81,8 +117,7 @@ pub fn evaluate_batch(
                     &chunk.support_images,
                     &chunk.support_labels,
                     &chunk.query_images,
-                    inner_lr,
-                    steps,
+                    &adaptation,
                 )?;
                 Ok(accuracy(&logits, &chunk.query_labels)?.to_vec1::<f32>()?)
             }))

@@ -45,7 +45,7 @@ mod native;
 pub use adam::Adam;
 pub use batch::TaskBatch;
 pub use error::{Error, Result};
-pub use eval::{Accuracy, adapted_logits, adapted_logits_candle, evaluate_batch};
+pub use eval::{Accuracy, Adaptation, Scope, adapted_logits, adapted_logits_candle, evaluate_batch};
 pub use grad_mode::{GradMode, ParallelJob, backward, run_parallel, set_parallel_tasks};
 pub use maml::{DEFAULT_TASK_CHUNK, InnerLoop, Maml, Order, StepStats, adapt, meta_gradient};
 pub use native::{Engine, native_adapted_logits, native_meta_gradient};

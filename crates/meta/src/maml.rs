@@ -8,6 +8,7 @@ use fewshot_model::{ConvNetConfig, ParamMap, accuracy, cross_entropy, expand, fo
 use crate::adam::Adam;
 use crate::batch::TaskBatch;
 use crate::error::{Error, Result};
+use crate::eval::Scope;
 use crate::grad_mode::{GradMode, ParallelJob, backward, run_parallel};
 use crate::native::{Engine, native_meta_gradient};
 
@@ -63,6 +64,18 @@ pub fn adapt(
     support_labels: &Tensor,
     inner: &InnerLoop,
 ) -> Result<ParamMap> {
+    adapt_scoped(config, params, support_images, support_labels, inner, Scope::All)
+}
+
+/// [`adapt`] updating only the parameters in `scope` (the others keep their values).
+pub(crate) fn adapt_scoped(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    support_images: &Tensor,
+    support_labels: &Tensor,
+    inner: &InnerLoop,
+    scope: Scope,
+) -> Result<ParamMap> {
     inner.validate()?;
     let t = support_images.dim(0)?;
     let mut fast = expand(params, t)?;
@@ -84,6 +97,9 @@ pub fn adapt(
         fast = fast
             .iter()
             .map(|(k, w)| {
+                if !scope.updates(k) {
+                    return Ok((k.clone(), w.clone()));
+                }
                 // A parameter the loss does not depend on (a conv bias before batch norm)
                 // has a zero gradient.
                 let g = match (grads.get(probes[k].as_tensor()), inner.order) {

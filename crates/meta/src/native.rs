@@ -10,6 +10,7 @@ use fewshot_model::{ConvNetConfig, ParamMap};
 
 use crate::batch::TaskBatch;
 use crate::error::{Error, Result};
+use crate::eval::{Adaptation, Scope};
 use crate::grad_mode::{GradMode, ParallelJob, run_parallel};
 use crate::maml::{InnerLoop, Order, StepStats};
 
@@ -167,13 +168,12 @@ pub fn native_adapted_logits(
     support_images: &Tensor,
     support_labels: &Tensor,
     query_images: &Tensor,
-    inner_lr: f64,
-    steps: usize,
+    adaptation: &Adaptation,
 ) -> Result<Tensor> {
     let args = (support_images, support_labels, query_images);
     match support_images.dtype() {
-        DType::F32 => adapted_logits_typed::<f32>(config, params, args, inner_lr, steps),
-        DType::F64 => adapted_logits_typed::<f64>(config, params, args, inner_lr, steps),
+        DType::F32 => adapted_logits_typed::<f32>(config, params, args, adaptation),
+        DType::F64 => adapted_logits_typed::<f64>(config, params, args, adaptation),
         other => Err(unsupported(other)),
     }
 }
@@ -182,9 +182,10 @@ fn adapted_logits_typed<T: Real>(
     config: &ConvNetConfig,
     params: &ParamMap,
     (support_images, support_labels, query_images): (&Tensor, &Tensor, &Tensor),
-    inner_lr: f64,
-    steps: usize,
+    adaptation: &Adaptation,
 ) -> Result<Tensor> {
+    let Adaptation { inner_lr, steps, scope } = *adaptation;
+    InnerLoop { inner_lr, steps, order: Order::First }.validate()?;
     let layout = Arc::new(Layout::new(config)?);
     let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
     let flat = Arc::new(FlatBatch::<T>::new(&layout, support_images, support_labels, query_images, None)?);
@@ -204,6 +205,7 @@ fn adapted_logits_typed<T: Real>(
                     n_query,
                     lr,
                     steps,
+                    scope == Scope::Head,
                 )
             })
         })

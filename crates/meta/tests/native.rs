@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_meta::{
-    Engine, InnerLoop, Maml, Order, TaskBatch, adapted_logits, adapted_logits_candle, meta_gradient,
+    Adaptation, Engine, InnerLoop, Maml, Order, Scope, TaskBatch, adapted_logits, adapted_logits_candle, meta_gradient,
     native_meta_gradient,
 };
 use fewshot_model::{ConvNetConfig, ParamMap, init};
@@ -85,11 +85,63 @@ fn adapted_logits_agree() {
     let params = init(&config, 23, DType::F64, &Device::Cpu).unwrap();
     let b = batch(&config, 2, 1, 3, DType::F64, 3);
     let args = (&b.support_images, &b.support_labels, &b.query_images);
-    let native = adapted_logits(&config, &params, args.0, args.1, args.2, 0.4, 3).unwrap();
-    let reference = adapted_logits_candle(&config, &params, args.0, args.1, args.2, 0.4, 3).unwrap();
-    assert_eq!(native.dims(), &[2, 12, 4]);
-    let diff = (native - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    assert!(diff.to_scalar::<f64>().unwrap() < 1e-10);
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let mut results = Vec::new();
+    for scope in [Scope::All, Scope::Head] {
+        let adaptation = Adaptation { inner_lr: 0.4, steps: 3, scope };
+        let native = adapted_logits(&config, &params, args.0, args.1, args.2, &adaptation).unwrap();
+        let reference = adapted_logits_candle(&config, &params, args.0, args.1, args.2, &adaptation).unwrap();
+        assert_eq!(native.dims(), &[2, 12, 4]);
+        assert!(max_diff(&native, &reference) < 1e-10, "{scope:?}");
+        results.push(native);
+    }
+    // Freezing the feature extractor changes the result (the scope is not ignored).
+    assert!(max_diff(&results[0], &results[1]) > 1e-3);
+}
+
+#[test]
+fn head_scope_moves_only_the_head() {
+    // With a zero head and one step, the head-only update is closed-form: for the features f_i
+    // of the support images (frozen), W_j = lr/n * sum_i (1[y_i = j] - 1/n_way) f_i and
+    // b_j = lr/n * sum_i (1[y_i = j] - 1/n_way). Check the adapted query logits against it.
+    let config = ConvNetConfig { in_channels: 1, image_size: 12, hidden: 5, depth: 2, n_way: 3 };
+    let mut params = init(&config, 5, DType::F64, &Device::Cpu).unwrap();
+    for k in ["head.weight", "head.bias"] {
+        params.insert(k.into(), params[k].zeros_like().unwrap());
+    }
+    let b = batch(&config, 1, 2, 2, DType::F64, 9);
+    let (support, labels, query) = (&b.support_images, &b.support_labels, &b.query_images);
+    let lr = 0.3;
+    let adaptation = Adaptation { inner_lr: lr, steps: 1, scope: Scope::Head };
+    let got = adapted_logits(&config, &params, support, labels, query, &adaptation).unwrap();
+    let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let features = |x: &candle_core::Tensor| -> Vec<Vec<f64>> {
+        fewshot_model::features(&config, &fewshot_model::expand(&params, 1).unwrap(), x)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap()
+    };
+    let (fs, fq) = (features(support), features(query));
+    let ys = labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let (n, k) = (ys.len() as f64, config.n_way);
+    let coef = |i: usize, j: usize| lr / n * (f64::from(ys[i] as usize == j) - 1.0 / k as f64);
+    let mut expected = Vec::new();
+    for q in &fq {
+        for j in 0..k {
+            let bias: f64 = (0..ys.len()).map(|i| coef(i, j)).sum();
+            let dot: f64 =
+                (0..ys.len()).map(|i| coef(i, j) * fs[i].iter().zip(q).map(|(a, b)| a * b).sum::<f64>()).sum();
+            expected.push(dot + bias);
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-10 * (1.0 + e.abs()), "{got:?}\nvs {expected:?}");
+    }
 }
 
 #[test]

@@ -213,6 +213,12 @@ impl Layout {
         Ok(Layout { config: *config, blocks, head_weight, head_bias, len })
     }
 
+    /// Offset of the linear head (weight, then bias) in a flat vector: the head is the tail
+    /// `head_start()..len()`, after every conv block's parameters.
+    pub fn head_start(&self) -> usize {
+        self.head_weight
+    }
+
     /// Length of a flat parameter (or gradient) vector.
     pub fn len(&self) -> usize {
         self.len
@@ -897,10 +903,11 @@ pub struct TaskOutcome<T> {
     pub correct: usize,
 }
 
-/// `steps` SGD steps of `inner_lr` on the support set from `theta`; returns the fast weights,
-/// and with `keep` the forward/backward caches and gradients of every step (for
-/// [`task_meta_gradient`]).
-#[allow(clippy::type_complexity)]
+/// `steps` SGD steps of `inner_lr` on the support set from `theta`, updating the parameters
+/// `from..` of the flat layout (0: all; [`Layout::head_start`]: the head only, the rest frozen);
+/// returns the fast weights, and with `keep` the forward/backward caches and gradients of every
+/// step (for [`task_meta_gradient`]).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 #[inline(always)]
 pub fn adapt<T: Real>(
     layout: &Layout,
@@ -910,6 +917,7 @@ pub fn adapt<T: Real>(
     inner_lr: f64,
     steps: usize,
     keep: bool,
+    from: usize,
 ) -> (Vec<T>, Vec<(Vec<T>, Forward<T>, Backward<T>, Vec<T>)>) {
     let lr = T::from_f64(inner_lr);
     let mut fast = theta.to_vec();
@@ -918,7 +926,8 @@ pub fn adapt<T: Real>(
     for _ in 0..steps {
         let fwd = forward(layout, &fast, support, labels.len());
         let bwd = backward(layout, &fast, &fwd, labels, &mut grad, keep);
-        let next: Vec<T> = fast.iter().zip(&grad).map(|(w, g)| *w - lr * *g).collect();
+        let mut next = fast.clone();
+        next[from..].iter_mut().zip(&grad[from..]).for_each(|(w, g)| *w -= lr * *g);
         match bwd {
             Some(bwd) => kept.push((std::mem::replace(&mut fast, next), fwd, bwd, grad.clone())),
             None => {
@@ -985,7 +994,7 @@ multiversion! {
         steps: usize,
         second_order: bool,
     ) -> TaskOutcome<T> {
-            let (fast, kept) = adapt(layout, theta, task.support, task.support_labels, inner_lr, steps, second_order);
+            let (fast, kept) = adapt(layout, theta, task.support, task.support_labels, inner_lr, steps, second_order, 0);
             let fwd = forward(layout, &fast, task.query, task.query_labels.len());
             let mut grad = vec![T::default(); layout.len];
             backward(layout, &fast, &fwd, task.query_labels, &mut grad, false);
@@ -1008,7 +1017,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// Query logits (`[n_query, n_way]`) after `steps` inner steps on the support set.
+    /// Query logits (`[n_query, n_way]`) after `steps` inner steps on the support set, of every
+    /// parameter or (`head_only`) of the linear head alone, the feature extractor frozen.
     pub fn adapted_logits<T: Real>(
         layout: &Layout,
         theta: &[T],
@@ -1018,8 +1028,10 @@ multiversion! {
         n_query: usize,
         inner_lr: f64,
         steps: usize,
+        head_only: bool,
     ) -> Vec<T> {
-            let (fast, _) = adapt(layout, theta, support, support_labels, inner_lr, steps, false);
+            let from = if head_only { layout.head_start() } else { 0 };
+            let (fast, _) = adapt(layout, theta, support, support_labels, inner_lr, steps, false, from);
             let fwd = forward(layout, &fast, query, n_query);
             let logits = fwd.logits.clone();
             fwd.recycle();

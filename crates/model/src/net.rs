@@ -89,6 +89,17 @@ impl ConvNetConfig {
 /// averages), as MAML does. Every op is differentiable twice in candle (no `max_pool2d`, no
 /// `softmax_last_dim`; see `docs/architecture.md`).
 pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Result<Tensor> {
+    let x = features(config, params, images)?; // [t, b, features]
+    let get = |name: &str| params.get(name).ok_or_else(|| Error::Params(format!("missing parameter `{name}`")));
+    let weight = get("head.weight")?; // [t, n_way, features]
+    let bias = get("head.bias")?; // [t, n_way]
+    let logits = x.matmul(&weight.transpose(1, 2)?)?; // [t, b, n_way]
+    Ok(logits.broadcast_add(&bias.unsqueeze(1)?)?)
+}
+
+/// The feature extractor of [`forward`] (every conv block, flattened as PyTorch does): the
+/// input of the linear head, `[t, b, features]` for `images` `[t, b, c, h, w]`.
+pub fn features(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Result<Tensor> {
     let (t, b, c, h, w) = images.dims5()?;
     config.check_image(c, h, w)?;
     let get = |name: &str| params.get(name).ok_or_else(|| Error::Params(format!("missing parameter `{name}`")));
@@ -106,11 +117,7 @@ pub fn forward(config: &ConvNetConfig, params: &ParamMap, images: &Tensor) -> Re
     }
     let (_, c, _, fh, fw) = x.dims5()?;
     // PyTorch flattens each image as (c, h, w).
-    let x = x.reshape((t, c, b, fh * fw))?.transpose(1, 2)?.reshape((t, b, c * fh * fw))?; // [t, b, features]
-    let weight = get("head.weight")?; // [t, n_way, features]
-    let bias = get("head.bias")?; // [t, n_way]
-    let logits = x.matmul(&weight.transpose(1, 2)?)?; // [t, b, n_way]
-    Ok(logits.broadcast_add(&bias.unsqueeze(1)?)?)
+    Ok(x.reshape((t, c, b, fh * fw))?.transpose(1, 2)?.reshape((t, b, c * fh * fw))?)
 }
 
 /// 3x3 convolution, stride 1, zero padding 1, as im2col (a custom op, see

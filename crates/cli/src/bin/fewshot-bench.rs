@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use fewshot_meta::{InnerLoop, Maml, Order, TaskBatch, evaluate_batch};
+use fewshot_meta::{Adaptation, InnerLoop, Maml, Order, TaskBatch, evaluate_batch};
 use fewshot_model::{ConvNetConfig, init};
 use rand::{Rng, SeedableRng};
 
@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                 m.meta_step(batch)?;
             }
             None => {
-                evaluate_batch(&net, &params, batch, args.inner_lr, inner_steps)?;
+                evaluate_batch(&net, &params, batch, &Adaptation::all(args.inner_lr, inner_steps))?;
             }
         }
         if i >= args.warmup {
