@@ -209,7 +209,8 @@ fn run_budget(fewshot: &Path, budget: Budget, runs: &Path, threads: Option<usize
     Ok(json!({
         "budget": budget.name(),
         "runs": results,
-        "git_revision": git(&["rev-parse", "HEAD"]),
+        // Where the work tree has no .git (a copy on another machine), the caller names it.
+        "git_revision": git(&["rev-parse", "HEAD"]).or_else(|| std::env::var("FEWSHOT_GIT_REVISION").ok()),
         "date": command_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         "machine": machine(),
         "wall_min": started.elapsed().as_secs_f64() / 60.0,

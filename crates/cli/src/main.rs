@@ -91,6 +91,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a checkpoint's parameters and config without its optimiser state: a small file
+    /// to ship or share, which `eval` and `predict` read (`train --resume` does not).
+    ///
+    /// Example: fewshot export --checkpoint runs/hw15-boss/checkpoints/best.safetensors --out models/hw15-boss.safetensors
+    Export {
+        /// A checkpoint written by `fewshot train`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The file to write (its manifest goes beside it as <out>.json).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Label the query images of tasks stored as folders of PNGs.
     ///
     /// Layout: DIR/support/NNNN/image_C.png (one per class C) and DIR/query/NNNN/image_J.png.
@@ -214,6 +226,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("accuracy {acc} with {steps} inner steps ({})", set.description);
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { checkpoint, out } => {
+            let mut ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
+            ckpt.adam_m.clear();
+            ckpt.adam_v.clear();
+            ckpt.save(&out)?;
+            eprintln!("wrote the parameters of {} to {}", checkpoint.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict { checkpoint, tasks, inner_steps, out } => {
