@@ -318,8 +318,8 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
         "tasks_per_s": tasks / wall,
         "test": test,
         "sweep": sweep,
-        "machine": machine(),
-        "threads": threads,
+        // Where it trained (a run may have been trained elsewhere and copied here).
+        "machine": read_json(&job.dir.join("run.json")).ok().map(|r| r["machine"].clone()).filter(|m| m.is_object()).unwrap_or_else(machine),
     });
     std::fs::write(&cache_path, serde_json::to_string_pretty(&result)?)?;
     let mut result = result;
@@ -362,5 +362,5 @@ pub fn machine() -> Value {
         t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    json!({ "cpu": cpu, "cores": cores })
+    json!({ "cpu": cpu, "cores": cores, "threads": null })
 }

@@ -83,7 +83,7 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
                     if run["sweep"].is_array() { "; and `--validation --inner-steps 0,1,2,3,5,10,20`" } else { "" },
                     m["cpu"].as_str().unwrap_or("unknown CPU"),
                     m["cores"],
-                    run["threads"].as_u64().map_or("all".to_owned(), |t| t.to_string()),
+                    m["threads"].as_u64().map_or("all".to_owned(), |t| t.to_string()),
                 );
             }
         }

@@ -24,7 +24,24 @@ pub fn set_threads(n: usize) -> anyhow::Result<()> {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
     fewshot_meta::set_parallel_tasks(n);
+    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// This machine's CPU model and core count, and the threads [`set_threads`] chose (for the
+/// record of where a run trained: speed depends on them, results do not).
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    serde_json::json!({ "cpu": cpu, "cores": cores, "threads": (threads > 0).then_some(threads) })
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`), if known.

@@ -138,6 +138,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal()) // no colour codes in log files
         .init();
     match run(cli) {
         Ok(code) => code,

@@ -23,9 +23,23 @@ pub struct FolderTask {
 }
 
 /// Read an image of any size, gray or colour, as ink intensities at `size` x `size`, resized
-/// the way the dataset cache is. Expects dark ink on a light background.
+/// the way the dataset cache is. Expects dark ink on a light background; transparent pixels are
+/// paper (an alpha channel is composited onto white first).
 pub fn read_image(path: &Path, size: u32) -> anyhow::Result<Vec<f32>> {
-    let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?.into_luma8();
+    let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    let img = if img.color().has_alpha() {
+        let mut rgba = img.into_rgba8();
+        for p in rgba.pixels_mut() {
+            let a = p.0[3] as f32 / 255.0;
+            for c in &mut p.0[..3] {
+                *c = (*c as f32 * a + 255.0 * (1.0 - a)).round() as u8;
+            }
+            p.0[3] = 255;
+        }
+        image::DynamicImage::ImageRgba8(rgba).into_luma8()
+    } else {
+        img.into_luma8()
+    };
     Ok(omniglot_data::resize_gray(&img, size).into_iter().map(fewshot_tasks::ink_intensity).collect())
 }
 
@@ -38,6 +52,8 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let is_png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
         if let (true, Some(suffix)) = (is_png, stem.strip_prefix("image_")) {
             out.push((suffix.to_owned(), path));
+        } else {
+            tracing::warn!("skipping {}: not an image_<N>.png file", path.display());
         }
     }
     out.sort_by(|a, b| (a.0.parse::<u64>().ok(), &a.0).cmp(&(b.0.parse::<u64>().ok(), &b.0)));
@@ -60,6 +76,17 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     ids.sort();
+    for entry in std::fs::read_dir(&query_root).with_context(|| format!("reading {}", query_root.display()))?.flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !ids.contains(&name) {
+            tracing::warn!(
+                "skipping {}: no support folder {} for it",
+                entry.path().display(),
+                support_root.join(&name).display()
+            );
+        }
+    }
     if ids.is_empty() {
         bail!("{} holds no task folders", support_root.display());
     }

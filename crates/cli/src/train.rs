@@ -330,6 +330,7 @@ fn write_run_files(config: &Config, out: &Path) -> anyhow::Result<()> {
         "git_dirty": dirty,
         "command": std::env::args().collect::<Vec<_>>(),
         "version": env!("CARGO_PKG_VERSION"),
+        "machine": crate::machine(),
     });
     omniglot_data::write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
     Ok(())

@@ -226,6 +226,12 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
         &data,
     ));
     assert!(err.contains("diverged") && err.contains("last good checkpoint"), "{err}");
+    // Diverging before the first checkpoint says so instead of naming a file that is not there.
+    let early = tmp.path().join("early");
+    let args = train_args(&cfg, &early, &["--set", "train.meta_lr=1e38", "--set", "train.checkpoint_every=1000"]);
+    let err = fails(fewshot(&args, &data));
+    assert!(err.contains("no checkpoint was written yet"), "{err}");
+    assert!(!early.join("checkpoints/last.safetensors").exists());
     assert!(err.contains("lower meta_lr or inner_lr"), "{err}");
     // The checkpoint written before the loss turned non-finite is intact.
     let manifest = out.join("checkpoints/last.safetensors.json");
@@ -415,4 +421,27 @@ fn predict_output_paths() {
     // A special file is written, never replaced.
     ok(predict("/dev/null"));
     assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+
+    // What predict does not read, it names.
+    std::fs::write(tasks.join("query/00,02/notes.txt"), "x").unwrap();
+    std::fs::create_dir_all(tasks.join("query/0009")).unwrap();
+    let log = ok(predict("-"));
+    assert!(log.contains("notes.txt: not an image_<N>.png") && log.contains("0009: no support folder"), "{log}");
+
+    // Transparent paper is paper: an RGBA image whose background is transparent black reads as
+    // the same ink as the opaque gray image.
+    let gray = synthetic::image(10_003, 1);
+    let gray_path = tmp.path().join("gray.png");
+    gray.save(&gray_path).unwrap();
+    let rgba = image::RgbaImage::from_fn(gray.width(), gray.height(), |x, y| {
+        let ink = 255 - gray.get_pixel(x, y).0[0];
+        image::Rgba([0, 0, 0, ink])
+    });
+    let rgba_path = tmp.path().join("rgba.png");
+    rgba.save(&rgba_path).unwrap();
+    let a = fewshot_cli::predict::read_image(&gray_path, 28).unwrap();
+    let b = fewshot_cli::predict::read_image(&rgba_path, 28).unwrap();
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(diff < 0.01, "{diff}");
+    assert!(b.iter().any(|&v| v > 0.5), "ink survives");
 }
