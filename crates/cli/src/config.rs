@@ -260,6 +260,10 @@ impl Config {
     /// Parse config text (`origin` names it in errors) with overrides, then validate.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin} is not valid TOML"))?;
+        // A type error in the file itself: toml's own message names the line and shows the key.
+        if let Err(e) = toml::from_str::<Config>(text) {
+            bail!("{origin}: {}", e.to_string().trim());
+        }
         for o in overrides {
             let (key, value) = o
                 .split_once('=')
@@ -279,6 +283,10 @@ impl Config {
                     .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
             }
             node.insert(last.to_owned(), value);
+            // Blame the first --set that makes the config unreadable.
+            if let Err(e) = table.clone().try_into::<Config>() {
+                bail!("--set {o}: {}", e.message().trim());
+            }
         }
         let config: Config =
             table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
@@ -447,6 +455,9 @@ mod tests {
         check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
+        check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");
+        check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "steps = \"many\"");
+        check_err("name = \"x\"\n", &["train.steps=many"], "--set train.steps=many: invalid type");
         check_err("name = \"\"\n", &[], "name = \"\": a run name is one folder name");
         check_err("name = \"../../x\"\n", &[], "a run name is one folder name");
         check_err("name = \"x\"\n", &["episodes.train_classes=3"], "episodes.train_classes = 3: must be at least");

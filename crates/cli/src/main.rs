@@ -91,6 +91,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The shipped configs: `config list` (each with its purpose), `config show NAME|FILE`
+    /// (the resolved config with every default, so every key is discoverable).
+    ///
+    /// Example: fewshot config show hw15-strong
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Write a checkpoint's parameters and config without its optimiser state: a small file
     /// to ship or share, which `eval` and `predict` read (`train --resume` does not).
     ///
@@ -120,10 +128,27 @@ enum Command {
         /// Inner steps on each support set (default: the config's eval_inner_steps).
         #[arg(long)]
         inner_steps: Option<usize>,
+        /// Add one column per class with its probability (`p0`, `p1`, ...).
+        #[arg(long)]
+        probabilities: bool,
         /// Output CSV (`-`: standard output). A symlink is written through; a special file
         /// (a device, a pipe) is written directly.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// The configs in configs/, one line each.
+    List,
+    /// A config with every default filled in.
+    Show {
+        /// A name in configs/ (e.g. hw15-strong) or a path to a TOML file.
+        name: String,
+        /// Overrides, as for train.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
 }
 
@@ -178,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json } => {
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
-            let config = ckpt.config(&checkpoint)?;
+            let config = data_from_here(ckpt.config(&checkpoint)?);
             if n == Some(0) {
                 bail!("--n 0: give at least 1 episode");
             }
@@ -229,6 +254,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Config { action: ConfigAction::List } => {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir("configs")
+                .context("reading configs/ (run from the repository root)")?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let purpose: Vec<&str> =
+                    text.lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim()).collect();
+                println!("{:<28} {}", path.display(), purpose.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { action: ConfigAction::Show { name, overrides } } => {
+            let path = if name.ends_with(".toml") || name.contains('/') {
+                PathBuf::from(&name)
+            } else {
+                PathBuf::from("configs").join(format!("{name}.toml"))
+            };
+            print!("{}", Config::load(&path, &overrides)?.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Export { checkpoint, out } => {
             let mut ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
             ckpt.adam_m.clear();
@@ -237,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("wrote the parameters of {} to {}", checkpoint.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict { checkpoint, tasks, inner_steps, out } => {
+        Command::Predict { checkpoint, tasks, inner_steps, probabilities, out } => {
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
             let config = ckpt.config(&checkpoint)?;
             let folder_tasks = fewshot_cli::predict::read_tasks(&tasks, config.data.image_size)?;
@@ -253,15 +302,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
             let rows =
                 fewshot_cli::predict::predict(&config.net(n_way), &params, &folder_tasks, &config.adaptation(steps))?;
-            let mut csv = String::from("id,class\n");
-            for (id, class) in &rows {
-                csv += &format!("{},{class}\n", fewshot_cli::predict::csv_field(id));
+            let mut csv = String::from("id,class");
+            if probabilities {
+                (0..n_way).for_each(|c| csv += &format!(",p{c}"));
+            }
+            csv += "\n";
+            for row in &rows {
+                csv += &format!("{},{}", fewshot_cli::predict::csv_field(&row.id), row.class);
+                if probabilities {
+                    row.probabilities.iter().for_each(|p| csv += &format!(",{p:.6}"));
+                }
+                csv += "\n";
             }
             fewshot_cli::predict::write_output(&out, csv.as_bytes())?;
             eprintln!("wrote {} predictions for {} tasks to {}", rows.len(), folder_tasks.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The data directory and source of this command's environment win over those a checkpoint
+/// recorded (which may name another machine's paths).
+fn data_from_here(mut config: Config) -> Config {
+    if std::env::var_os("OMNIGLOT_DATA_DIR").is_some() {
+        config.data.dir = None;
+    }
+    if std::env::var_os("OMNIGLOT_SOURCE").is_some() {
+        config.data.source = None;
+    }
+    config
 }
 
 fn protocol_of(p: ProtocolArg) -> Protocol {

@@ -134,13 +134,24 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
     Ok(tasks)
 }
 
-/// Predicted class of every query image, task by task, as `(id, class)` rows.
+/// One labelled query image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// `NNNN_J`.
+    pub id: String,
+    /// The most probable class.
+    pub class: u32,
+    /// The softmax probability of each class.
+    pub probabilities: Vec<f32>,
+}
+
+/// Predicted class (and class probabilities) of every query image, task by task.
 pub fn predict(
     net: &ConvNetConfig,
     params: &ParamMap,
     tasks: &[FolderTask],
     adaptation: &Adaptation,
-) -> anyhow::Result<Vec<(String, u32)>> {
+) -> anyhow::Result<Vec<Prediction>> {
     let size = net.image_size;
     let mut rows = Vec::new();
     for task in tasks {
@@ -155,8 +166,12 @@ pub fn predict(
         let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
         let logits = adapted_logits(net, params, &support, &labels, &query, adaptation)?;
         let predicted = logits.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
-        for ((j, _), class) in task.query.iter().zip(predicted) {
-            rows.push((format!("{}_{j}", task.id), class));
+        let logits = logits.squeeze(0)?.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+        for (((j, _), class), row) in task.query.iter().zip(predicted).zip(logits) {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|l| (l - max).exp()).sum();
+            let probabilities = row.iter().map(|l| ((l - max).exp() / sum) as f32).collect();
+            rows.push(Prediction { id: format!("{}_{j}", task.id), class, probabilities });
         }
     }
     Ok(rows)

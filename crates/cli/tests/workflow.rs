@@ -422,6 +422,19 @@ fn predict_output_paths() {
     ok(predict("/dev/null"));
     assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
 
+    // --probabilities: one column per class, rows summing to 1, the class their arg-max.
+    let args = ["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", tasks.to_str().unwrap(), "--out", "-"];
+    let text = String::from_utf8(fewshot(&[&args[..], &["--probabilities"]].concat(), &data).stdout).unwrap();
+    assert!(text.starts_with("id,class,p0,p1,p2,p3,p4\n"), "{text}");
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.rsplitn(6, ',').collect(); // p4..p0, then id,class
+        let p: Vec<f64> = fields[..5].iter().rev().map(|f| f.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{line}");
+        let class: usize = fields[5].rsplit(',').next().unwrap().parse().unwrap();
+        let argmax = (0..5).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        assert_eq!(p[class], p[argmax], "{line}");
+    }
+
     // What predict does not read, it names.
     std::fs::write(tasks.join("query/00,02/notes.txt"), "x").unwrap();
     std::fs::create_dir_all(tasks.join("query/0009")).unwrap();
@@ -444,4 +457,18 @@ fn predict_output_paths() {
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(diff < 0.01, "{diff}");
     assert!(b.iter().any(|&v| v > 0.5), "ink survives");
+}
+
+#[test]
+fn config_list_and_show() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_fewshot")).args(args).current_dir(&root).output().unwrap();
+    let list = ok(run(&["config", "list"]));
+    assert!(list.contains("configs/hw15-strong.toml") && list.contains("MAML (second order)"), "{list}");
+    let shown = ok(run(&["config", "show", "hw15-strong", "--set", "train.steps=7"]));
+    // Every default is spelled out, and the result is a config that loads.
+    assert!(shown.contains("val_episodes = 200") && shown.contains("steps = 7"), "{shown}");
+    let parsed = fewshot_cli::config::Config::parse(&shown, "shown", &[]).unwrap();
+    assert_eq!(parsed.train.steps, 7);
 }
