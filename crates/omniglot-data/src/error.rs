@@ -9,7 +9,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{action} {path}: {source}")]
+    // The OS error is the `source`: error chains (`{:#}`, anyhow) print it once, after this.
+    #[error("{action} {path}")]
     Io {
         /// What was being done ("reading", "writing", "creating directory", ...).
         action: &'static str,
@@ -93,8 +94,9 @@ pub enum Error {
     },
     /// A URL could not be reached (offline, DNS, refused connection).
     #[error(
-        "could not reach {url}: {reason}; without internet access, point at a local copy with \
-         `--source DIR` (or OMNIGLOT_SOURCE=DIR) holding images_background.zip and images_evaluation.zip"
+        "could not reach {url}: {reason}; without internet access, point OMNIGLOT_SOURCE (or \
+         `cargo xtask download --source DIR`) at a local folder holding images_background.zip and \
+         images_evaluation.zip"
     )]
     Unreachable {
         /// The URL.

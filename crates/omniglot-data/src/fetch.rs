@@ -97,7 +97,29 @@ pub fn fetch(
     subsets: &[Subset],
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Vec<Fetched>> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(Error::InvalidArgument {
+            name: "data directory",
+            value: data_dir.display().to_string(),
+            expected: "a folder, and this is a file: point OMNIGLOT_DATA_DIR (or [data] dir) elsewhere".into(),
+        });
+    }
+    let created = !data_dir.exists();
     std::fs::create_dir_all(data_dir).io_ctx("creating directory", data_dir)?;
+    let result = fetch_into(source, data_dir, subsets, progress);
+    if result.is_err() && created {
+        // Leave nothing behind: the folder this call made goes if it is still empty.
+        let _ = std::fs::remove_dir(data_dir);
+    }
+    result
+}
+
+fn fetch_into(
+    source: &Source,
+    data_dir: &Path,
+    subsets: &[Subset],
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Vec<Fetched>> {
     let sums = read_sums(source)?;
     let mut out = Vec::new();
     for &subset in subsets {
@@ -142,10 +164,12 @@ fn read_sums(source: &Source) -> Result<Vec<(String, String)>> {
     let text = match source {
         Source::Dir(dir) => {
             if !dir.is_dir() {
-                return Err(Error::Io {
-                    action: "reading source directory",
-                    path: dir.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+                return Err(Error::InvalidArgument {
+                    name: "source",
+                    value: dir.display().to_string(),
+                    expected: "an existing folder holding images_background.zip and images_evaluation.zip \
+                               (OMNIGLOT_SOURCE, [data] source or --source)"
+                        .into(),
                 });
             }
             let path = dir.join(SHA256SUMS);

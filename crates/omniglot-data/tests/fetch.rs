@@ -221,3 +221,29 @@ fn unreachable_url_says_how_to_use_source() {
     assert!(matches!(err, Error::Unreachable { .. }), "{msg}");
     assert!(msg.contains("--source DIR") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
 }
+
+#[test]
+fn bad_locations_get_one_actionable_sentence_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source_dir(true);
+    let source = Source::parse(src.path().to_str().unwrap());
+    // A data "directory" that is a file.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = fetch(&source, &file, &Subset::ALL, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("is a file") && err.contains("OMNIGLOT_DATA_DIR"), "{err}");
+    // A source folder that does not exist: named, with what it should hold; no empty data
+    // folder is left behind.
+    let data = tmp.path().join("new-data");
+    let missing = Source::parse(tmp.path().join("nowhere").to_str().unwrap());
+    let err = fetch(&missing, &data, &Subset::ALL, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("nowhere") && err.contains("images_background.zip"), "{err}");
+    assert!(!err.contains("not a directory: not a directory"), "{err}");
+    assert!(!data.exists(), "fetch left {} behind", data.display());
+    // An OS error appears once in the error chain, not in the message and again as its source.
+    let under_file = file.join("sub");
+    let e = fetch(&source, &under_file, &Subset::ALL, &mut |_| {}).unwrap_err();
+    let chain = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+    let os = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+    assert!(!os.is_empty() && chain.matches(&os).count() == 1, "{chain}");
+}
