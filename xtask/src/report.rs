@@ -141,8 +141,10 @@ fn ladder(all: &Value, budgets: &[Budget]) -> String {
     }
     md += "\nCourse budget: the course's epochs at 4 meta-steps of 32 tasks each (transfer baseline 30 epochs = \
            120 steps, FO-MAML 120 epochs = 480, MAML and MAML + rotation 50 epochs = 200; the strong transfer \
-           baseline gets MAML's 200). Full budget: the shipped configs (3,000 steps each). Tasks/s counts \
-           meta-training tasks (for the 771-way transfer baseline, chunks of 10 images).\n";
+           baseline gets MAML's 200). Full budget: the shipped configs (3,000 steps each). Minutes and tasks/s \
+           are wall time including the validations (16 log-spaced points and every 100 steps), on the machine \
+           each run names below; tasks count meta-training tasks (for the 771-way transfer baseline, chunks of \
+           10 images).\n";
     md
 }
 
@@ -285,9 +287,14 @@ fn tasks_sentence(curves: &[(String, Curve)], pools: &[(f64, f64, f64)]) -> Stri
         .filter(|(l, _)| l != best_label)
         .filter_map(|(l, p)| p.last().map(|last| format!("{l} {:.3}", last.1)))
         .collect();
+    let tail = if saturates < best.0 {
+        format!("is within one point of that from {saturates:.0} tasks on")
+    } else {
+        let before = best_curve.iter().rev().nth(1).map_or(best.1, |p| p.1);
+        format!("is still rising at the end ({:+.3} over its previous validation)", best.1 - before)
+    };
     let mut s = format!(
-        "{best_label} ends highest ({:.3} ± {:.3} after {:.0} tasks; {}) and is within one point of that from \
-         {saturates:.0} tasks on.",
+        "{best_label} ends highest ({:.3} ± {:.3} after {:.0} tasks; {}) and {tail}.",
         best.1,
         best.2,
         best.0,
@@ -296,10 +303,18 @@ fn tasks_sentence(curves: &[(String, Curve)], pools: &[(f64, f64, f64)]) -> Stri
     if let (Some(first), Some(last)) = (pools.first(), pools.last())
         && pools.len() > 1
     {
+        let overlap = (last.1 - first.1).abs() <= first.2.max(last.2);
+        let verdict = if overlap {
+            "a difference within the 95% intervals"
+        } else if last.1 > first.1 {
+            "more characters help beyond the 95% intervals"
+        } else {
+            "fewer characters do better, beyond the 95% intervals"
+        };
         let _ = write!(
             s,
-            " With the same number of meta-steps, MAML's validation accuracy goes from {:.3} with {:.0} training \
-             characters to {:.3} with {:.0}.",
+            " With the same number of meta-steps, MAML's final validation accuracy is {:.3} with {:.0} training \
+             characters and {:.3} with {:.0}: {verdict}.",
             first.1, first.0, last.1, last.0
         );
     }
@@ -349,12 +364,21 @@ fn inner_steps_figure(r: &Value, path: &Path, _budget: Budget) -> anyhow::Result
     let parts: Vec<String> = curves
         .iter()
         .map(|(label, pts)| {
-            let zero = pts.iter().find(|p| p.0 == 0.0).map_or(f64::NAN, |p| p.1);
+            let at = |k: f64| pts.iter().find(|p| p.0 == k).map_or(f64::NAN, |p| p.1);
             let peak = pts.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)).expect("non-empty");
-            let last = pts.last().expect("non-empty");
+            // The first step count from which every later point is within one point of the peak.
+            let plateau = pts
+                .iter()
+                .enumerate()
+                .find(|(i, _)| pts[*i..].iter().all(|p| p.1 >= peak.1 - 0.01))
+                .map_or(peak.0, |(_, p)| p.0);
             format!(
-                "{label} goes from {zero:.3} without adaptation to its peak {:.3} at {:.0} steps ({:.3} at {:.0})",
-                peak.1, peak.0, last.1, last.0
+                "{label} goes from {:.3} without adaptation to {:.3} after one step and peaks at {:.3} ({:.0} steps), \
+                 within one point of that from {plateau:.0} steps on",
+                at(0.0),
+                at(1.0),
+                peak.1,
+                peak.0
             )
         })
         .collect();
