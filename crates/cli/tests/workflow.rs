@@ -472,3 +472,49 @@ fn config_list_and_show() {
     let parsed = fewshot_cli::config::Config::parse(&shown, "shown", &[]).unwrap();
     assert_eq!(parsed.train.steps, 7);
 }
+
+#[test]
+fn messages_name_what_to_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "fomaml");
+    let out = tmp.path().join("run");
+    // --seed is --set seed=N; logs written to a pipe carry no colour codes.
+    let log = ok(fewshot(&train_args(&cfg, &out, &["--set", "train.steps=2", "--seed", "11"]), &data));
+    assert!(!log.contains('\x1b'), "{log:?}");
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("seed = 11"), "{saved}");
+    // Resume with another config names the keys that differ.
+    let args = train_args(&cfg, &out, &["--resume", "--seed", "11", "--set", "train.meta_lr=0.002"]);
+    let err = fails(fewshot(&args, &data));
+    assert!(err.contains("train.meta_lr: 0.001 -> 0.002"), "{err}");
+    // wall_s continues across a resume.
+    ok(fewshot(&train_args(&cfg, &out, &["--resume", "--seed", "11", "--set", "train.steps=4"]), &data));
+    let walls: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["wall_s"].as_f64().unwrap())
+        .collect();
+    assert!(walls.windows(2).all(|w| w[1] >= w[0]), "{walls:?}");
+    // A 6-way checkpoint on 5-way episodes says which is which.
+    let six = tmp.path().join("six");
+    ok(fewshot(&train_args(&cfg, &six, &["--set", "train.steps=1", "--set", "episodes.n_way=6"]), &data));
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/episodes/course-test-5w1s1q-640.json");
+    let ckpt = six.join("checkpoints/last.safetensors");
+    let err = fails(fewshot(
+        &["eval", "--checkpoint", ckpt.to_str().unwrap(), "--episodes", shipped.to_str().unwrap()],
+        &data,
+    ));
+    assert!(err.contains("is a 6-way model and the episodes are 5-way"), "{err}");
+    // The environment's data directory wins over the one a checkpoint recorded.
+    let moved = tmp.path().join("moved-data");
+    let recorded = tmp.path().join("recorded");
+    dataset(&recorded);
+    let dir_set = format!("data.dir={:?}", recorded.to_str().unwrap());
+    let run = tmp.path().join("dir-run");
+    ok(fewshot(&train_args(&cfg, &run, &["--set", "train.steps=1", "--set", &dir_set]), &data));
+    std::fs::rename(&recorded, &moved).unwrap();
+    let ckpt = run.join("checkpoints/last.safetensors");
+    ok(fewshot(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--protocol", "course", "--n", "4"], &moved));
+}
