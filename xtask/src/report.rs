@@ -384,3 +384,31 @@ fn inner_steps_figure(r: &Value, path: &Path, _budget: Budget) -> anyhow::Result
         .collect();
     Ok(if parts.is_empty() { "No inner-step sweep was recorded.".into() } else { format!("{}.", parts.join("; ")) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tasks_sentence_follows_the_numbers() {
+        let rising = vec![(32.0, 0.3, 0.02), (320.0, 0.6, 0.02), (3200.0, 0.9, 0.02)];
+        let flat = vec![(32.0, 0.3, 0.02), (320.0, 0.795, 0.02), (3200.0, 0.80, 0.02)];
+        let curves = vec![("A".to_owned(), flat.clone()), ("B".to_owned(), rising.clone())];
+        let pools = [(50.0, 0.85, 0.03), (771.0, 0.87, 0.03)];
+        let s = tasks_sentence(&curves, &pools);
+        assert!(s.starts_with("B ends highest (0.900 ± 0.020 after 3200 tasks; A 0.800)"), "{s}");
+        assert!(s.contains("still rising at the end (+0.300"), "{s}");
+        assert!(s.contains("a difference within the 95% intervals"), "{s}");
+        let curves = vec![("A".to_owned(), flat)];
+        let s = tasks_sentence(&curves, &[(50.0, 0.70, 0.01), (771.0, 0.90, 0.01)]);
+        assert!(s.contains("within one point of that from 320 tasks on"), "{s}");
+        assert!(s.contains("more characters help beyond the 95% intervals"), "{s}");
+    }
+
+    #[test]
+    fn test_rows_are_found_by_step_count() {
+        let rows = serde_json::json!([{"inner_steps": 3, "accuracy": 0.9, "ci95": 0.01}, {"inner_steps": 10, "accuracy": 0.95, "ci95": 0.02}]);
+        assert_eq!(at_steps(&rows, 10), Some((0.95, 0.02)));
+        assert_eq!(at_steps(&rows, 5), None);
+    }
+}
