@@ -203,8 +203,10 @@ fn run_budget(fewshot: &Path, budget: Budget, runs: &Path, threads: Option<usize
             job.dir.display()
         );
         let result = run_job(fewshot, job, threads, quick)?;
-        let key = if job.dir.ends_with("course") && budget == Budget::Full { "maml-course" } else { &job.key };
-        results.insert(key.to_owned(), result);
+        // The full budget's pool panel borrows the course budget's MAML run: keep both.
+        let borrowed = budget == Budget::Full && job.dir.parent().is_some_and(|p| p.ends_with("course"));
+        let key = if borrowed { format!("{}-course", job.key) } else { job.key.clone() };
+        results.insert(key, result);
     }
     Ok(json!({
         "budget": budget.name(),
@@ -273,6 +275,7 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
         eprintln!("   reusing the evaluations in {}", cache_path.display());
         let mut cached = cached;
         cached["curve"] = curve(&job.dir)?;
+        cached["revision"] = provenance(&job.dir)["git_revision"].clone();
         return Ok(cached);
     }
     let eval = |extra: &[&str], steps: &str| -> anyhow::Result<Value> {
@@ -318,13 +321,19 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
         "tasks_per_s": tasks / wall,
         "test": test,
         "sweep": sweep,
-        // Where it trained (a run may have been trained elsewhere and copied here).
-        "machine": read_json(&job.dir.join("run.json")).ok().map(|r| r["machine"].clone()).filter(|m| m.is_object()).unwrap_or_else(machine),
+        // Where and from what it trained (a run may have been trained elsewhere and copied here).
+        "machine": Some(provenance(&job.dir)["machine"].clone()).filter(|m| m.is_object()).unwrap_or_else(machine),
+        "revision": provenance(&job.dir)["git_revision"].clone(),
     });
     std::fs::write(&cache_path, serde_json::to_string_pretty(&result)?)?;
     let mut result = result;
     result["curve"] = curve(&job.dir)?;
     Ok(result)
+}
+
+/// The run's `run.json` (seed, revision, machine), written when it started.
+fn provenance(dir: &Path) -> Value {
+    read_json(&dir.join("run.json")).unwrap_or(Value::Null)
 }
 
 fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {

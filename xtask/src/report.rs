@@ -63,14 +63,19 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
         let r = &all[b.name()];
         let _ = writeln!(
             md,
-            "- **{} budget**: git revision `{}`, {}, on {} ({} cores); {:.1} minutes of wall time in that \
-             invocation (finished runs are reused, not retrained). Each run:",
+            "- **{} budget**: report written at git revision `{}`, {}, on {} ({} cores); {:.0} minutes of \
+             training and validation in all (the runs' wall times; finished runs are reused, not retrained). \
+             Each run:",
             b.name(),
             r["git_revision"].as_str().unwrap_or("unknown"),
             r["date"].as_str().unwrap_or("unknown date"),
             r["machine"]["cpu"].as_str().unwrap_or("unknown CPU"),
             r["machine"]["cores"],
-            r["wall_min"].as_f64().unwrap_or(f64::NAN),
+            r["runs"].as_object().map_or(f64::NAN, |runs| runs
+                .values()
+                .filter_map(|v| v["wall_s"].as_f64())
+                .sum::<f64>()
+                / 60.0),
         );
         if let Some(runs) = r["runs"].as_object() {
             for (key, run) in runs {
@@ -78,9 +83,10 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
                 let _ = writeln!(
                     md,
                     "  - `{key}`: `{}`, then `fewshot eval` of its best checkpoint (`--inner-steps 3,10`{}); \
-                     trained on {} ({} cores, {} threads)",
+                     trained from revision `{}` on {} ({} cores, {} threads)",
                     run["command"].as_str().unwrap_or(""),
                     if run["sweep"].is_array() { "; and `--validation --inner-steps 0,1,2,3,5,10,20`" } else { "" },
+                    run["revision"].as_str().map_or("unknown".to_owned(), |r| r.chars().take(7).collect()),
                     m["cpu"].as_str().unwrap_or("unknown CPU"),
                     m["cores"],
                     m["threads"].as_u64().map_or("all".to_owned(), |t| t.to_string()),
@@ -211,7 +217,9 @@ fn tasks_figure(r: &Value, path: &Path, budget: Budget) -> anyhow::Result<String
     let mut pools: Vec<(f64, f64, f64)> = Vec::new();
     let pool_sizes: Vec<usize> = if quick { vec![10] } else { POOLS.to_vec() };
     for n in pool_sizes {
-        let run = &runs[format!("maml-pool-{n}")];
+        // The full budget borrows the course budget's pool runs (`-course`).
+        let own = &runs[format!("maml-pool-{n}")];
+        let run = if own.is_object() { own } else { &runs[format!("maml-pool-{n}-course")] };
         if let Some(last) = points(&run["curve"]).last() {
             pools.push((n as f64, last.1, last.2));
         }
@@ -313,7 +321,7 @@ fn tasks_sentence(curves: &[(String, Curve)], pools: &[(f64, f64, f64)]) -> Stri
         };
         let _ = write!(
             s,
-            " With the same number of meta-steps, MAML's final validation accuracy is {:.3} with {:.0} training \
+            " Trained for the same number of meta-steps (the course budget's, in every report), MAML's final validation accuracy is {:.3} with {:.0} training \
              characters and {:.3} with {:.0}: {verdict}.",
             first.1, first.0, last.1, last.0
         );
