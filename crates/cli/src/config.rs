@@ -249,6 +249,56 @@ impl Default for AugmentConfig {
     }
 }
 
+/// Apply one `--set key=value` to a config table.
+fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
+    let (key, value) =
+        o.split_once('=').with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts.pop().filter(|k| !k.is_empty()).with_context(|| format!("--set {o}: empty key"))?;
+    let mut node = table;
+    for p in parts {
+        node = node
+            .entry(p)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
+    }
+    node.insert(last.to_owned(), value);
+    Ok(())
+}
+
+/// The error of a config that does not deserialise, blamed on its source: a type error in the
+/// file itself gets toml's own message (line, and the offending `key = value`); otherwise the
+/// first `--set` after which the config no longer reads is named.
+fn blame(
+    text: &str,
+    origin: &str,
+    mut table: toml::Table,
+    overrides: &[String],
+    merged: toml::de::Error,
+) -> anyhow::Error {
+    if let Err(e) = toml::from_str::<Config>(text)
+        && !e.message().starts_with("missing field")
+    {
+        return anyhow::anyhow!("{origin}: {}", e.to_string().trim());
+    }
+    for o in overrides {
+        if apply_override(&mut table, o).is_err() {
+            break;
+        }
+        if let Err(e) = table.clone().try_into::<Config>()
+            && !e.message().starts_with("missing field")
+        {
+            return anyhow::anyhow!("--set {o}: {}", e.message().trim());
+        }
+    }
+    anyhow::anyhow!("{origin}: {}", merged.message().trim())
+}
+
 impl Config {
     /// Read a config file and apply `key=value` overrides (dotted keys, TOML values; a value
     /// that does not parse as TOML is taken as a string), then validate.
@@ -260,36 +310,14 @@ impl Config {
     /// Parse config text (`origin` names it in errors) with overrides, then validate.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin} is not valid TOML"))?;
-        // A type error in the file itself: toml's own message names the line and shows the key.
-        if let Err(e) = toml::from_str::<Config>(text) {
-            bail!("{origin}: {}", e.to_string().trim());
-        }
+        let file_table = table.clone();
         for o in overrides {
-            let (key, value) = o
-                .split_once('=')
-                .with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
-            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-            let mut parts: Vec<&str> = key.trim().split('.').collect();
-            let last = parts.pop().filter(|k| !k.is_empty()).with_context(|| format!("--set {o}: empty key"))?;
-            let mut node = &mut table;
-            for p in parts {
-                node = node
-                    .entry(p)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
-            }
-            node.insert(last.to_owned(), value);
-            // Blame the first --set that makes the config unreadable.
-            if let Err(e) = table.clone().try_into::<Config>() {
-                bail!("--set {o}: {}", e.message().trim());
-            }
+            apply_override(&mut table, o)?;
         }
-        let config: Config =
-            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
+        let config: Config = match table.try_into() {
+            Ok(c) => c,
+            Err(e) => return Err(blame(text, origin, file_table, overrides, e)),
+        };
         config.validate().with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(config)
     }
@@ -458,6 +486,9 @@ mod tests {
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "steps = \"many\"");
         check_err("name = \"x\"\n", &["train.steps=many"], "--set train.steps=many: invalid type");
+        // A file without a name is fine when --set gives one.
+        let c = Config::parse("[train]\nsteps = 5\n", "t", &["name=\"n\"".into()]).unwrap();
+        assert_eq!((c.name.as_str(), c.train.steps), ("n", 5));
         check_err("name = \"\"\n", &[], "name = \"\": a run name is one folder name");
         check_err("name = \"../../x\"\n", &[], "a run name is one folder name");
         check_err("name = \"x\"\n", &["episodes.train_classes=3"], "episodes.train_classes = 3: must be at least");
