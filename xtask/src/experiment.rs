@@ -215,7 +215,6 @@ fn run_budget(fewshot: &Path, budget: Budget, runs: &Path, threads: Option<usize
         "git_revision": git(&["rev-parse", "HEAD"]).or_else(|| std::env::var("FEWSHOT_GIT_REVISION").ok()),
         "date": command_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         "machine": machine(),
-        "wall_min": started.elapsed().as_secs_f64() / 60.0,
     }))
 }
 
@@ -267,6 +266,9 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
     }
     let best = job.dir.join("checkpoints/best.safetensors");
     let manifest: Value = read_json(&job.dir.join("checkpoints/best.safetensors.json"))?;
+    // Where and from what it trained (a run may have been trained elsewhere and copied here).
+    let provenance = read_json(&job.dir.join("run.json")).unwrap_or(Value::Null);
+    let lines = metrics(&job.dir)?;
     let cache_path = job.dir.join("experiment.json");
     if let Ok(cached) = read_json(&cache_path)
         && cached["best_sha256"] == manifest["sha256"]
@@ -274,8 +276,8 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
     {
         eprintln!("   reusing the evaluations in {}", cache_path.display());
         let mut cached = cached;
-        cached["curve"] = curve(&job.dir)?;
-        cached["revision"] = provenance(&job.dir)["git_revision"].clone();
+        cached["curve"] = curve(&lines);
+        cached["revision"] = provenance["git_revision"].clone();
         return Ok(cached);
     }
     let eval = |extra: &[&str], steps: &str| -> anyhow::Result<Value> {
@@ -300,7 +302,6 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
     } else {
         Value::Null
     };
-    let lines = metrics(&job.dir)?;
     let last = lines.last().context("empty metrics.jsonl")?;
     let wall = last["wall_s"].as_f64().unwrap_or(f64::NAN);
     let tasks = last["tasks_seen"].as_f64().unwrap_or(f64::NAN);
@@ -321,19 +322,13 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
         "tasks_per_s": tasks / wall,
         "test": test,
         "sweep": sweep,
-        // Where and from what it trained (a run may have been trained elsewhere and copied here).
-        "machine": Some(provenance(&job.dir)["machine"].clone()).filter(|m| m.is_object()).unwrap_or_else(machine),
-        "revision": provenance(&job.dir)["git_revision"].clone(),
+        "machine": Some(provenance["machine"].clone()).filter(|m| m.is_object()).unwrap_or_else(machine),
+        "revision": provenance["git_revision"].clone(),
     });
     std::fs::write(&cache_path, serde_json::to_string_pretty(&result)?)?;
     let mut result = result;
-    result["curve"] = curve(&job.dir)?;
+    result["curve"] = curve(&lines);
     Ok(result)
-}
-
-/// The run's `run.json` (seed, revision, machine), written when it started.
-fn provenance(dir: &Path) -> Value {
-    read_json(&dir.join("run.json")).unwrap_or(Value::Null)
 }
 
 fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
@@ -343,12 +338,12 @@ fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Validation points of a run: `[tasks_seen, accuracy, ci95]`.
-fn curve(dir: &Path) -> anyhow::Result<Value> {
-    Ok(metrics(dir)?
+fn curve(lines: &[Value]) -> Value {
+    lines
         .iter()
         .filter(|l| l["val_acc"].is_number())
         .map(|l| json!([l["tasks_seen"], l["val_acc"], l["val_ci95"]]))
-        .collect())
+        .collect()
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
