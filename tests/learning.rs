@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use fewshot_e2e::{omniglot, source_or_skip};
-use fewshot_meta::{Accuracy, Adaptation, InnerLoop, Maml, Order, evaluate_batch};
+use fewshot_meta::{Accuracy, Adaptation, InnerLoop, Learner, Maml, Order, evaluate_batch};
 use fewshot_model::{ConvNetConfig, init};
 use fewshot_tasks::{DrawingSplit, EpisodeSet, EpisodeSpec, Protocol, Sampler};
 use rand::SeedableRng;

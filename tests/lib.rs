@@ -1,8 +1,10 @@
 //! End-to-end tests of the workspace on the real Omniglot archives.
 //!
-//! The tests live in `real_data.rs`. They read the archives' location from `OMNIGLOT_SOURCE`
-//! (a directory or base URL, as for `cargo xtask download`); without it each test prints that
-//! it was skipped, by name, and passes. `.ci/run` sets it to `../shared/omniglot`.
+//! The tests live in `real_data.rs` (the archives decode with the expected counts),
+//! `learning.rs` (each method learns: accuracy after a short run) and `step_cost.rs` (time and
+//! memory of one meta-step, reported as figures). They read the archives' location from
+//! `OMNIGLOT_SOURCE` (a directory or base URL, as for `cargo xtask download`); without it each
+//! test prints that it was skipped, by name, and passes. `.ci/run` sets it to `../shared/omniglot`.
 #![deny(missing_docs)]
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use fewshot_e2e::{omniglot, peak_rss_mib, source_or_skip};
-use fewshot_meta::{InnerLoop, Maml, Order};
+use fewshot_meta::{Engine, InnerLoop, Maml, Order};
 use fewshot_model::{ConvNetConfig, init};
 use fewshot_tasks::{DrawingSplit, EpisodeSpec, Protocol, Sampler};
 use rand::SeedableRng;
@@ -26,15 +26,16 @@ fn meta_step_cost_on_real_episodes() {
     let config = ConvNetConfig::omniglot(5);
     let params = init(&config, 0, DType::F32, &Device::Cpu).unwrap();
     let before = peak_rss_mib().unwrap_or(f64::NAN);
+    // TASK_CHUNKS=1,4 also measures the candle engine with those chunk sizes.
     let chunks: Vec<usize> = std::env::var("TASK_CHUNKS")
         .ok()
         .map(|s| s.split(',').map(|c| c.parse().unwrap()).collect())
-        .unwrap_or(vec![fewshot_meta::DEFAULT_TASK_CHUNK]);
-    for (order, chunk) in
-        chunks.iter().map(|&c| (Order::Second, c)).chain([(Order::First, fewshot_meta::DEFAULT_TASK_CHUNK)])
-    {
+        .unwrap_or_default();
+    let candle = chunks.iter().map(|&task_chunk| (Order::Second, Engine::Candle { task_chunk }));
+    let cases = [(Order::Second, Engine::Native)].into_iter().chain(candle).chain([(Order::First, Engine::Native)]);
+    for (order, engine) in cases {
         let mut maml = Maml::new(config, &params, InnerLoop { inner_lr: 0.4, steps: 1, order }, 1e-3).unwrap();
-        maml.task_chunk = chunk;
+        maml.engine = engine;
         let mut times = Vec::new();
         for _ in 0..4 {
             let episodes: Vec<_> = (0..32).map(|_| sampler.sample(&mut rng)).collect();
@@ -48,7 +49,7 @@ fn meta_step_cost_on_real_episodes() {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         fewshot_e2e::report(&format!(
-            "{order:?}-order meta-step (chunks of {chunk}), 32 tasks 5-way 1-shot 1 query 1 inner step: median {median:.3} s ({:.1} tasks/s), peak RSS {:.0} MiB (before: {before:.0} MiB)",
+            "{order:?}-order meta-step ({engine:?} engine), 32 tasks 5-way 1-shot 1 query 1 inner step: median {median:.3} s ({:.1} tasks/s), peak RSS {:.0} MiB (before: {before:.0} MiB)",
             32.0 / median,
             peak_rss_mib().unwrap_or(f64::NAN)
         ));

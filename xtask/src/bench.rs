@@ -25,6 +25,10 @@ pub struct Args {
     /// A Python with torch installed: also run the PyTorch reference and print ratios.
     #[arg(long)]
     against_torch: Option<PathBuf>,
+    /// Another build of `fewshot-bench` (e.g. a copy made before a change): also run it on
+    /// every case, right after ours, and print our speed relative to it.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The PyTorch reference script.
     #[arg(long, default_value = "../shared/bench/torch_maml_reference.py")]
     torch_script: PathBuf,
@@ -68,8 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let mut results = Vec::new();
     let mut table = String::from(
-        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s | baseline tasks/s | vs baseline |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
         for case in CASES.iter().filter(|c| args.cases.iter().any(|n| n == c.name)) {
@@ -90,6 +94,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .args(["--mode", mode, "--threads", &threads.to_string()])
                         .args(&common),
                 )?;
+                let baseline = match &args.baseline {
+                    Some(bin) => Some(run_json(
+                        Command::new(bin).args(["--mode", mode, "--threads", &threads.to_string()]).args(&common),
+                    )?),
+                    None => None,
+                };
                 let torch = match &args.against_torch {
                     Some(python) => {
                         let mut cmd = Command::new(python);
@@ -110,18 +120,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let ours_tps = ours["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
                 let torch_tps = torch.as_ref().and_then(|t| t["tasks_per_sec"].as_f64());
                 let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+                let base_tps = baseline.as_ref().and_then(|b| b["tasks_per_sec"].as_f64());
                 let row = format!(
-                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {:.1} |\n",
+                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {:.1} | {} | {} |\n",
                     case.name,
                     fmt(torch_tps, 1),
                     fmt(torch_tps.map(|t| ours_tps / t), 2),
                     ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
                     fmt(torch.as_ref().and_then(|t| t["peak_rss_mb"].as_f64()), 0),
                     ours["achieved_gflops_per_sec"].as_f64().unwrap_or(f64::NAN),
+                    fmt(base_tps, 1),
+                    fmt(base_tps.map(|b| ours_tps / b), 3),
                 );
                 eprint!("{row}");
                 table += &row;
-                results.push(serde_json::json!({ "case": case.name, "mode": mode, "threads": threads, "fewshot": ours, "torch": torch }));
+                results.push(serde_json::json!({
+                    "case": case.name, "mode": mode, "threads": threads,
+                    "fewshot": ours, "torch": torch, "baseline": baseline,
+                }));
             }
         }
     }

@@ -194,8 +194,23 @@ pub struct TrainConfig {
     pub val_episodes: usize,
     /// Write the `last` checkpoint every this many steps.
     pub checkpoint_every: usize,
-    /// Tasks whose graphs are alive at once (memory bound for second order).
+    /// What computes gradients: `native` (the hand-written engine) or `candle` (the reference
+    /// path through candle's autograd; slower, for checking).
+    pub engine: EngineKind,
+    /// Tasks per batched computation of the `candle` engine (its memory bound for second
+    /// order); the native engine runs one task at a time and does not read it.
     pub task_chunk: usize,
+}
+
+/// `train.engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The native engine (`fewshot_model::engine`).
+    #[default]
+    Native,
+    /// candle's autograd.
+    Candle,
 }
 
 impl Default for TrainConfig {
@@ -214,6 +229,7 @@ impl Default for TrainConfig {
             val_log_points: 0,
             val_episodes: 200,
             checkpoint_every: 100,
+            engine: EngineKind::Native,
             task_chunk: fewshot_meta::DEFAULT_TASK_CHUNK,
         }
     }
@@ -394,6 +410,24 @@ impl Config {
             depth: self.model.depth,
             n_way,
         }
+    }
+
+    /// The engine that computes gradients and adapted logits.
+    pub fn engine(&self) -> fewshot_meta::Engine {
+        match self.train.engine {
+            EngineKind::Native => fewshot_meta::Engine::Native,
+            EngineKind::Candle => fewshot_meta::Engine::Candle { task_chunk: self.train.task_chunk },
+        }
+    }
+
+    /// MAML's inner loop in training (`None` for the baselines, which have none).
+    pub fn inner_loop(&self) -> Option<fewshot_meta::InnerLoop> {
+        let order = match self.train.method {
+            Method::Maml => fewshot_meta::Order::Second,
+            Method::Fomaml => fewshot_meta::Order::First,
+            Method::Transfer | Method::TaskClassifier => return None,
+        };
+        Some(fewshot_meta::InnerLoop { inner_lr: self.train.inner_lr, steps: self.train.inner_steps, order })
     }
 
     /// How a model adapts to a task at validation and evaluation, with `steps` inner steps.

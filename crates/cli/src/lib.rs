@@ -5,22 +5,27 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod episodes;
 pub mod evaluate;
 pub mod omniglot;
 pub mod predict;
 pub mod run_dir;
+pub mod seeds;
 pub mod signals;
 pub mod train;
 
-/// Use `n` threads: `n` tasks in parallel, each on single-threaded candle kernels (measured
-/// fastest for these small per-task tensors; see docs/performance.md). Call before any other
-/// thread starts.
-pub fn set_threads(n: usize) -> anyhow::Result<()> {
+/// Use `n` threads: `n` tasks in parallel, each on single-threaded kernels (measured fastest
+/// for these small per-task computations; see docs/performance.md).
+///
+/// # Safety
+/// Sets the environment variable `RAYON_NUM_THREADS` (candle's kernels read it when they first
+/// run): call it before the process starts any other thread, as the first thing in `main`.
+pub unsafe fn set_threads(n: usize) -> anyhow::Result<()> {
     if n == 0 {
         anyhow::bail!("--threads 0: give at least 1");
     }
-    // SAFETY: called at start-up, before other threads exist; candle's kernels read
-    // RAYON_NUM_THREADS when they first run.
+    // SAFETY: the caller guarantees that no other thread exists yet, so nothing can read the
+    // environment while it changes.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
     fewshot_meta::set_parallel_tasks(n);

@@ -12,7 +12,8 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fewshot_cli::checkpoint::Checkpoint;
 use fewshot_cli::config::{Config, Method};
-use fewshot_cli::evaluate::{eval_params, evaluate, test_episodes, validation_episodes};
+use fewshot_cli::episodes::{test_episodes, validation_episodes};
+use fewshot_cli::evaluate::{eval_params, evaluate};
 use fewshot_cli::signals::StopSignal;
 use fewshot_cli::train::{TrainOptions, stderr_is_terminal, train};
 use fewshot_tasks::{EpisodeSet, Protocol};
@@ -176,7 +177,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    fewshot_cli::set_threads(threads)?;
+    // SAFETY: `run` is called from `main` before anything starts a thread (parsing the
+    // command line and installing the log subscriber start none).
+    unsafe { fewshot_cli::set_threads(threads)? };
     match cli.command {
         Command::Train { config, mut overrides, out, resume, overwrite, seed } => {
             if let Some(seed) = seed {
@@ -238,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
             for steps in steps {
                 let adaptation = config.adaptation(steps);
-                let acc = evaluate(&config.net(n_way), &params, &data, &set.episodes, &adaptation)?;
+                let acc = evaluate(config.engine(), &config.net(n_way), &params, &data, &set.episodes, &adaptation)?;
                 if json {
                     println!(
                         "{}",

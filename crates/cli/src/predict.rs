@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
-use fewshot_meta::{Adaptation, adapted_logits};
+use fewshot_meta::{Adaptation, Engine, TaskInputs};
 use fewshot_model::{ConvNetConfig, ParamMap};
 
 /// One task read from disk.
@@ -164,7 +164,8 @@ pub fn predict(
         let support = Tensor::from_vec(support, (1, ns, 1, size, size), &Device::Cpu)?;
         let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
         let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
-        let logits = adapted_logits(net, params, &support, &labels, &query, adaptation)?;
+        let inputs = TaskInputs { support_images: &support, support_labels: &labels, query_images: &query };
+        let logits = Engine::default().adapted_logits(net, params, inputs, adaptation)?;
         let predicted = logits.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;
         let logits = logits.squeeze(0)?.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
         for (((j, _), class), row) in task.query.iter().zip(predicted).zip(logits) {

@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
-use fewshot_meta::{InnerLoop, Maml, Order, TaskBatch};
+use fewshot_meta::{Accuracy, Learner, Maml, Supervised, TaskBatch};
 use fewshot_tasks::{Class, Episode, EpisodePixels, Example, Sampler, TaskAugment};
 use rand::Rng;
 
 use crate::checkpoint::{CHECKPOINT_FORMAT, Checkpoint, State};
 use crate::config::{Config, Method, TaskRotationKind};
-use crate::evaluate::{eval_params, evaluate, splits, stream_rng, streams, validation_episodes};
+use crate::episodes::{splits, validation_episodes};
+use crate::evaluate::{eval_params, evaluate};
 use crate::omniglot::Omniglot;
+use crate::seeds::{stream_rng, streams};
 use crate::signals::{Signal, StopSignal};
 
 /// Options of one training run beyond its config.
@@ -56,150 +58,63 @@ struct Metrics {
 /// Train as `config` says; returns when done, interrupted, or on error (the last good
 /// checkpoint stays on disk in every case).
 ///
-/// Every method trains a [`Maml`]: MAML and first-order MAML on episodes; the baselines as
-/// "MAML with no inner step", whose meta-gradient is the plain gradient of the batch's loss:
-/// the transfer baseline on chunks of images labelled by their class in the meta-train pool,
-/// the course's task classifier on each episode's support set with its task-local labels.
+/// MAML and first-order MAML train a [`Maml`] on episodes; the baselines a [`Supervised`]
+/// learner: the transfer baseline on chunks of images labelled by their class in the
+/// meta-train pool, the course's task classifier on each episode's support set with its
+/// task-local labels (see [`training_batch`]).
 pub fn train(
     config: &Config,
     data: &Omniglot,
     options: &TrainOptions,
     stop: &StopSignal,
 ) -> anyhow::Result<TrainSummary> {
-    let device = Device::Cpu;
     let splits = splits(config, data)?;
-    let spec = config.spec();
-    let mut sampler = Sampler::new(splits.train.clone(), spec).context("episodes vs the meta-train pool")?;
-    sampler.rotate_classes = config.augment.class_rotation;
-    sampler.task_augment = match config.augment.task_rotation {
-        TaskRotationKind::None => TaskAugment::None,
-        TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: config.augment.task_rotation_p },
-        TaskRotationKind::Angle => TaskAugment::Angle { p: config.augment.task_rotation_p },
-    };
+    let sampler = sampler(config, &splits.train)?;
     let validation = validation_episodes(config, data, None).context("episodes vs the validation pool")?;
-
-    let t = &config.train;
-    let n_out = match t.method {
-        Method::Transfer => splits.train.len(),
-        _ => spec.n_way,
-    };
-    let net = config.net(n_out);
-    let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
-    let initial = fewshot_model::init(&net, init_seed, DType::F32, &device)?;
-    let inner = match t.method {
-        Method::Maml => InnerLoop { inner_lr: t.inner_lr, steps: t.inner_steps, order: Order::Second },
-        Method::Fomaml => InnerLoop { inner_lr: t.inner_lr, steps: t.inner_steps, order: Order::First },
-        Method::Transfer | Method::TaskClassifier => InnerLoop { inner_lr: t.inner_lr, steps: 0, order: Order::First },
-    };
-    let mut learner = Maml::new(net, &initial, inner, t.meta_lr)?;
-    learner.task_chunk = t.task_chunk;
-
-    let ckpt_dir = options.out.join("checkpoints");
-    let last_path = ckpt_dir.join("last.safetensors");
-    let best_path = ckpt_dir.join("best.safetensors");
-    let mut step = 0usize;
-    let mut best_val: Option<f64> = None;
-    let mut wall_before = 0.0;
-    let metrics_path = options.out.join("metrics.jsonl");
+    let mut learner = learner(config, splits.train.len())?;
+    let mut run = Run::new(config, &options.out);
     let _lock = crate::run_dir::prepare(&options.out, options.resume, options.overwrite)?;
     if options.resume {
-        let ckpt = Checkpoint::load(&last_path, &device).with_context(|| {
-            format!(
-                "--resume needs a readable {}; to keep this run's other files and start again, \
-                 train with --overwrite (the old run is moved aside, not deleted) or a new --out",
-                last_path.display()
-            )
-        })?;
-        let mut saved = ckpt.config(&last_path)?;
-        // Extending a run (more steps) is a resume; anything else is a different run.
-        saved.train.steps = config.train.steps;
-        if saved != *config {
-            bail!(
-                "{} was written with another config ({}); resume with the same config (see {}) or start a new --out",
-                last_path.display(),
-                saved.differences(config).join(", "),
-                options.out.join("config.toml").display()
-            );
-        }
-        learner.set_params(&ckpt.params)?;
-        let adam = &mut learner.optimizer;
-        adam.m = ckpt.adam_m;
-        adam.v = ckpt.adam_v;
-        adam.step = ckpt.state.adam_step;
-        step = ckpt.state.step;
-        best_val = ckpt.state.best_val;
-        wall_before = truncate_metrics(&metrics_path, step)?;
-        tracing::info!("resumed from {} at step {step}", last_path.display());
+        run.resume(learner.as_mut())?;
     } else {
         write_run_files(config, &options.out)?;
-        omniglot_data::write_atomic(&metrics_path, b"")?;
+        omniglot_data::write_atomic(&run.metrics_path, b"")?;
     }
-
     let mut metrics = std::fs::OpenOptions::new()
         .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let bar =
-        if options.progress { indicatif::ProgressBar::new(t.steps as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [eta {eta}]")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(step as u64);
+        .open(&run.metrics_path)
+        .with_context(|| format!("opening {}", run.metrics_path.display()))?;
+    let t = &config.train;
+    let bar = progress_bar(options.progress, t.steps, run.step);
     let start = Instant::now();
-    let first_step = step;
+    let first_step = run.step;
     let log_points = log_spaced(t.steps, t.val_log_points);
-    let checkpoint = |learner: &Maml, step: usize, best_val: Option<f64>, val_acc: Option<f64>, path: &Path| {
-        let adam = learner.optimizer.clone();
-        Checkpoint {
-            params: learner.params(),
-            adam_m: adam.m,
-            adam_v: adam.v,
-            state: State {
-                format: CHECKPOINT_FORMAT.to_owned(),
-                step,
-                tasks_seen: step * t.meta_batch_size,
-                adam_step: adam.step,
-                best_val,
-                val_acc,
-                config: config.to_toml(),
-            },
-        }
-        .save(path)
-        .with_context(|| format!("writing checkpoint {}", path.display()))
-    };
     let mut interrupted = None;
-    let mut last_saved = (step > 0).then_some(step);
-    while step < t.steps {
+    while run.step < t.steps {
         if let Some(signal) = stop.received() {
             interrupted = Some(signal);
             break;
         }
-        let mut rng = stream_rng(config.seed, streams::TRAIN, step as u64);
+        let mut rng = stream_rng(config.seed, streams::TRAIN, run.step as u64);
         let batch = training_batch(config, data, &sampler, &splits.train, &mut rng)?;
-        let stats = learner.meta_step(&batch).map_err(|e| diverged(e, &last_path, last_saved))?;
-        step += 1;
+        let stats = learner.step(&batch).map_err(|e| run.diverged(e))?;
+        run.step += 1;
+        let step = run.step;
         bar.set_position(step as u64);
-        let validate_now = step % t.val_every == 0 || step == t.steps || log_points.contains(&step);
-        let val = if validate_now {
-            let params = eval_params(config, &learner.params(), spec.n_way)?;
-            let adaptation = config.adaptation(t.eval_inner_steps);
-            Some(evaluate(&config.net(spec.n_way), &params, data, &validation.episodes, &adaptation)?)
-        } else {
-            None
-        };
+        let validate_now = step.is_multiple_of(t.val_every) || step == t.steps || log_points.contains(&step);
+        let val =
+            if validate_now { Some(validate(config, data, learner.as_ref(), &validation.episodes)?) } else { None };
         if let Some(v) = val
-            && best_val.is_none_or(|b| v.mean > b)
+            && run.best_val.is_none_or(|b| v.mean > b)
         {
-            best_val = Some(v.mean);
-            checkpoint(&learner, step, best_val, Some(v.mean), &best_path)?;
+            run.best_val = Some(v.mean);
+            run.checkpoint(learner.as_ref(), Some(v.mean), &run.best_path)?;
         }
-        if step % t.checkpoint_every == 0 || step == t.steps {
-            checkpoint(&learner, step, best_val, val.map(|v| v.mean), &last_path)?;
-            last_saved = Some(step);
+        if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
+            run.checkpoint(learner.as_ref(), val.map(|v| v.mean), &run.last_path)?;
+            run.last_saved = Some(step);
         }
-        if step % t.log_every == 0 || val.is_some() || step == t.steps {
+        if step.is_multiple_of(t.log_every) || val.is_some() || step == t.steps {
             let line = Metrics {
                 step,
                 tasks_seen: step * t.meta_batch_size,
@@ -207,15 +122,15 @@ pub fn train(
                 train_acc: stats.accuracy,
                 val_acc: val.map(|v| v.mean),
                 val_ci95: val.map(|v| v.ci95),
-                wall_s: wall_before + start.elapsed().as_secs_f64(),
+                wall_s: run.wall_before + start.elapsed().as_secs_f64(),
             };
             writeln!(metrics, "{}", serde_json::to_string(&line)?)
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
+                .with_context(|| format!("writing {}", run.metrics_path.display()))?;
             let msg = format!(
                 "loss {:.3} acc {:.3}{}",
                 stats.loss,
                 stats.accuracy,
-                best_val.map(|b| format!(" best val {b:.3}")).unwrap_or_default()
+                run.best_val.map(|b| format!(" best val {b:.3}")).unwrap_or_default()
             );
             let rate = ((step - first_step) * t.meta_batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
             if options.progress {
@@ -230,12 +145,165 @@ pub fn train(
         }
     }
     if interrupted.is_some() {
-        checkpoint(&learner, step, best_val, None, &last_path)?;
-        bar.abandon_with_message(format!("interrupted at step {step}; wrote {}", last_path.display()));
+        run.checkpoint(learner.as_ref(), None, &run.last_path)?;
+        bar.abandon_with_message(format!("interrupted at step {}; wrote {}", run.step, run.last_path.display()));
     } else {
         bar.finish();
     }
-    Ok(TrainSummary { steps: step, best_val, interrupted })
+    Ok(TrainSummary { steps: run.step, best_val: run.best_val, interrupted })
+}
+
+/// The meta-train episode sampler, with the config's augmentation.
+fn sampler(config: &Config, pool: &[Class]) -> anyhow::Result<Sampler> {
+    let mut sampler = Sampler::new(pool.to_vec(), config.spec()).context("episodes vs the meta-train pool")?;
+    sampler.rotate_classes = config.augment.class_rotation;
+    sampler.task_augment = match config.augment.task_rotation {
+        TaskRotationKind::None => TaskAugment::None,
+        TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: config.augment.task_rotation_p },
+        TaskRotationKind::Angle => TaskAugment::Angle { p: config.augment.task_rotation_p },
+    };
+    Ok(sampler)
+}
+
+/// The config's learner at its seeded initialisation; the transfer baseline's head has one
+/// output per class of the meta-train pool (`pool_size`).
+fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>> {
+    let t = &config.train;
+    let n_out = match t.method {
+        Method::Transfer => pool_size,
+        _ => config.spec().n_way,
+    };
+    let net = config.net(n_out);
+    let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
+    let initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
+    Ok(match config.inner_loop() {
+        Some(inner) => {
+            let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
+            maml.engine = config.engine();
+            Box::new(maml)
+        }
+        None => {
+            let mut supervised = Supervised::new(net, &initial, t.meta_lr)?;
+            supervised.engine = config.engine();
+            Box::new(supervised)
+        }
+    })
+}
+
+/// Validation accuracy of the learner's current parameters on the fixed validation episodes.
+fn validate(config: &Config, data: &Omniglot, learner: &dyn Learner, episodes: &[Episode]) -> anyhow::Result<Accuracy> {
+    let n_way = config.spec().n_way;
+    let params = eval_params(config, &learner.params(), n_way)?;
+    let adaptation = config.adaptation(config.train.eval_inner_steps);
+    evaluate(config.engine(), &config.net(n_way), &params, data, episodes, &adaptation)
+}
+
+fn progress_bar(show: bool, steps: usize, at: usize) -> indicatif::ProgressBar {
+    let bar = if show { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [eta {eta}]")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(at as u64);
+    bar
+}
+
+/// A run's files and where it stands: its step, best validation accuracy, last checkpoint.
+struct Run<'a> {
+    config: &'a Config,
+    last_path: PathBuf,
+    best_path: PathBuf,
+    metrics_path: PathBuf,
+    out: PathBuf,
+    step: usize,
+    best_val: Option<f64>,
+    /// The step of the last checkpoint on disk.
+    last_saved: Option<usize>,
+    /// Wall time of the run before this process (when resumed).
+    wall_before: f64,
+}
+
+impl<'a> Run<'a> {
+    fn new(config: &'a Config, out: &Path) -> Run<'a> {
+        let checkpoints = out.join("checkpoints");
+        Run {
+            config,
+            last_path: checkpoints.join("last.safetensors"),
+            best_path: checkpoints.join("best.safetensors"),
+            metrics_path: out.join("metrics.jsonl"),
+            out: out.to_owned(),
+            step: 0,
+            best_val: None,
+            last_saved: None,
+            wall_before: 0.0,
+        }
+    }
+
+    /// Continue from the last checkpoint: the learner's parameters and optimiser, the step,
+    /// the best validation accuracy; metrics written after that checkpoint are dropped.
+    fn resume(&mut self, learner: &mut dyn Learner) -> anyhow::Result<()> {
+        let last = &self.last_path;
+        let ckpt = Checkpoint::load(last, &Device::Cpu).with_context(|| {
+            format!(
+                "--resume needs a readable {}; to keep this run's other files and start again, \
+                 train with --overwrite (the old run is moved aside, not deleted) or a new --out",
+                last.display()
+            )
+        })?;
+        let mut saved = ckpt.config(last)?;
+        // Extending a run (more steps) is a resume; anything else is a different run.
+        saved.train.steps = self.config.train.steps;
+        if saved != *self.config {
+            bail!(
+                "{} was written with another config ({}); resume with the same config (see {}) or start a new --out",
+                last.display(),
+                saved.differences(self.config).join(", "),
+                self.out.join("config.toml").display()
+            );
+        }
+        learner.set_params(&ckpt.params)?;
+        let adam = learner.optimizer_mut();
+        adam.m = ckpt.adam_m;
+        adam.v = ckpt.adam_v;
+        adam.step = ckpt.state.adam_step;
+        self.step = ckpt.state.step;
+        self.best_val = ckpt.state.best_val;
+        self.last_saved = (self.step > 0).then_some(self.step);
+        self.wall_before = truncate_metrics(&self.metrics_path, self.step)?;
+        tracing::info!("resumed from {} at step {}", last.display(), self.step);
+        Ok(())
+    }
+
+    /// Save the learner's state at this step to `path` (atomically).
+    fn checkpoint(&self, learner: &dyn Learner, val_acc: Option<f64>, path: &Path) -> anyhow::Result<()> {
+        let adam = learner.optimizer().clone();
+        Checkpoint {
+            params: learner.params(),
+            adam_m: adam.m,
+            adam_v: adam.v,
+            state: State {
+                format: CHECKPOINT_FORMAT.to_owned(),
+                step: self.step,
+                tasks_seen: self.step * self.config.train.meta_batch_size,
+                adam_step: adam.step,
+                best_val: self.best_val,
+                val_acc,
+                config: self.config.to_toml(),
+            },
+        }
+        .save(path)
+        .with_context(|| format!("writing checkpoint {}", path.display()))
+    }
+
+    /// The error of a failed step, saying which checkpoint is the last good one.
+    fn diverged(&self, e: impl Into<anyhow::Error>) -> anyhow::Error {
+        let what = match self.last_saved {
+            Some(step) => format!("the last good checkpoint is {} (step {step})", self.last_path.display()),
+            None => "no checkpoint was written yet (the loss diverged before the first one)".to_owned(),
+        };
+        e.into().context(format!("training stopped; {what}"))
+    }
 }
 
 /// The batch of step `rng` for the config's method (see [`train`]).
@@ -299,14 +367,6 @@ fn log_spaced(steps: usize, n: usize) -> Vec<usize> {
         .collect();
     out.dedup();
     out
-}
-
-fn diverged(e: impl Into<anyhow::Error>, last: &Path, saved: Option<usize>) -> anyhow::Error {
-    let what = match saved {
-        Some(step) => format!("the last good checkpoint is {} (step {step})", last.display()),
-        None => "no checkpoint was written yet (the loss diverged before the first one)".to_owned(),
-    };
-    e.into().context(format!("training stopped; {what}"))
 }
 
 /// `config.toml` (resolved) and `run.json` (seed, git revision, command line) beside the run.

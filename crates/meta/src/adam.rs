@@ -1,9 +1,7 @@
 //! Adam on a parameter map, with its state exposed for checkpoints.
 
-use std::collections::BTreeMap;
-
-use candle_core::{Tensor, Var};
-use fewshot_model::ParamMap;
+use candle_core::Tensor;
+use fewshot_model::{ParamMap, ParamVars};
 
 use crate::error::Result;
 
@@ -33,11 +31,11 @@ impl Adam {
     }
 
     /// One update of every parameter that has a gradient.
-    pub fn step(&mut self, params: &BTreeMap<String, Var>, grads: &ParamMap) -> Result<()> {
+    pub fn step(&mut self, params: &ParamVars, grads: &ParamMap) -> Result<()> {
         self.step += 1;
         let bias1 = 1.0 - self.beta1.powi(self.step as i32);
         let bias2 = 1.0 - self.beta2.powi(self.step as i32);
-        for (name, var) in params {
+        for (name, var) in params.iter() {
             let Some(g) = grads.get(name) else { continue };
             let m = match self.m.get(name) {
                 Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,

@@ -1,4 +1,5 @@
-//! A meta-batch of episodes as tensors.
+//! A meta-batch of episodes as tensors ([`TaskBatch`]) and the part of it adaptation reads
+//! ([`TaskInputs`]).
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_tasks::EpisodePixels;
@@ -68,6 +69,38 @@ impl TaskBatch {
         })
     }
 
+    /// Number of tasks.
+    pub fn n_tasks(&self) -> usize {
+        self.support_images.dims()[0]
+    }
+
+    /// What adaptation and labelling read: the support sets and the query images.
+    pub fn inputs(&self) -> TaskInputs<'_> {
+        TaskInputs {
+            support_images: &self.support_images,
+            support_labels: &self.support_labels,
+            query_images: &self.query_images,
+        }
+    }
+}
+
+/// The labelled support sets and the (possibly unlabelled) query images of `t` tasks: what a
+/// model adapts on and then labels.
+///
+/// # Shapes
+/// `support_images`: `[t, n_support, c, h, w]`, `support_labels`: `[t, n_support]` (u32),
+/// `query_images`: `[t, n_query, c, h, w]`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInputs<'a> {
+    /// Support images.
+    pub support_images: &'a Tensor,
+    /// Support labels, 0 to n_way - 1.
+    pub support_labels: &'a Tensor,
+    /// Query images.
+    pub query_images: &'a Tensor,
+}
+
+impl TaskInputs<'_> {
     /// Number of tasks.
     pub fn n_tasks(&self) -> usize {
         self.support_images.dims()[0]

@@ -10,9 +10,10 @@ pub enum Error {
     /// The model rejected its inputs or parameters.
     #[error(transparent)]
     Model(#[from] fewshot_model::Error),
-    /// The gradient-mode workers could not start or stopped.
-    #[error("gradient mode: {0}")]
-    GradMode(String),
+    /// The worker threads (plain or latched into a candle gradient mode) could not start or
+    /// stopped.
+    #[error("worker threads: {0}")]
+    Workers(String),
     /// A setting is out of range.
     #[error("invalid {name} = {value}: expected {expected}")]
     InvalidSetting {

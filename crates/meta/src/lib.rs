@@ -1,13 +1,16 @@
 //! Meta-learning for few-shot classification: MAML exact to the second order and first-order
 //! MAML, over the functional net of `fewshot-model`.
 //!
-//! Main items: [`Maml`] (initial parameters + Adam + inner loop; [`Maml::meta_step`]),
-//! [`adapt`] (the inner loop), [`meta_gradient`], [`Order`] (`First` / `Second`),
-//! [`TaskBatch`] (a meta-batch as tensors), [`evaluate_batch`] and [`Accuracy`].
+//! Main items: [`Learner`] (one training step on a batch; implemented by [`Maml`], the
+//! meta-learner, and [`Supervised`], the baselines' pre-training), [`InnerLoop`] with its
+//! [`Order`] (`First` / `Second`), [`Adaptation`] with its [`Scope`] (how a model adapts at
+//! test time), [`Engine`] (native or candle: [`Engine::meta_gradient`],
+//! [`Engine::adapted_logits`], [`Engine::evaluate`]), [`TaskBatch`] (a meta-batch as tensors)
+//! and [`Accuracy`].
 //!
 //! ```
 //! use candle_core::{DType, Device};
-//! use fewshot_meta::{InnerLoop, Maml, Order, TaskBatch};
+//! use fewshot_meta::{InnerLoop, Learner, Maml, Order, TaskBatch};
 //! use fewshot_model::{ConvNetConfig, init};
 //! use fewshot_tasks::EpisodePixels;
 //!
@@ -21,31 +24,46 @@
 //!     query: vec![0.5; 2 * 64], query_labels: vec![0, 1],
 //! };
 //! let batch = TaskBatch::from_pixels(&[episode.clone(), episode], DType::F32, &Device::Cpu)?;
-//! let stats = maml.meta_step(&batch)?;
+//! let stats = maml.step(&batch)?;
 //! assert!(stats.loss.is_finite());
 //! # Ok::<(), fewshot_meta::Error>(())
 //! ```
 //!
-//! candle keeps gradient graphs (for second order) only on threads that saw
-//! `CANDLE_GRAD_DO_NOT_DETACH` at their first backward pass. This crate runs every backward
-//! pass on its own worker threads latched into the right mode, so callers never set the
-//! variable and results do not depend on how the process was started.
+//! Files: `settings` (inner loop and adaptation settings), `engine` (the one dispatch),
+//! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
+//! through candle's autograd), `learner` (the trait and the shared parameter state), `maml`,
+//! `supervised`, `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
+//! and `grad_mode` (candle keeps gradient graphs, for second order, only on threads that saw
+//! `CANDLE_GRAD_DO_NOT_DETACH` at their first backward pass; the candle path runs every
+//! backward pass on worker threads latched into the right mode, so callers never set the
+//! variable and results do not depend on how the process was started).
 //!
 //! Boundaries: nothing about Omniglot or files; it sees episodes' pixels and parameter maps.
 #![deny(missing_docs)]
 
 mod adam;
 mod batch;
+mod candle;
+mod engine;
 mod error;
 mod eval;
 mod grad_mode;
+mod learner;
 mod maml;
 mod native;
+mod settings;
+mod supervised;
+mod workers;
 
 pub use adam::Adam;
-pub use batch::TaskBatch;
+pub use batch::{TaskBatch, TaskInputs};
+pub use candle::adapt;
+pub use engine::{DEFAULT_TASK_CHUNK, Engine};
 pub use error::{Error, Result};
-pub use eval::{Accuracy, Adaptation, Scope, adapted_logits, adapted_logits_candle, evaluate_batch};
-pub use grad_mode::{GradMode, ParallelJob, backward, run_parallel, set_parallel_tasks};
-pub use maml::{DEFAULT_TASK_CHUNK, InnerLoop, Maml, Order, StepStats, adapt, meta_gradient};
-pub use native::{Engine, native_adapted_logits, native_meta_gradient};
+pub use eval::{Accuracy, evaluate_batch};
+pub use grad_mode::{GradMode, backward, environment_lock};
+pub use learner::{Learner, StepStats, Trainable};
+pub use maml::Maml;
+pub use settings::{Adaptation, InnerLoop, Order, Scope};
+pub use supervised::Supervised;
+pub use workers::set_parallel_tasks;

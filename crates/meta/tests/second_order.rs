@@ -5,10 +5,9 @@
 //! query-loss gradient at the fast weights, and must *not* match finite differences. Together
 //! these show that second order is real and not first order under another name.
 
-use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{InnerLoop, Order, TaskBatch, adapt, meta_gradient, native_meta_gradient};
+use fewshot_meta::{Engine, InnerLoop, Order, TaskBatch, adapt};
 use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,10 +29,6 @@ fn batch(seed: u64) -> TaskBatch {
         query_images,
         query_labels: Tensor::new(&[[0u32, 1, 2, 0, 1, 2], [2, 2, 0, 0, 1, 1]], &Device::Cpu).unwrap(),
     }
-}
-
-fn vars(params: &ParamMap) -> BTreeMap<String, Var> {
-    params.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect()
 }
 
 /// The meta-loss as a plain function of the initial parameters.
@@ -96,8 +91,8 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
     // Both engines: candle's autograd (reference) and the native Hessian-vector-product path.
     for engine in ["candle", "native"] {
         let gradient = |inner: &InnerLoop| match engine {
-            "candle" => meta_gradient(&CONFIG, &vars(&params), &batch, inner, 1).unwrap().0,
-            _ => native_meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
+            "candle" => Engine::candle().meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
+            _ => Engine::Native.meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
         };
         for steps in [1, 2] {
             let inner = InnerLoop { inner_lr: 0.5, steps, order: Order::Second };
@@ -127,17 +122,16 @@ fn first_order_equals_query_gradient_at_fast_weights() {
     let batch = batch(2);
     for steps in [1, 3] {
         let inner = InnerLoop { inner_lr: 0.4, steps, order: Order::First };
-        let (fo, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
+        let (fo, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
         // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
         // (every task starts from the same initial parameters).
         let fast = adapt(&CONFIG, &params, &batch.support_images, &batch.support_labels, &inner).unwrap();
-        let fast_vars: BTreeMap<String, Var> =
-            fast.iter().map(|(k, v)| (k.clone(), Var::from_tensor(&v.detach()).unwrap())).collect();
-        let fast_map: ParamMap = fast_vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let fast_vars = fewshot_model::ParamVars::new(&fast).unwrap();
+        let fast_map = fast_vars.tensors();
         let logits = forward(&CONFIG, &fast_map, &batch.query_images).unwrap();
         let loss = cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap();
         let grads = fewshot_meta::backward(&loss, fewshot_meta::GradMode::Detach).unwrap();
-        for (name, v) in &fast_vars {
+        for (name, v) in fast_vars.iter() {
             // No gradient reaches a parameter the loss ignores (conv biases before batch norm).
             let want = match grads.get(v.as_tensor()) {
                 Some(g) => g.sum(0).unwrap(),
@@ -159,16 +153,20 @@ fn results_do_not_depend_on_the_callers_environment() {
         let env = env.map(str::to_owned);
         std::thread::spawn(move || {
             // A caller thread that latched candle's switch either way before calling us.
-            // SAFETY: test-only; the variable is candle's switch, read by no other code here.
-            unsafe {
-                match &env {
-                    Some(v) => std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", v),
-                    None => std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH"),
+            {
+                let _env = fewshot_meta::environment_lock();
+                // SAFETY: test-only, under the lock the library's own latching holds; the
+                // variable is candle's switch, read by no other code here.
+                unsafe {
+                    match &env {
+                        Some(v) => std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", v),
+                        None => std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH"),
+                    }
                 }
+                let x = Var::new(1f64, &Device::Cpu).unwrap();
+                x.as_tensor().sqr().unwrap().backward().unwrap();
             }
-            let x = Var::new(1f64, &Device::Cpu).unwrap();
-            x.as_tensor().sqr().unwrap().backward().unwrap();
-            let (g, _) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
+            let (g, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
             g["block0.conv.weight"].flatten_all().unwrap().to_vec1::<f64>().unwrap()
         })
         .join()
@@ -182,12 +180,18 @@ fn chunking_tasks_does_not_change_the_meta_gradient() {
     let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(4);
     let inner = InnerLoop { inner_lr: 0.4, steps: 2, order: Order::Second };
-    let (whole, s1) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 2).unwrap();
-    let (chunked, s2) = meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 1).unwrap();
+    let (whole, s1) = Engine::Candle { task_chunk: 2 }.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+    let (chunked, s2) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
     for (name, g) in &whole {
         let diff = max_abs_diff(g, &chunked[name]);
         assert!(diff < 1e-12, "{name}: {diff}");
     }
-    assert!(meta_gradient(&CONFIG, &vars(&params), &batch, &inner, 0).unwrap_err().to_string().contains("task_chunk"));
+    assert!(
+        Engine::Candle { task_chunk: 0 }
+            .meta_gradient(&CONFIG, &params, &batch, &inner)
+            .unwrap_err()
+            .to_string()
+            .contains("task_chunk")
+    );
 }

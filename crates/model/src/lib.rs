@@ -39,5 +39,8 @@ pub use net::{
     BN_EPS, ConvNetConfig, accuracy, batch_norm, conv3x3, conv3x3_unbiased, cross_entropy, features, forward,
     max_pool2x2,
 };
-pub use params::{ParamMap, block_param, check_params, expand, from_safetensors, init, to_safetensors};
+pub use params::{
+    ParamMap, ParamRole, ParamSpec, ParamVars, block_param, check_params, expand, from_safetensors, init, param_specs,
+    to_safetensors,
+};
 pub use pool::max_pool2x2_op;

@@ -52,7 +52,7 @@ impl Case {
     fn grad(&self, theta: &[f64]) -> Vec<f64> {
         let fwd = engine::forward(&self.layout, theta, &self.images_nhwc(), self.labels.len());
         let mut g = vec![0.0; theta.len()];
-        engine::backward(&self.layout, theta, &fwd, &self.labels, &mut g, false);
+        engine::gradient(&self.layout, theta, &fwd, &self.labels, &mut g);
         g
     }
 }
@@ -133,7 +133,7 @@ fn hessian_vector_product_matches_finite_differences() {
         let images = c.images_nhwc();
         let fwd = engine::forward(&c.layout, &theta, &images, c.labels.len());
         let mut g = vec![0.0; theta.len()];
-        let bwd = engine::backward(&c.layout, &theta, &fwd, &c.labels, &mut g, true).unwrap();
+        let bwd = engine::backward(&c.layout, &theta, &fwd, &c.labels, &mut g);
         let mut hv = vec![0.0; theta.len()];
         engine::hvp(&c.layout, &theta, &fwd, &bwd, &g, &v, &mut hv);
         let fd = |eps: f64| -> Vec<f64> {
@@ -164,7 +164,7 @@ fn f32_matches_f64() {
     let images32: Vec<f32> = c.images_nhwc().iter().map(|&x| x as f32).collect();
     let fwd = engine::forward(&c.layout, &theta32, &images32, c.labels.len());
     let mut g32 = vec![0f32; theta.len()];
-    engine::backward(&c.layout, &theta32, &fwd, &c.labels, &mut g32, false);
+    engine::gradient(&c.layout, &theta32, &fwd, &c.labels, &mut g32);
     let g32: Vec<f64> = g32.iter().map(|&x| x as f64).collect();
     assert!(max_rel_diff(&g32, &g64) < 1e-4);
 }

@@ -225,12 +225,19 @@ fn im2col_op_matches_the_reference_and_its_gradients() {
     assert!(h1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 1.0, "a real second derivative");
 }
 
+/// Held by every test of this file that changes an environment variable, from the change
+/// until the thread it concerns has read it (tests run in parallel).
+static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Gradient of `y` with respect to `x`, keeping its graph when asked (via candle's switch,
 /// latched on a fresh thread).
 fn fewshot_grad(y: &Tensor, x: &candle_core::Var, keep_graph: bool) -> Tensor {
     let (y, x) = (y.clone(), x.clone());
     std::thread::spawn(move || {
-        // SAFETY: test-only; set before this thread's first backward, which latches it.
+        let _env = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: test-only, under ENV_LOCK; set before this thread's first backward, which
+        // latches it; no other thread of this process reads the variable meanwhile except
+        // through std's own synchronised accessors.
         unsafe {
             if keep_graph {
                 std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1")

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use fewshot_meta::{Adaptation, InnerLoop, Maml, Order, TaskBatch, evaluate_batch};
+use fewshot_meta::{Adaptation, Engine, InnerLoop, Maml, Order, TaskBatch};
 use fewshot_model::{ConvNetConfig, init};
 use rand::{Rng, SeedableRng};
 
@@ -34,7 +34,7 @@ struct Args {
     inner_steps: Option<usize>,
     #[arg(long, default_value_t = 0.4)]
     inner_lr: f64,
-    /// Tasks per batched chunk (default: the library's, or the whole batch for fo/eval).
+    /// Tasks per batched chunk of the candle engine's meta-gradient (default: the library's).
     #[arg(long)]
     task_chunk: Option<usize>,
     #[arg(long, default_value_t = 20)]
@@ -44,7 +44,7 @@ struct Args {
     /// Tasks in parallel (kernels single-threaded), as `fewshot --threads`.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// `native` (the default fast path) or `candle` (the reference path; so/fo only).
+    /// `native` (the default fast path) or `candle` (the reference path).
     #[arg(long, default_value = "native")]
     engine: String,
 }
@@ -63,7 +63,8 @@ fn forward_flops_per_image(net: &ConvNetConfig) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    fewshot_cli::set_threads(args.threads)?;
+    // SAFETY: the first thing in main: no other thread exists yet.
+    unsafe { fewshot_cli::set_threads(args.threads)? };
     let order = match args.mode.as_str() {
         "so" => Some(Order::Second),
         "fo" => Some(Order::First),
@@ -104,13 +105,13 @@ fn main() -> anyhow::Result<()> {
     let mut maml = order
         .map(|order| Maml::new(net, &params, InnerLoop { inner_lr: args.inner_lr, steps: inner_steps, order }, 1e-3))
         .transpose()?;
-    let engine = match (args.engine.as_str(), order) {
-        ("native", _) => fewshot_meta::Engine::Native,
-        ("candle", Some(_)) => fewshot_meta::Engine::Candle,
-        (other, _) => bail!("--engine {other}: expected native, or candle with --mode so or fo"),
+    let task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
+    let engine = match args.engine.as_str() {
+        "native" => Engine::Native,
+        "candle" => Engine::Candle { task_chunk },
+        other => bail!("--engine {other}: expected native or candle"),
     };
     if let Some(m) = maml.as_mut() {
-        m.task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
         m.engine = engine;
     }
     let mut times = Vec::new();
@@ -122,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 m.meta_step(batch)?;
             }
             None => {
-                evaluate_batch(&net, &params, batch, &Adaptation::all(args.inner_lr, inner_steps))?;
+                engine.evaluate(&net, &params, batch, &Adaptation::all(args.inner_lr, inner_steps))?;
             }
         }
         if i >= args.warmup {
@@ -149,7 +150,7 @@ fn main() -> anyhow::Result<()> {
         "n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query,
         "meta_batch": args.meta_batch, "inner_steps": inner_steps,
         "threads": args.threads,
-        "task_chunk": maml.as_ref().map(|m| m.task_chunk),
+        "task_chunk": matches!(engine, Engine::Candle { .. }).then_some(task_chunk),
         "steps": args.steps, "warmup": args.warmup,
         "sec_per_meta_step": median,
         "sec_per_meta_step_min": times[0],

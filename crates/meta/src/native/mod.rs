@@ -1,0 +1,176 @@
+//! MAML on the native engine ([`fewshot_model::engine`]): the fast path behind
+//! [`crate::Engine::Native`]. A batch is flattened to per-task buffers ([`FlatBatch`]); each
+//! task runs on one worker thread ([`crate::workers`]) through [`task`]; results are combined
+//! in task order. Same mathematics as the candle path ([`crate::candle`]): tests hold the two
+//! to each other and to finite differences.
+
+mod task;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use fewshot_model::engine::{Layout, Real};
+use fewshot_model::{ConvNetConfig, ParamMap};
+
+use crate::StepStats;
+use crate::batch::{TaskBatch, TaskInputs};
+use crate::error::{Error, Result};
+use crate::settings::{Adaptation, InnerLoop};
+use crate::workers::{self, Job};
+use task::{TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
+
+/// Whether the native engine can run a batch of `dtype` on `device`.
+pub(crate) fn supports(dtype: DType, device: &Device) -> bool {
+    device.is_cpu() && matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// A batch's pixels and labels as flat per-task buffers, channels last.
+struct FlatBatch<T> {
+    image_len: usize,
+    n_support: usize,
+    n_query: usize,
+    support: Vec<T>,
+    support_labels: Vec<u32>,
+    query: Vec<T>,
+    query_labels: Vec<u32>,
+}
+
+impl<T: Real> FlatBatch<T> {
+    /// Flatten support and query sets; `query_labels` may be absent (adaptation only).
+    fn new(layout: &Layout, tasks: TaskInputs<'_>, query_labels: Option<&Tensor>) -> Result<FlatBatch<T>> {
+        let images = |t: &Tensor| -> Result<Vec<T>> {
+            let (_, _, c, h, w) = t.dims5()?;
+            layout.config().check_image(c, h, w)?;
+            Ok(layout.images_to_channels_last(&T::tensor_values(t)?))
+        };
+        let labels = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<u32>()?) };
+        let flat = FlatBatch {
+            image_len: layout.image_len(),
+            n_support: tasks.support_images.dim(1)?,
+            n_query: tasks.query_images.dim(1)?,
+            support: images(tasks.support_images)?,
+            support_labels: labels(tasks.support_labels)?,
+            query: images(tasks.query_images)?,
+            query_labels: query_labels.map(labels).transpose()?.unwrap_or_default(),
+        };
+        let n_way = layout.config().n_way as u32;
+        if let Some(bad) = flat.support_labels.iter().chain(&flat.query_labels).find(|&&y| y >= n_way) {
+            return Err(Error::InvalidSetting {
+                name: "label",
+                value: bad.to_string(),
+                expected: format!("a class index below n_way = {n_way}"),
+            });
+        }
+        Ok(flat)
+    }
+
+    /// Task `i`'s slices.
+    fn task(&self, i: usize) -> TaskData<'_, T> {
+        let (s, q, len) = (self.n_support, self.n_query, self.image_len);
+        TaskData {
+            support: &self.support[i * s * len..(i + 1) * s * len],
+            support_labels: &self.support_labels[i * s..(i + 1) * s],
+            query: &self.query[i * q * len..(i + 1) * q * len],
+            query_labels: self.query_labels.get(i * q..(i + 1) * q).unwrap_or(&[]),
+            n_query: q,
+        }
+    }
+}
+
+fn unsupported(dtype: DType) -> Error {
+    Error::InvalidSetting {
+        name: "dtype",
+        value: format!("{dtype:?}"),
+        expected: "f32 or f64 for the native engine (use Engine::Candle for others)".into(),
+    }
+}
+
+/// The gradient of the batch's mean query loss after adaptation with respect to `params`,
+/// exact to the second order with [`crate::Order::Second`]. Tasks run in parallel and are
+/// summed in task order, in f64, so the result does not depend on scheduling. Computes in the
+/// dtype of the batch's images (f32 or f64).
+pub(crate) fn meta_gradient(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+) -> Result<(ParamMap, StepStats)> {
+    inner.validate()?;
+    match batch.support_images.dtype() {
+        DType::F32 => meta_gradient_typed::<f32>(config, params, batch, inner),
+        DType::F64 => meta_gradient_typed::<f64>(config, params, batch, inner),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn meta_gradient_typed<T: Real>(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+) -> Result<(ParamMap, StepStats)> {
+    let layout = Arc::new(Layout::new(config)?);
+    let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
+    let flat = Arc::new(FlatBatch::<T>::new(&layout, batch.inputs(), Some(&batch.query_labels))?);
+    let t = batch.n_tasks();
+    let inner = *inner;
+    let jobs: Vec<Job<TaskOutcome<T>>> = (0..t)
+        .map(|i| -> Job<TaskOutcome<T>> {
+            let (layout, theta, flat) = (layout.clone(), theta.clone(), flat.clone());
+            Box::new(move || task_meta_gradient(&layout, &theta, &flat.task(i), &inner))
+        })
+        .collect();
+    let outcomes = workers::plain()?.run(jobs)?;
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let mut sum = vec![0f64; layout.len()];
+    for o in &outcomes {
+        loss += o.loss;
+        correct += o.correct;
+        sum.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
+    }
+    if !loss.is_finite() {
+        return Err(Error::NonFinite(loss as f32));
+    }
+    let mean: Vec<T> = sum.iter().map(|s| T::from_f64(s / t as f64)).collect();
+    let grads = layout.unpack(&mean, params.values().next().map_or(T::DTYPE, |p| p.dtype()), &Device::Cpu)?;
+    let stats =
+        StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
+    Ok((grads, stats))
+}
+
+/// Query logits `[t, n_query, n_way]` of each task after adapting as `adaptation` says.
+pub(crate) fn adapted_logits(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    tasks: TaskInputs<'_>,
+    adaptation: &Adaptation,
+) -> Result<Tensor> {
+    adaptation.validate()?;
+    match tasks.support_images.dtype() {
+        DType::F32 => adapted_logits_typed::<f32>(config, params, tasks, adaptation),
+        DType::F64 => adapted_logits_typed::<f64>(config, params, tasks, adaptation),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn adapted_logits_typed<T: Real>(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    tasks: TaskInputs<'_>,
+    adaptation: &Adaptation,
+) -> Result<Tensor> {
+    let layout = Arc::new(Layout::new(config)?);
+    let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
+    let flat = Arc::new(FlatBatch::<T>::new(&layout, tasks, None)?);
+    let t = tasks.n_tasks();
+    let adaptation = *adaptation;
+    let jobs: Vec<Job<Vec<T>>> = (0..t)
+        .map(|i| -> Job<Vec<T>> {
+            let (layout, theta, flat) = (layout.clone(), theta.clone(), flat.clone());
+            Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation))
+        })
+        .collect();
+    let logits: Vec<f64> = workers::plain()?.run(jobs)?.into_iter().flatten().map(|v| v.to_f64()).collect();
+    let out = Tensor::from_vec(logits, (t, flat.n_query, config.n_way), &Device::Cpu)?;
+    Ok(out.to_dtype(T::DTYPE)?)
+}

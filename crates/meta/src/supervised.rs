@@ -1,0 +1,46 @@
+//! [`Supervised`]: plain supervised training of the net (the baselines' pre-training), a
+//! [`Learner`] whose step is the gradient of the batch's mean query loss followed by an Adam
+//! update. The support sets are not used.
+
+use fewshot_model::{ConvNetConfig, ParamMap};
+
+use crate::batch::TaskBatch;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::learner::{Learner, StepStats, Trainable, delegate_state};
+use crate::settings::{InnerLoop, Order};
+
+/// Supervised training of the whole net on labelled images, batch by batch. Each task of a
+/// batch is one group of images normalised together by batch norm (as a task is at test
+/// time); the loss is the mean over tasks of each task's mean cross-entropy on its query set.
+#[derive(Debug)]
+pub struct Supervised {
+    state: Trainable,
+    /// Which implementation computes gradients; default [`Engine::Native`].
+    pub engine: Engine,
+}
+
+impl Supervised {
+    /// Start from `params` (see [`fewshot_model::init`]) with Adam at `lr`.
+    pub fn new(config: ConvNetConfig, params: &ParamMap, lr: f64) -> Result<Supervised> {
+        Ok(Supervised { state: Trainable::new(config, params, lr)?, engine: Engine::default() })
+    }
+
+    /// The gradient of the batch's loss, without updating anything.
+    pub fn gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
+        // A meta-gradient through zero inner steps is exactly the gradient of the query loss
+        // at the parameters (the step size is never used).
+        let no_adaptation = InnerLoop { inner_lr: 1.0, steps: 0, order: Order::First };
+        self.engine.meta_gradient(self.state.config(), &self.state.params(), batch, &no_adaptation)
+    }
+}
+
+impl Learner for Supervised {
+    delegate_state!();
+
+    fn step(&mut self, batch: &TaskBatch) -> Result<StepStats> {
+        let (grads, stats) = self.gradient(batch)?;
+        self.state.update(&grads)?;
+        Ok(stats)
+    }
+}

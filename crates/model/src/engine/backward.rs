@@ -1,0 +1,116 @@
+//! The reverse pass: the gradient of the mean cross-entropy at the parameters of a
+//! [`Forward`] pass ([`gradient`]), or the same keeping in a [`Backward`] what the
+//! Hessian-vector product needs ([`backward`]).
+
+use super::buffer::Buffer;
+use super::forward::Forward;
+use super::gemm::{Out, matmul_nn, matmul_tn};
+use super::kernels::{channel_dots, channel_sums, col2im, lincomb2, unpool};
+use super::layout::Layout;
+use super::real::Real;
+
+/// What the backward pass keeps for the Hessian-vector product. Its buffers go back to the
+/// thread's pool when it is dropped.
+#[derive(Debug, Clone)]
+pub struct Backward<T: Real> {
+    /// `d loss / d logits`: `[batch, n_way]`.
+    pub(crate) dlogits: Vec<T>,
+    /// Per block: gradient at the batch-norm output (`[b * h * w, c]`) and at the conv output.
+    pub(crate) dy: Vec<Buffer<T>>,
+    pub(crate) dz: Vec<Buffer<T>>,
+}
+
+/// The gradient of the mean cross-entropy against `labels` at `theta`, written into `grad`
+/// (overwritten), from a forward pass at the same `theta`.
+#[inline(always)]
+pub fn gradient<T: Real>(layout: &Layout, theta: &[T], fwd: &Forward<T>, labels: &[u32], grad: &mut [T]) {
+    pass(layout, theta, fwd, labels, grad, false);
+}
+
+/// [`gradient`], also returning what [`super::hvp`] needs at `theta`.
+#[inline(always)]
+pub fn backward<T: Real>(
+    layout: &Layout,
+    theta: &[T],
+    fwd: &Forward<T>,
+    labels: &[u32],
+    grad: &mut [T],
+) -> Backward<T> {
+    pass(layout, theta, fwd, labels, grad, true)
+}
+
+/// The reverse pass; with `keep`, each block's `dy` and `dz` are kept for the Hessian-vector
+/// product, otherwise they go back to the pool as soon as the block is done.
+#[inline(always)]
+fn pass<T: Real>(
+    layout: &Layout,
+    theta: &[T],
+    fwd: &Forward<T>,
+    labels: &[u32],
+    grad: &mut [T],
+    keep: bool,
+) -> Backward<T> {
+    assert_eq!(grad.len(), layout.len(), "gradient vector of the wrong length");
+    assert_eq!(labels.len(), fwd.batch, "one label per image");
+    let batch = fwd.batch;
+    let n_way = layout.config().n_way;
+    let features = layout.config().features();
+    grad.fill(T::default());
+    // d loss / d logits = (softmax - one_hot) / batch.
+    let inv_b = T::from_f64(1.0 / batch as f64);
+    let mut dlogits = fwd.probs.clone(); // [batch, n_way]
+    for (i, &y) in labels.iter().enumerate() {
+        dlogits[i * n_way + y as usize] -= T::from_f64(1.0);
+    }
+    dlogits.iter_mut().for_each(|d| *d = *d * inv_b);
+    let h = fwd.features();
+    let (gw, gb) = grad[layout.head_weight..].split_at_mut(n_way * features);
+    matmul_tn(gw, &dlogits, h, [n_way, features, batch], Out::Set);
+    channel_sums(&dlogits, n_way, &mut gb[..n_way]);
+    let mut da = Buffer::scratch(batch * features); // [batch, features]
+    matmul_nn(&mut da, &dlogits, &theta[layout.head_weight..], [batch, features, n_way], Out::Set);
+
+    let depth = layout.blocks.len();
+    let (mut dys, mut dzs) = (Vec::with_capacity(depth), Vec::with_capacity(depth));
+    for i in (0..depth).rev() {
+        let bl = &layout.blocks[i];
+        let cache = &fwd.blocks[i];
+        let (n, c) = (batch * bl.pixels(), bl.c_out);
+        // Through ReLU and max-pool: route each output's gradient to its arg-max row.
+        let mut dy = Buffer::scratch(n * c); // [b * h * w, c]
+        unpool(bl, batch, cache.pooled(), &da, &mut dy);
+        // Batch norm.
+        let (mut dscale, mut dshift) = (vec![T::default(); c], vec![T::default(); c]);
+        channel_dots(&dy, &cache.xhat, c, &mut dscale);
+        channel_sums(&dy, c, &mut dshift);
+        let scale = &theta[bl.scale..bl.scale + c];
+        let inv_n = T::from_f64(1.0 / n as f64);
+        let m1: Vec<T> = (0..c).map(|ch| scale[ch] * dshift[ch] * inv_n).collect();
+        let m2: Vec<T> = (0..c).map(|ch| scale[ch] * dscale[ch] * inv_n).collect();
+        // dz = s (scale dy - m1 - xhat m2)
+        let s = &cache.inv_std;
+        let a: Vec<T> = (0..c).map(|ch| s[ch] * scale[ch]).collect();
+        let b: Vec<T> = (0..c).map(|ch| -s[ch] * m1[ch]).collect();
+        let e: Vec<T> = (0..c).map(|ch| -s[ch] * m2[ch]).collect();
+        let mut dz = Buffer::scratch(n * c);
+        lincomb2(&mut dz, &dy, &a, &cache.xhat, &e, &b, c);
+        grad[bl.scale..bl.scale + c].copy_from_slice(&dscale);
+        grad[bl.shift..bl.shift + c].copy_from_slice(&dshift);
+        // Conv: dW = dz^T cols; dx = col2im(dz W).
+        let gw = &mut grad[bl.weight..bl.weight + c * bl.k()];
+        matmul_tn(gw, &dz, &cache.cols, [c, bl.k(), n], Out::Set);
+        if i > 0 {
+            let mut dcols = Buffer::scratch(n * bl.k()); // [b * h * w, 9 * c_in]
+            matmul_nn(&mut dcols, &dz, &theta[bl.weight..], [n, bl.k(), c], Out::Set);
+            da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
+            col2im(&dcols, batch, bl.h, bl.w, bl.c_in, &mut da);
+        }
+        if keep {
+            dys.push(dy);
+            dzs.push(dz);
+        }
+    }
+    dys.reverse();
+    dzs.reverse();
+    Backward { dlogits, dy: dys, dz: dzs }
+}

@@ -1,0 +1,80 @@
+//! [`Buffer`]: a scratch vector that goes back to this thread's pool when dropped.
+//!
+//! A pass of the engine needs a few dozen large buffers (im2col matrices, activations and
+//! their gradients) of the same sizes every time. Taking them from a per-thread pool saves the
+//! allocator's page faults and the zeroing of fresh memory, which profiles showed at 15% of a
+//! first-order step; returning them on drop means no code path has to remember to.
+
+use std::ops::{Deref, DerefMut};
+
+use super::real::Real;
+
+/// Buffers shorter than this are not pooled (not worth keeping).
+const MIN_POOLED: usize = 1024;
+/// At most this many buffers wait in a thread's pool.
+const MAX_POOLED: usize = 256;
+
+/// A vector of `T` taken from (and returned to) this thread's pool.
+#[derive(Debug, Clone)]
+pub struct Buffer<T: Real> {
+    data: Vec<T>,
+}
+
+impl<T: Real> Buffer<T> {
+    /// A buffer of `len` elements with unspecified (recycled) contents, for outputs that are
+    /// written in full before they are read.
+    pub fn scratch(len: usize) -> Buffer<T> {
+        let data = T::with_pool(|pool| pool.iter().position(|v| v.len() == len).map(|i| pool.swap_remove(i)))
+            .unwrap_or_else(|| vec![T::default(); len]);
+        Buffer { data }
+    }
+
+    /// A buffer of `len` zeros.
+    pub fn zeros(len: usize) -> Buffer<T> {
+        let mut b = Buffer::scratch(len);
+        b.fill(T::default());
+        b
+    }
+
+    /// An empty buffer (a placeholder; nothing is pooled).
+    pub fn empty() -> Buffer<T> {
+        Buffer { data: Vec::new() }
+    }
+
+    /// The values, leaving the pool out of it.
+    pub fn into_vec(mut self) -> Vec<T> {
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl<T: Real> From<Vec<T>> for Buffer<T> {
+    fn from(data: Vec<T>) -> Buffer<T> {
+        Buffer { data }
+    }
+}
+
+impl<T: Real> Deref for Buffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.data
+    }
+}
+
+impl<T: Real> DerefMut for Buffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+}
+
+impl<T: Real> Drop for Buffer<T> {
+    fn drop(&mut self) {
+        if self.data.len() >= MIN_POOLED {
+            let data = std::mem::take(&mut self.data);
+            T::with_pool(|pool| {
+                if pool.len() < MAX_POOLED {
+                    pool.push(data);
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The forward pass of one batch on flat buffers ([`forward`]), keeping in a [`Forward`] what
+//! the backward pass and the Hessian-vector product need; its loss and accuracy.
+
+use super::buffer::Buffer;
+use super::gemm::{Out, matmul_nt};
+use super::kernels::{argmax, channel_dots, channel_sums, im2col, windows};
+use super::layout::Layout;
+use super::real::Real;
+use crate::net::BN_EPS;
+
+/// What the forward pass keeps of one block for the backward pass and the Hessian-vector
+/// product.
+#[derive(Debug, Clone)]
+pub(crate) struct BlockCache<T: Real> {
+    /// im2col of the block's input: `[b * h * w, 9 * c_in]`.
+    pub cols: Buffer<T>,
+    /// Normalised conv output: `[b * h * w, c]`.
+    pub xhat: Buffer<T>,
+    /// Per-channel `1 / sqrt(var + eps)`: `[c]`.
+    pub inv_std: Vec<T>,
+    /// For each pooled output, which of its window's four rows (see
+    /// [`super::kernels::windows`]) holds the maximum: `[b * oh * ow, c]`.
+    pub arg: Vec<u8>,
+    /// The block's output `relu(max-pool(bn(conv x)))`: `[b, oh, ow, c]`.
+    pub out: Buffer<T>,
+}
+
+impl<T: Real> BlockCache<T> {
+    /// The pooled output and its arg-max rows, as [`super::kernels::unpool`] reads them.
+    pub fn pooled(&self) -> (&[T], &[u8]) {
+        (&self.out, &self.arg)
+    }
+}
+
+/// The forward pass of one batch, with everything its gradient needs. Its buffers go back to
+/// the thread's pool when it is dropped.
+#[derive(Debug, Clone)]
+pub struct Forward<T: Real> {
+    pub(crate) batch: usize,
+    pub(crate) blocks: Vec<BlockCache<T>>,
+    /// Softmax probabilities: `[batch, n_way]`.
+    pub(crate) probs: Vec<T>,
+    /// Logits: `[batch, n_way]`.
+    pub logits: Vec<T>,
+}
+
+impl<T: Real> Forward<T> {
+    /// Number of images.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The last block's output, the head's input: `[batch, features]`.
+    pub(crate) fn features(&self) -> &[T] {
+        &self.blocks.last().expect("depth >= 1").out
+    }
+
+    /// Mean cross-entropy against `labels`.
+    pub fn loss(&self, labels: &[u32]) -> f64 {
+        // From the logits (log-sum-exp minus the label's logit), like the candle path: -ln of a
+        // softmax probability that underflowed to 0 would report a finite loss as infinite.
+        let n = self.logits.len() / self.batch;
+        let per_image = |(row, &y): (&[T], &u32)| {
+            let max = row[argmax(row)].to_f64();
+            let sum: f64 = row.iter().map(|l| (l.to_f64() - max).exp()).sum();
+            max + sum.ln() - row[y as usize].to_f64()
+        };
+        self.logits.chunks_exact(n).zip(labels).map(per_image).sum::<f64>() / self.batch as f64
+    }
+
+    /// Number of images whose arg-max logit is the label.
+    pub fn correct(&self, labels: &[u32]) -> usize {
+        let n = self.logits.len() / self.batch;
+        labels.iter().enumerate().filter(|&(i, &y)| argmax(&self.logits[i * n..(i + 1) * n]) == y as usize).count()
+    }
+}
+
+/// The forward pass of `images` (`[batch, h, w, c_in]`, channels last) at `theta`.
+#[inline(always)]
+pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize) -> Forward<T> {
+    assert_eq!(theta.len(), layout.len(), "parameter vector of the wrong length");
+    assert_eq!(images.len(), batch * layout.image_len(), "images of the wrong size");
+    let eps = T::from_f64(BN_EPS);
+    let mut blocks: Vec<BlockCache<T>> = Vec::with_capacity(layout.blocks.len());
+    for (i, bl) in layout.blocks.iter().enumerate() {
+        let input: &[T] = if i == 0 { images } else { &blocks[i - 1].out };
+        let (n, c) = (batch * bl.pixels(), bl.c_out);
+        let mut cols = Buffer::scratch(n * bl.k());
+        im2col(input, batch, bl.h, bl.w, bl.c_in, &mut cols);
+        let mut z = Buffer::scratch(n * c); // [b * h * w, c]
+        matmul_nt(&mut z, &cols, &theta[bl.weight..], [n, c, bl.k()], Out::Set);
+        // Batch norm with the batch's statistics (biased variance).
+        let inv_n = T::from_f64(1.0 / n as f64);
+        let mut mean = vec![T::default(); c];
+        channel_sums(&z, c, &mut mean);
+        mean.iter_mut().for_each(|m| *m = *m * inv_n);
+        for row in z.chunks_exact_mut(c) {
+            for (v, m) in row.iter_mut().zip(&mean) {
+                *v -= *m;
+            }
+        }
+        let mut var = vec![T::default(); c];
+        channel_dots(&z, &z, c, &mut var);
+        let inv_std: Vec<T> = var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect();
+        for row in z.chunks_exact_mut(c) {
+            for (v, s) in row.iter_mut().zip(&inv_std) {
+                *v = *v * *s;
+            }
+        }
+        let xhat = z;
+        // Max-pool of y = scale * xhat + shift, then ReLU.
+        let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
+        let mut arg = vec![0u8; batch * bl.pooled() * c];
+        let mut out = Buffer::scratch(batch * bl.pooled() * c); // [b, oh, ow, c]
+        for (o, rows) in windows(bl, batch) {
+            let x: [&[T]; 4] = std::array::from_fn(|j| &xhat[rows[j] * c..rows[j] * c + c]);
+            let (o_arg, o_out) = (&mut arg[o * c..o * c + c], &mut out[o * c..o * c + c]);
+            for ch in 0..c {
+                // First maximum wins, like the candle op.
+                let (mut best, mut k) = (scale[ch] * x[0][ch] + shift[ch], 0u8);
+                for (j, xj) in x.iter().enumerate().skip(1) {
+                    let y = scale[ch] * xj[ch] + shift[ch];
+                    if y > best {
+                        best = y;
+                        k = j as u8;
+                    }
+                }
+                o_arg[ch] = k;
+                o_out[ch] = if best > T::default() { best } else { T::default() };
+            }
+        }
+        blocks.push(BlockCache { cols, xhat, inv_std, arg, out });
+    }
+    // Head: logits = features · W^T + b, then a stable softmax.
+    let n_way = layout.config().n_way;
+    let features = layout.config().features();
+    let h = &blocks.last().expect("depth >= 1").out;
+    let mut logits = vec![T::default(); batch * n_way]; // [batch, n_way]
+    matmul_nt(&mut logits, h, &theta[layout.head_weight..], [batch, n_way, features], Out::Set);
+    let bias = &theta[layout.head_bias..layout.head_bias + n_way];
+    let mut probs = vec![T::default(); batch * n_way];
+    for (row, prow) in logits.chunks_exact_mut(n_way).zip(probs.chunks_exact_mut(n_way)) {
+        row.iter_mut().zip(bias).for_each(|(l, b)| *l += *b);
+        let max = row[argmax(row)];
+        let mut sum = T::default();
+        for (p, l) in prow.iter_mut().zip(row.iter()) {
+            *p = (*l - max).exp();
+            sum += *p;
+        }
+        prow.iter_mut().for_each(|p| *p = *p / sum);
+    }
+    Forward { batch, blocks, probs, logits }
+}

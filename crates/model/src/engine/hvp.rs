@@ -1,0 +1,168 @@
+//! The exact Hessian-vector product of the loss ([`hvp`]): forward-mode differentiation
+//! (Pearlmutter's R-operator) of the forward and backward passes, reusing their caches.
+
+use super::backward::Backward;
+use super::buffer::Buffer;
+use super::forward::Forward;
+use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
+use super::kernels::{channel_dots, channel_sums, col2im, im2col, lincomb1, lincomb4, unpool, windows};
+use super::layout::Layout;
+use super::real::Real;
+
+/// The Hessian of the loss at `theta` times `v`: the derivative of [`super::backward`]'s
+/// gradient in direction `v`, computed exactly by forward-mode differentiation of the forward
+/// and backward passes. `fwd` and `bwd` come from [`super::forward`] and [`super::backward`]
+/// at `theta`, and `grad` is the gradient the latter wrote there. The result is written into
+/// `out`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn hvp<T: Real>(
+    layout: &Layout,
+    theta: &[T],
+    fwd: &Forward<T>,
+    bwd: &Backward<T>,
+    grad: &[T],
+    v: &[T],
+    out: &mut [T],
+) {
+    let len = layout.len();
+    assert!(theta.len() == len && v.len() == len && out.len() == len && grad.len() == len);
+    let batch = fwd.batch;
+    let depth = layout.blocks.len();
+    let zero = T::default();
+    out.fill(zero);
+    // Forward mode: R(x) = d x / d eps at theta + eps v, block by block.
+    let mut r_cols: Vec<Buffer<T>> = Vec::with_capacity(depth);
+    let mut r_xhat: Vec<Buffer<T>> = Vec::with_capacity(depth);
+    let mut r_inv_std_rel: Vec<Vec<T>> = Vec::with_capacity(depth); // R(inv_std) / inv_std
+    let mut r_x: Buffer<T> = Buffer::empty(); // R of the block input (the images do not move)
+    for (i, bl) in layout.blocks.iter().enumerate() {
+        let cache = &fwd.blocks[i];
+        let (n, c) = (batch * bl.pixels(), bl.c_out);
+        let mut rz = Buffer::scratch(n * c); // [b * h * w, c]
+        matmul_nt(&mut rz, &cache.cols, &v[bl.weight..], [n, c, bl.k()], Out::Set);
+        if i > 0 {
+            let mut rc = Buffer::scratch(n * bl.k());
+            im2col(&r_x, batch, bl.h, bl.w, bl.c_in, &mut rc);
+            matmul_nt(&mut rz, &rc, &theta[bl.weight..], [n, c, bl.k()], Out::Add);
+            r_cols.push(rc);
+        } else {
+            r_cols.push(Buffer::empty());
+        }
+        // R(xhat) = s (Rz - mean(Rz) - xhat mean(xhat Rz)); R(s)/s = -s mean(xhat Rz).
+        let inv_n = T::from_f64(1.0 / n as f64);
+        let (mut mean_rz, mut q) = (vec![zero; c], vec![zero; c]);
+        channel_sums(&rz, c, &mut mean_rz);
+        channel_dots(&cache.xhat, &rz, c, &mut q);
+        mean_rz.iter_mut().for_each(|m| *m = *m * inv_n);
+        q.iter_mut().for_each(|m| *m = *m * inv_n);
+        let s = &cache.inv_std;
+        let b: Vec<T> = (0..c).map(|ch| -s[ch] * mean_rz[ch]).collect();
+        let e: Vec<T> = (0..c).map(|ch| -s[ch] * q[ch]).collect();
+        lincomb1(&mut rz, s, &cache.xhat, &e, &b, c);
+        r_inv_std_rel.push((0..c).map(|ch| -s[ch] * q[ch]).collect());
+        // R(y) = scale R(xhat) + v_scale xhat + v_shift, read at the arg-max rows; ReLU mask.
+        let scale = &theta[bl.scale..bl.scale + c];
+        let (v_scale, v_shift) = (&v[bl.scale..bl.scale + c], &v[bl.shift..bl.shift + c]);
+        let mut r_out = Buffer::scratch(cache.out.len()); // [b, oh, ow, c]
+        for (o, rows) in windows(bl, batch) {
+            let (a, k) = (&cache.out[o * c..o * c + c], &cache.arg[o * c..o * c + c]);
+            let rx: [&[T]; 4] = std::array::from_fn(|j| &rz[rows[j] * c..rows[j] * c + c]);
+            let x: [&[T]; 4] = std::array::from_fn(|j| &cache.xhat[rows[j] * c..rows[j] * c + c]);
+            let ro = &mut r_out[o * c..o * c + c];
+            for ch in 0..c {
+                let (mut r_sel, mut x_sel) = (rx[0][ch], x[0][ch]);
+                for j in 1..4 {
+                    if k[ch] == j as u8 {
+                        (r_sel, x_sel) = (rx[j][ch], x[j][ch]);
+                    }
+                }
+                ro[ch] = if a[ch] > zero { scale[ch] * r_sel + v_scale[ch] * x_sel + v_shift[ch] } else { zero };
+            }
+        }
+        r_xhat.push(rz);
+        r_x = r_out;
+    }
+    // Head, forward mode: R(logits) = R(h) W^T + h V^T + v_b; R(softmax); R(dlogits).
+    let n_way = layout.config().n_way;
+    let features = layout.config().features();
+    let head = [batch, n_way, features];
+    let h = fwd.features();
+    let rh = r_x;
+    let mut r_logits = vec![zero; batch * n_way]; // [batch, n_way]
+    matmul_nt(&mut r_logits, &rh, &theta[layout.head_weight..], head, Out::Set);
+    matmul_nt(&mut r_logits, h, &v[layout.head_weight..], head, Out::Add);
+    let v_bias = &v[layout.head_bias..layout.head_bias + n_way];
+    let inv_b = T::from_f64(1.0 / batch as f64);
+    let mut r_dlogits = vec![zero; batch * n_way];
+    for ((rd, rl), p) in
+        r_dlogits.chunks_exact_mut(n_way).zip(r_logits.chunks_exact(n_way)).zip(fwd.probs.chunks_exact(n_way))
+    {
+        let mut dot = zero;
+        for j in 0..n_way {
+            dot += p[j] * (rl[j] + v_bias[j]);
+        }
+        for j in 0..n_way {
+            rd[j] = p[j] * (rl[j] + v_bias[j] - dot) * inv_b;
+        }
+    }
+    // Head, reverse pass differentiated: R(dW) = R(dl)^T h + dl^T R(h); R(db); R(dh).
+    let dlogits = &bwd.dlogits;
+    {
+        let (ow, ob) = out[layout.head_weight..].split_at_mut(n_way * features);
+        matmul_tn(ow, &r_dlogits, h, [n_way, features, batch], Out::Set);
+        matmul_tn(ow, dlogits, &rh, [n_way, features, batch], Out::Add);
+        channel_sums(&r_dlogits, n_way, &mut ob[..n_way]);
+    }
+    let mut r_da = Buffer::scratch(batch * features); // [batch, features]
+    matmul_nn(&mut r_da, &r_dlogits, &theta[layout.head_weight..], [batch, features, n_way], Out::Set);
+    matmul_nn(&mut r_da, dlogits, &v[layout.head_weight..], [batch, features, n_way], Out::Add);
+
+    for i in (0..depth).rev() {
+        let bl = &layout.blocks[i];
+        let cache = &fwd.blocks[i];
+        let (n, c) = (batch * bl.pixels(), bl.c_out);
+        let (dy, dz) = (&bwd.dy[i], &bwd.dz[i]);
+        let mut r_dy = Buffer::scratch(n * c); // [b * h * w, c]
+        unpool(bl, batch, cache.pooled(), &r_da, &mut r_dy);
+        let scale = &theta[bl.scale..bl.scale + c];
+        let v_scale = &v[bl.scale..bl.scale + c];
+        let (dscale, dshift) = (&grad[bl.scale..bl.scale + c], &grad[bl.shift..bl.shift + c]);
+        let rx = &r_xhat[i];
+        // R(dscale) = sum(R(dy) xhat + dy R(xhat)); R(dshift) = sum(R(dy)).
+        let (mut r_dscale, mut r_dshift, mut tmp) = (vec![zero; c], vec![zero; c], vec![zero; c]);
+        channel_dots(&r_dy, &cache.xhat, c, &mut r_dscale);
+        channel_dots(dy, rx, c, &mut tmp);
+        r_dscale.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
+        channel_sums(&r_dy, c, &mut r_dshift);
+        let inv_n = T::from_f64(1.0 / n as f64);
+        let m2: Vec<T> = (0..c).map(|ch| scale[ch] * dscale[ch] * inv_n).collect();
+        let r_m1: Vec<T> = (0..c).map(|ch| (v_scale[ch] * dshift[ch] + scale[ch] * r_dshift[ch]) * inv_n).collect();
+        let r_m2: Vec<T> = (0..c).map(|ch| (v_scale[ch] * dscale[ch] + scale[ch] * r_dscale[ch]) * inv_n).collect();
+        // R(dz) = R(s)/s dz + s (R(dxhat) - R(m1) - R(xhat) m2 - xhat R(m2)), R(dxhat) = v_scale dy + scale R(dy).
+        let s = &cache.inv_std;
+        let rs = &r_inv_std_rel[i];
+        // = s scale R(dy) + R(s)/s dz + s v_scale dy - s m2 R(xhat) - s R(m2) xhat - s R(m1),
+        // computed in place over R(dy).
+        let keep: Vec<T> = (0..c).map(|ch| s[ch] * scale[ch]).collect();
+        let c_dy: Vec<T> = (0..c).map(|ch| s[ch] * v_scale[ch]).collect();
+        let c_rx: Vec<T> = (0..c).map(|ch| -s[ch] * m2[ch]).collect();
+        let c_x: Vec<T> = (0..c).map(|ch| -s[ch] * r_m2[ch]).collect();
+        let bias: Vec<T> = (0..c).map(|ch| -s[ch] * r_m1[ch]).collect();
+        let mut r_dz = r_dy;
+        lincomb4(&mut r_dz, &keep, [dz, dy, rx, &cache.xhat], [rs, &c_dy, &c_rx, &c_x], &bias, c);
+        out[bl.scale..bl.scale + c].copy_from_slice(&r_dscale);
+        out[bl.shift..bl.shift + c].copy_from_slice(&r_dshift);
+        // R(dW) = R(dz)^T cols + dz^T R(cols); R(dx) = col2im(R(dz) W + dz V).
+        let ow = &mut out[bl.weight..bl.weight + c * bl.k()];
+        matmul_tn(ow, &r_dz, &cache.cols, [c, bl.k(), n], Out::Set);
+        if i > 0 {
+            matmul_tn(ow, dz, &r_cols[i], [c, bl.k(), n], Out::Add);
+            let mut r_dcols = Buffer::scratch(n * bl.k()); // [b * h * w, 9 * c_in]
+            matmul_nn(&mut r_dcols, &r_dz, &theta[bl.weight..], [n, bl.k(), c], Out::Set);
+            matmul_nn(&mut r_dcols, dz, &v[bl.weight..], [n, bl.k(), c], Out::Add);
+            r_da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
+            col2im(&r_dcols, batch, bl.h, bl.w, bl.c_in, &mut r_da);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The native engine: the same net as [`crate::forward`], written by hand on flat buffers for
+//! one task at a time, with its gradient and an exact Hessian-vector product.
+//!
+//! candle's autograd builds a graph of small tensors per op; on a task of 10 images most of
+//! its time goes to allocating, zeroing and walking that graph. Here the whole net is a few
+//! matrix products (im2col + [`gemm`](https://docs.rs/gemm)) and fused elementwise passes over
+//! channels-last buffers, and second order is a Hessian-vector product by forward-mode
+//! differentiation of the backward pass (Pearlmutter's R-operator), not a graph of the
+//! gradient. The training algorithms built on it (MAML's inner loop and meta-gradient) live in
+//! `fewshot-meta`; this module knows one pass of the net and its derivatives:
+//!
+//! - [`forward`] keeps a [`Forward`]; [`gradient`] writes the loss gradient; [`backward`] also
+//!   keeps a [`Backward`], from which [`hvp`] computes `H v`.
+//! - [`Layout`] places parameters in the flat vector: images and activations are
+//!   `[b, h, w, c]`; a conv weight is `[c_out, 3, 3, c_in]` (so im2col rows are contiguous
+//!   channel runs); the head sees each image's features in `(h, w, c)` order.
+//!   [`Layout::pack`] and [`Layout::unpack`] convert to and from the PyTorch-layout
+//!   [`crate::ParamMap`].
+//! - Everything is generic over [`Real`] (`f32` for speed, `f64` for finite-difference
+//!   tests) and `#[inline(always)]`, so a caller compiles a whole task's work for the CPU's
+//!   best vector extension with [`with_best_simd`].
+//! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
+//!
+//! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `layout`,
+//! `kernels` (elementwise passes), `forward`, `backward`, `hvp`, `simd` (the dispatcher).
+
+mod backward;
+mod buffer;
+mod forward;
+mod gemm;
+mod hvp;
+mod kernels;
+mod layout;
+mod real;
+mod simd;
+
+pub use backward::{Backward, backward, gradient};
+pub use buffer::Buffer;
+pub use forward::{Forward, forward};
+pub use hvp::hvp;
+pub use layout::Layout;
+pub use real::Real;
+pub use simd::with_best_simd;
