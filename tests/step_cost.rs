@@ -34,7 +34,7 @@ fn meta_step_cost_on_real_episodes() {
     let candle = chunks.iter().map(|&task_chunk| (Order::Second, Engine::Candle { task_chunk }));
     let cases = [(Order::Second, Engine::Native)].into_iter().chain(candle).chain([(Order::First, Engine::Native)]);
     for (order, engine) in cases {
-        let mut maml = Maml::new(config, &params, InnerLoop { inner_lr: 0.4, steps: 1, order }, 1e-3).unwrap();
+        let mut maml = Maml::new(config, &params, InnerLoop::new(0.4, 1, order), 1e-3).unwrap();
         maml.engine = engine;
         let mut times = Vec::new();
         for _ in 0..4 {

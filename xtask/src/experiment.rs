@@ -1,4 +1,5 @@
-//! `cargo xtask experiment hw15`: the course report as one command. Trains every rung of the
+//! `cargo xtask experiment hw15`: the course report as one command (`beyond-maml` is in
+//! `beyond.rs`). Trains every rung of the
 //! ladder (or reuses and resumes what `runs/` already holds), evaluates each on the 640 course
 //! test tasks and on its validation set, and writes `report.md`, `results.json` and the two
 //! figures (see `report.rs`).
@@ -14,7 +15,8 @@ use crate::report;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The experiment: `hw15` (the course's report).
+    /// The experiment: `hw15` (the course's report) or `beyond-maml` (the MAML++ ablation;
+    /// its budgets: quick 3 steps, course 200, full 1000).
     name: String,
     /// `course` (the course's epochs), `full` (the shipped configs' steps) or `quick` (a few
     /// steps per run and small episode counts: checks the pipeline, writes under target/).
@@ -128,10 +130,20 @@ struct Job {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.name != "hw15" {
-        bail!("unknown experiment `{}`: the experiments are: hw15", args.name);
+    if args.name != "hw15" && args.name != "beyond-maml" {
+        bail!("unknown experiment `{}`: the experiments are: hw15, beyond-maml", args.name);
     }
     let quick = args.budget == Budget::Quick;
+    if args.name == "beyond-maml" {
+        let out = args.out.clone().unwrap_or_else(|| {
+            if quick { "target/experiment-quick/beyond-maml".into() } else { "reports/beyond-maml".into() }
+        });
+        let runs = args.runs.clone().unwrap_or_else(|| {
+            if quick { "target/experiment-quick/runs-beyond".into() } else { "runs/beyond-maml".into() }
+        });
+        let fewshot = fewshot_binary(args.fewshot.as_deref())?;
+        return crate::beyond::run(&fewshot, args.budget, &out, &runs, args.threads);
+    }
     let out = args
         .out
         .clone()
@@ -141,22 +153,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| if quick { "target/experiment-quick/runs".into() } else { "runs/hw15".into() });
     if !args.report_only {
-        let fewshot = match &args.fewshot {
-            Some(p) => p.clone(),
-            None => {
-                let status = Command::new(env!("CARGO")).args(["build", "--release", "--bin", "fewshot"]).status()?;
-                if !status.success() {
-                    bail!("building fewshot failed");
-                }
-                PathBuf::from("target/release/fewshot")
-            }
-        };
+        let fewshot = fewshot_binary(args.fewshot.as_deref())?;
         let results = run_budget(&fewshot, args.budget, &runs, args.threads)?;
         report::merge_results(&out, args.budget, results)?;
     }
     report::write(&out)?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+/// `given`, or target/release/fewshot built now.
+fn fewshot_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    let status = Command::new(env!("CARGO")).args(["build", "--release", "--bin", "fewshot"]).status()?;
+    if !status.success() {
+        bail!("building fewshot failed");
+    }
+    Ok(PathBuf::from("target/release/fewshot"))
 }
 
 /// Every run of `budget`: train (or reuse, or resume), evaluate (or reuse), collect.
@@ -346,7 +361,7 @@ fn curve(lines: &[Value]) -> Value {
         .collect()
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
+pub fn read_json(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }

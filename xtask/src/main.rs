@@ -1,6 +1,7 @@
 //! Project automation. `cargo xtask <command>`; see `cargo xtask --help`.
 
 mod bench;
+mod beyond;
 mod download;
 mod experiment;
 mod report;
@@ -26,7 +27,8 @@ enum Command {
     ///
     /// Example: cargo xtask bench --against-torch /tmp/torch-ref/bin/python
     Bench(bench::Args),
-    /// Run an experiment and write its report: `hw15` (the course's ladder and two figures).
+    /// Run an experiment and write its report: `hw15` (the course's ladder and two figures) or
+    /// `beyond-maml` (the MAML++ ablation).
     ///
     /// Example: cargo xtask experiment hw15 --budget course
     Experiment(experiment::Args),

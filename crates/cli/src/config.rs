@@ -194,12 +194,40 @@ pub struct TrainConfig {
     pub val_episodes: usize,
     /// Write the `last` checkpoint every this many steps.
     pub checkpoint_every: usize,
+    /// MAML++ multi-step loss: the query loss after every inner step enters the meta-objective,
+    /// its weights annealed from uniform toward the last step over
+    /// `multi_step_loss_steps` meta-steps (MAML and first-order MAML only).
+    pub multi_step_loss: bool,
+    /// Meta-steps over which the multi-step loss anneals.
+    pub multi_step_loss_steps: usize,
+    /// MAML++ derivative-order annealing: the first this many meta-steps of `maml` are first
+    /// order; 0: off.
+    pub first_order_steps: usize,
+    /// The outer learning rate over training: `constant` or `cosine` (annealed from `meta_lr`
+    /// at step 0 to `meta_lr_min` at step `meta_lr_cosine_steps`, then constant).
+    pub meta_lr_schedule: LrScheduleKind,
+    /// Where the cosine schedule ends.
+    pub meta_lr_min: f64,
+    /// The cosine schedule's length in meta-steps (its own key, not `steps`, so that
+    /// extending a run with `--resume` does not change the schedule it trained under).
+    pub meta_lr_cosine_steps: usize,
     /// What computes gradients: `native` (the hand-written engine) or `candle` (the reference
     /// path through candle's autograd; slower, for checking).
     pub engine: EngineKind,
     /// Tasks per batched computation of the `candle` engine (its memory bound for second
     /// order); the native engine runs one task at a time and does not read it.
     pub task_chunk: usize,
+}
+
+/// `train.meta_lr_schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduleKind {
+    /// `meta_lr` throughout.
+    #[default]
+    Constant,
+    /// Cosine annealing to `meta_lr_min`.
+    Cosine,
 }
 
 /// `train.engine`.
@@ -229,6 +257,12 @@ impl Default for TrainConfig {
             val_log_points: 0,
             val_episodes: 200,
             checkpoint_every: 100,
+            multi_step_loss: false,
+            multi_step_loss_steps: 1000,
+            first_order_steps: 0,
+            meta_lr_schedule: LrScheduleKind::Constant,
+            meta_lr_min: 0.0,
+            meta_lr_cosine_steps: 0,
             engine: EngineKind::Native,
             task_chunk: fewshot_meta::DEFAULT_TASK_CHUNK,
         }
@@ -357,6 +391,24 @@ impl Config {
             Ok(())
         };
         positive("train.meta_lr", t.meta_lr)?;
+        if matches!(t.method, Method::Transfer | Method::TaskClassifier)
+            && (t.multi_step_loss || t.first_order_steps > 0)
+        {
+            bail!(
+                "train.multi_step_loss and train.first_order_steps shape MAML's inner loop; method {:?} has none \
+                 (use maml or fomaml, or leave them off)",
+                t.method
+            );
+        }
+        if t.meta_lr_schedule == LrScheduleKind::Cosine && t.meta_lr_cosine_steps == 0 {
+            bail!(
+                "train.meta_lr_schedule = \"cosine\" needs train.meta_lr_cosine_steps (the schedule's length \
+                 in meta-steps, usually train.steps)"
+            );
+        }
+        if !(t.meta_lr_min >= 0.0 && t.meta_lr_min <= t.meta_lr) {
+            bail!("train.meta_lr_min = {}: must be in [0, train.meta_lr = {}]", t.meta_lr_min, t.meta_lr);
+        }
         positive("train.inner_lr", t.inner_lr)?;
         if e.n_way < 2 {
             bail!("episodes.n_way = {}: must be at least 2", e.n_way);
@@ -420,6 +472,26 @@ impl Config {
         }
     }
 
+    /// MAML++'s annealed options (derivative order, multi-step loss).
+    pub fn annealing(&self) -> fewshot_meta::Annealing {
+        let t = &self.train;
+        fewshot_meta::Annealing {
+            first_order_steps: t.first_order_steps as u64,
+            multi_step_steps: t.multi_step_loss.then_some(t.multi_step_loss_steps as u64),
+        }
+    }
+
+    /// The outer learning rate's schedule.
+    pub fn lr_schedule(&self) -> fewshot_meta::LrSchedule {
+        match self.train.meta_lr_schedule {
+            LrScheduleKind::Constant => fewshot_meta::LrSchedule::Constant,
+            LrScheduleKind::Cosine => {
+                let t = &self.train;
+                fewshot_meta::LrSchedule::Cosine { total_steps: t.meta_lr_cosine_steps as u64, min_lr: t.meta_lr_min }
+            }
+        }
+    }
+
     /// MAML's inner loop in training (`None` for the baselines, which have none).
     pub fn inner_loop(&self) -> Option<fewshot_meta::InnerLoop> {
         let order = match self.train.method {
@@ -427,7 +499,7 @@ impl Config {
             Method::Fomaml => fewshot_meta::Order::First,
             Method::Transfer | Method::TaskClassifier => return None,
         };
-        Some(fewshot_meta::InnerLoop { inner_lr: self.train.inner_lr, steps: self.train.inner_steps, order })
+        Some(fewshot_meta::InnerLoop::new(self.train.inner_lr, self.train.inner_steps, order))
     }
 
     /// How a model adapts to a task at validation and evaluation, with `steps` inner steps.

@@ -176,10 +176,11 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
     let net = config.net(n_out);
     let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
     let initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
-    Ok(match config.inner_loop() {
+    let mut learner: Box<dyn Learner> = match config.inner_loop() {
         Some(inner) => {
             let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
             maml.engine = config.engine();
+            maml.annealing = config.annealing();
             Box::new(maml)
         }
         None => {
@@ -187,7 +188,9 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
             supervised.engine = config.engine();
             Box::new(supervised)
         }
-    })
+    };
+    learner.set_lr_schedule(config.lr_schedule());
+    Ok(learner)
 }
 
 /// Validation accuracy of the learner's current parameters on the fixed validation episodes.

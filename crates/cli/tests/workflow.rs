@@ -128,19 +128,38 @@ fn train_eval_predict() {
 
 #[test]
 fn resume_gives_the_same_parameters() {
+    resume_matches(&[], "plain");
+    // MAML++'s step-dependent options (multi-step loss, derivative-order annealing, cosine
+    // annealing) resume exactly too: each is a function of the saved step count.
+    let plus = [
+        "train.inner_steps=2",
+        "train.multi_step_loss=true",
+        "train.multi_step_loss_steps=4",
+        "train.first_order_steps=2",
+        "train.meta_lr_schedule=\"cosine\"",
+        "train.meta_lr_cosine_steps=6",
+    ];
+    resume_matches(&plus, "maml++");
+}
+
+fn resume_matches(sets: &[&str], what: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(tmp.path(), "maml");
     let whole = tmp.path().join("whole");
     let split = tmp.path().join("split");
-    ok(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--out", whole.to_str().unwrap()], &data));
-    ok(fewshot(
-        &["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=3", "--out", split.to_str().unwrap()],
-        &data,
-    ));
-    let log =
-        ok(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--resume", "--out", split.to_str().unwrap()], &data));
+    let with_sets = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        for s in sets {
+            v.extend(["--set".to_owned(), s.to_string()]);
+        }
+        v
+    };
+    let run = |args: &[&str]| fewshot(&with_sets(args).iter().map(String::as_str).collect::<Vec<_>>(), &data);
+    ok(run(&["train", "--config", cfg.to_str().unwrap(), "--out", whole.to_str().unwrap()]));
+    ok(run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=3", "--out", split.to_str().unwrap()]));
+    let log = ok(run(&["train", "--config", cfg.to_str().unwrap(), "--resume", "--out", split.to_str().unwrap()]));
     assert!(log.contains("trained 6 steps"), "{log}");
     let a = std::fs::read(whole.join("checkpoints/last.safetensors")).unwrap();
     let b = std::fs::read(split.join("checkpoints/last.safetensors")).unwrap();
@@ -150,7 +169,7 @@ fn resume_gives_the_same_parameters() {
     names.sort();
     assert!(names.iter().any(|n| n.starts_with("adam.m.")));
     for n in names {
-        assert_eq!(ta.tensor(n).unwrap().data(), tb.tensor(n).unwrap().data(), "{n} differs after resume");
+        assert_eq!(ta.tensor(n).unwrap().data(), tb.tensor(n).unwrap().data(), "{what}: {n} differs after resume");
     }
     let metrics = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6, "metrics continue without duplicates");

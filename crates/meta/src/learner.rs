@@ -33,6 +33,8 @@ pub trait Learner {
     fn optimizer(&self) -> &Adam;
     /// The optimiser, to restore its state on resume.
     fn optimizer_mut(&mut self) -> &mut Adam;
+    /// How the optimiser's learning rate changes over training (default: constant).
+    fn set_lr_schedule(&mut self, schedule: LrSchedule);
 }
 
 /// The net's parameters and their Adam optimiser: the state a [`Learner`] trains.
@@ -42,6 +44,40 @@ pub struct Trainable {
     params: ParamVars,
     /// The optimiser (public for checkpoints).
     pub optimizer: Adam,
+    /// The optimiser's learning rate as a function of the step; default constant.
+    pub schedule: LrSchedule,
+    /// The learning rate the schedule starts from.
+    base_lr: f64,
+}
+
+/// The outer learning rate over training.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LrSchedule {
+    /// The same rate at every step.
+    #[default]
+    Constant,
+    /// Cosine annealing (Loshchilov & Hutter, without restarts): from the base rate at step 0
+    /// to `min_lr` at `total_steps`, `min + (base - min) (1 + cos(pi t / T)) / 2`, and
+    /// `min_lr` after.
+    Cosine {
+        /// `T`.
+        total_steps: u64,
+        /// The rate it ends at.
+        min_lr: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate at step `step` (0-based) from `base`.
+    pub fn lr(&self, base: f64, step: u64) -> f64 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine { total_steps, min_lr } => {
+                let t = (step as f64 / total_steps.max(1) as f64).min(1.0);
+                min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
 }
 
 impl Trainable {
@@ -56,7 +92,13 @@ impl Trainable {
                 expected: "a finite number > 0".into(),
             });
         }
-        Ok(Trainable { config, params: ParamVars::new(params)?, optimizer: Adam::new(lr) })
+        Ok(Trainable {
+            config,
+            params: ParamVars::new(params)?,
+            optimizer: Adam::new(lr),
+            schedule: LrSchedule::Constant,
+            base_lr: lr,
+        })
     }
 
     /// The net's shape.
@@ -75,8 +117,9 @@ impl Trainable {
         Ok(self.params.set(params)?)
     }
 
-    /// One Adam step along `grads`.
+    /// One Adam step along `grads`, at the schedule's rate for this step.
     pub fn update(&mut self, grads: &ParamMap) -> Result<()> {
+        self.optimizer.lr = self.schedule.lr(self.base_lr, self.optimizer.step);
         self.optimizer.step(&self.params, grads)
     }
 }
@@ -99,6 +142,28 @@ macro_rules! delegate_state {
         fn optimizer_mut(&mut self) -> &mut crate::adam::Adam {
             &mut self.state.optimizer
         }
+        fn set_lr_schedule(&mut self, schedule: crate::learner::LrSchedule) {
+            self.state.schedule = schedule;
+        }
     };
 }
 pub(crate) use delegate_state;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_runs_from_base_to_min() {
+        let s = LrSchedule::Cosine { total_steps: 100, min_lr: 1e-5 };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        assert!(close(s.lr(1e-3, 0), 1e-3));
+        assert!(close(s.lr(1e-3, 50), (1e-3 + 1e-5) / 2.0));
+        assert!(close(s.lr(1e-3, 100), 1e-5));
+        assert!(close(s.lr(1e-3, 1000), 1e-5), "constant after the schedule ends");
+        // cos(pi/4): a quarter of the way.
+        let quarter = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2);
+        assert!(close(s.lr(1e-3, 25), quarter));
+        assert_eq!(LrSchedule::Constant.lr(1e-3, 77), 1e-3);
+    }
+}

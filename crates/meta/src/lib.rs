@@ -16,7 +16,7 @@
 //!
 //! let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
 //! let params = init(&config, 0, DType::F32, &Device::Cpu)?;
-//! let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+//! let inner = InnerLoop::new(0.4, 1, Order::Second);
 //! let mut maml = Maml::new(config, &params, inner, 1e-3)?;
 //! let episode = EpisodePixels {
 //!     image_size: 8,
@@ -62,8 +62,8 @@ pub use engine::{DEFAULT_TASK_CHUNK, Engine};
 pub use error::{Error, Result};
 pub use eval::{Accuracy, evaluate_batch};
 pub use grad_mode::{GradMode, backward, environment_lock};
-pub use learner::{Learner, StepStats, Trainable};
-pub use maml::Maml;
-pub use settings::{Adaptation, InnerLoop, Order, Scope};
+pub use learner::{Learner, LrSchedule, StepStats, Trainable};
+pub use maml::{Annealing, Maml};
+pub use settings::{Adaptation, InnerLoop, MultiStepLoss, Order, Scope};
 pub use supervised::Supervised;
 pub use workers::set_parallel_tasks;

@@ -1,6 +1,6 @@
 //! [`Maml`]: the meta-learner of MAML and first-order MAML (initial parameters, their Adam
 //! optimiser and the inner loop), a [`Learner`] whose step is the meta-gradient of a batch
-//! followed by an Adam update.
+//! followed by an Adam update; [`Annealing`]: MAML++'s options that change with the step.
 
 use fewshot_model::{ConvNetConfig, ParamMap};
 
@@ -8,28 +8,63 @@ use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::learner::{Learner, StepStats, Trainable, delegate_state};
-use crate::settings::InnerLoop;
+use crate::settings::{InnerLoop, MultiStepLoss, Order};
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
 #[derive(Debug)]
 pub struct Maml {
     state: Trainable,
-    /// Inner-loop settings used by [`Learner::step`].
+    /// Inner-loop settings used by [`Learner::step`] (once [`Maml::annealing`] is done).
     pub inner: InnerLoop,
+    /// MAML++'s settings that change with the meta-step; default: none.
+    pub annealing: Annealing,
     /// Which implementation computes meta-gradients; default [`Engine::Native`].
     pub engine: Engine,
+}
+
+/// MAML++'s annealed inner-loop options (Antoniou et al. 2019), as functions of the meta-step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Annealing {
+    /// Derivative-order annealing: the first this many meta-steps are first order, the rest
+    /// take [`InnerLoop::order`].
+    pub first_order_steps: u64,
+    /// Multi-step loss ([`crate::MultiStepLoss`]), its weights annealed toward the last step
+    /// over this many meta-steps; `None`: off (the last step's query loss only).
+    pub multi_step_steps: Option<u64>,
+}
+
+impl Annealing {
+    /// The inner loop of meta-step `step` (0-based), from the configured `inner`.
+    pub fn inner_loop(&self, inner: &InnerLoop, step: u64) -> InnerLoop {
+        let order = if step < self.first_order_steps { Order::First } else { inner.order };
+        let multi_step = self
+            .multi_step_steps
+            .map(|n| MultiStepLoss { progress: if n == 0 { 1.0 } else { (step as f64 / n as f64).min(1.0) } });
+        InnerLoop { order, multi_step, ..*inner }
+    }
 }
 
 impl Maml {
     /// Start from `params` (see [`fewshot_model::init`]) with Adam at `meta_lr`.
     pub fn new(config: ConvNetConfig, params: &ParamMap, inner: InnerLoop, meta_lr: f64) -> Result<Maml> {
         inner.validate()?;
-        Ok(Maml { state: Trainable::new(config, params, meta_lr)?, inner, engine: Engine::default() })
+        Ok(Maml {
+            state: Trainable::new(config, params, meta_lr)?,
+            inner,
+            annealing: Annealing::default(),
+            engine: Engine::default(),
+        })
+    }
+
+    /// The inner loop the next meta-step uses (see [`Annealing`]).
+    pub fn current_inner_loop(&self) -> InnerLoop {
+        self.annealing.inner_loop(&self.inner, self.state.optimizer.step)
     }
 
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
-        self.engine.meta_gradient(self.state.config(), &self.state.params(), batch, &self.inner)
+        let inner = self.current_inner_loop();
+        self.engine.meta_gradient(self.state.config(), &self.state.params(), batch, &inner)
     }
 
     /// One meta-step: meta-gradient of the batch's mean query loss, then an Adam update.
@@ -45,5 +80,28 @@ impl Learner for Maml {
 
     fn step(&mut self, batch: &TaskBatch) -> Result<StepStats> {
         self.meta_step(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annealing_switches_order_and_anneals_the_multi_step_loss() {
+        let inner = InnerLoop::new(0.4, 5, Order::Second);
+        let annealing = Annealing { first_order_steps: 10, multi_step_steps: Some(100) };
+        let at = |step| annealing.inner_loop(&inner, step);
+        assert_eq!(at(0).order, Order::First);
+        assert_eq!(at(9).order, Order::First);
+        assert_eq!(at(10).order, Order::Second);
+        assert_eq!(at(0).multi_step, Some(MultiStepLoss { progress: 0.0 }));
+        assert_eq!(at(50).multi_step, Some(MultiStepLoss { progress: 0.5 }));
+        assert_eq!(at(500).multi_step, Some(MultiStepLoss { progress: 1.0 }));
+        // Off by default: the configured inner loop, unchanged.
+        assert_eq!(Annealing::default().inner_loop(&inner, 0), inner);
+        // First order stays first order.
+        let fo = InnerLoop::new(0.4, 5, Order::First);
+        assert_eq!(annealing.inner_loop(&fo, 20).order, Order::First);
     }
 }

@@ -24,17 +24,69 @@ pub struct InnerLoop {
     pub steps: usize,
     /// First or second order.
     pub order: Order,
+    /// MAML++'s multi-step loss: the meta-objective weighs the query loss after every inner
+    /// step ([`MultiStepLoss::weights`]); `None`: the query loss after the last step only.
+    pub multi_step: Option<MultiStepLoss>,
 }
 
 impl InnerLoop {
+    /// `steps` steps of `inner_lr`, of the given order, the last step's query loss only.
+    pub fn new(inner_lr: f64, steps: usize, order: Order) -> InnerLoop {
+        InnerLoop { inner_lr, steps, order, multi_step: None }
+    }
+
     /// Check the settings; errors name the setting and its range.
     pub fn validate(&self) -> Result<()> {
-        check_lr(self.inner_lr)
+        check_lr(self.inner_lr)?;
+        if let Some(m) = self.multi_step
+            && !(0.0..=1.0).contains(&m.progress)
+        {
+            return Err(Error::InvalidSetting {
+                name: "multi_step.progress",
+                value: m.progress.to_string(),
+                expected: "a number in [0, 1]".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The weight of the query loss after each inner step `1..=steps` in the meta-objective.
+    pub fn step_weights(&self) -> Vec<f64> {
+        match self.multi_step {
+            Some(m) => m.weights(self.steps),
+            None => (1..=self.steps).map(|i| if i == self.steps { 1.0 } else { 0.0 }).collect(),
+        }
     }
 
     /// The same adaptation at test time (every parameter moves).
     pub fn adaptation(&self) -> Adaptation {
         Adaptation::all(self.inner_lr, self.steps)
+    }
+}
+
+/// MAML++'s multi-step loss (Antoniou et al. 2019, section 4): the query loss after every
+/// inner step enters the meta-objective, with weights that start uniform and anneal toward
+/// the last step as training goes on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MultiStepLoss {
+    /// How far the annealing has gone: 0 (uniform weights) to 1 (annealed).
+    pub progress: f64,
+}
+
+impl MultiStepLoss {
+    /// The weights of steps `1..=steps`, as the MAML++ code computes them: each non-final
+    /// weight falls linearly from `1/k` to a floor of `0.03/k`; the last one rises from `1/k`
+    /// to `1 - (k - 1) 0.03/k`. They sum to 1 at every progress.
+    pub fn weights(&self, steps: usize) -> Vec<f64> {
+        if steps == 0 {
+            return Vec::new();
+        }
+        let k = steps as f64;
+        let floor = 0.03 / k;
+        let p = self.progress.clamp(0.0, 1.0);
+        let mut w: Vec<f64> = (1..steps).map(|_| (1.0 / k - p / k).max(floor)).collect();
+        w.push((1.0 / k + p * (k - 1.0) / k).min(1.0 - (k - 1.0) * floor));
+        w
     }
 }
 
@@ -95,6 +147,37 @@ impl Adaptation {
 
     /// The inner loop that computes the same fast weights, when every parameter moves.
     pub(crate) fn inner_loop(&self) -> InnerLoop {
-        InnerLoop { inner_lr: self.inner_lr, steps: self.steps, order: Order::First }
+        InnerLoop::new(self.inner_lr, self.steps, Order::First)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(steps: usize, progress: f64, expected: &[f64]) {
+        let w = MultiStepLoss { progress }.weights(steps);
+        assert_eq!(w.len(), expected.len());
+        for (a, b) in w.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{w:?} vs {expected:?}");
+        }
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "weights sum to 1: {w:?}");
+    }
+
+    #[test]
+    fn multi_step_weights_anneal_toward_the_last_step() {
+        check(1, 0.0, &[1.0]);
+        check(1, 1.0, &[1.0]);
+        check(5, 0.0, &[0.2; 5]);
+        // Half way: non-final 0.2 - 0.5/5 = 0.1, final 0.2 + 0.5 * 4/5 = 0.6.
+        check(5, 0.5, &[0.1, 0.1, 0.1, 0.1, 0.6]);
+        // Annealed: non-final at the floor 0.03/5, final 1 - 4 * 0.006.
+        check(5, 1.0, &[0.006, 0.006, 0.006, 0.006, 0.976]);
+    }
+
+    #[test]
+    fn without_multi_step_only_the_last_step_counts() {
+        assert_eq!(InnerLoop::new(0.4, 3, Order::Second).step_weights(), vec![0.0, 0.0, 1.0]);
     }
 }

@@ -30,7 +30,7 @@ impl Supervised {
     pub fn gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
         // A meta-gradient through zero inner steps is exactly the gradient of the query loss
         // at the parameters (the step size is never used).
-        let no_adaptation = InnerLoop { inner_lr: 1.0, steps: 0, order: Order::First };
+        let no_adaptation = InnerLoop::new(1.0, 0, Order::First);
         self.engine.meta_gradient(self.state.config(), &self.state.params(), batch, &no_adaptation)
     }
 }

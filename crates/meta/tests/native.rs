@@ -47,7 +47,7 @@ fn native_meta_gradient_equals_candle_in_f64() {
     let batch = batch(&config, 3, 2, 2, DType::F64, 1);
     for order in [Order::Second, Order::First] {
         for steps in [1, 3] {
-            let inner = InnerLoop { inner_lr: 0.3, steps, order };
+            let inner = InnerLoop::new(0.3, steps, order);
             let (reference, rs) = Engine::candle().meta_gradient(&config, &params, &batch, &inner).unwrap();
             let (native, ns) = Engine::Native.meta_gradient(&config, &params, &batch, &inner).unwrap();
             let err = rel_diff(&native, &reference);
@@ -63,7 +63,7 @@ fn native_meta_gradient_equals_candle_at_omniglot_shapes_in_f32() {
     let params = init(&config, 22, DType::F32, &Device::Cpu).unwrap();
     let batch = batch(&config, 2, 1, 1, DType::F32, 2);
     for order in [Order::Second, Order::First] {
-        let inner = InnerLoop { inner_lr: 0.4, steps: 1, order };
+        let inner = InnerLoop::new(0.4, 1, order);
         let (reference, _) = Engine::candle().meta_gradient(&config, &params, &batch, &inner).unwrap();
         let (native, _) = Engine::Native.meta_gradient(&config, &params, &batch, &inner).unwrap();
         let err = rel_diff(&native, &reference);
@@ -140,7 +140,7 @@ fn head_scope_moves_only_the_head() {
 fn maml_steps_agree_across_engines() {
     let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
     let params = init(&config, 24, DType::F64, &Device::Cpu).unwrap();
-    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+    let inner = InnerLoop::new(0.4, 1, Order::Second);
     let mut native = Maml::new(config, &params, inner, 1e-2).unwrap();
     let mut candle = Maml::new(config, &params, inner, 1e-2).unwrap();
     assert_eq!(native.engine, Engine::Native, "the fast path is the default");
@@ -157,7 +157,7 @@ fn maml_steps_agree_across_engines() {
 fn native_engine_rejects_bad_labels_and_hands_other_dtypes_to_candle() {
     let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
     let params = init(&config, 25, DType::F32, &Device::Cpu).unwrap();
-    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+    let inner = InnerLoop::new(0.4, 1, Order::Second);
     let mut b = batch(&config, 1, 1, 1, DType::F32, 4);
     b.query_labels = Tensor::new(&[[0u32, 7]], &Device::Cpu).unwrap();
     let err = Engine::Native.meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();

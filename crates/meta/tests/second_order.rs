@@ -5,9 +5,8 @@
 //! query-loss gradient at the fast weights, and must *not* match finite differences. Together
 //! these show that second order is real and not first order under another name.
 
-
 use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{Engine, InnerLoop, Order, TaskBatch, adapt};
+use fewshot_meta::{Engine, InnerLoop, MultiStepLoss, Order, TaskBatch, adapt};
 use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,11 +30,20 @@ fn batch(seed: u64) -> TaskBatch {
     }
 }
 
-/// The meta-loss as a plain function of the initial parameters.
+/// The meta-loss as a plain function of the initial parameters: the mean query loss after
+/// the inner loop or, with a multi-step loss, the weighted sum of the query losses after each
+/// inner step.
 fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
-    let fast = adapt(&CONFIG, params, &batch.support_images, &batch.support_labels, inner).unwrap();
-    let logits = forward(&CONFIG, &fast, &batch.query_images).unwrap();
-    cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+    let query_loss = |steps: usize| {
+        let inner = InnerLoop { steps, ..*inner };
+        let fast = adapt(&CONFIG, params, &batch.support_images, &batch.support_labels, &inner).unwrap();
+        let logits = forward(&CONFIG, &fast, &batch.query_images).unwrap();
+        cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    if inner.multi_step.is_none() {
+        return query_loss(inner.steps);
+    }
+    inner.step_weights().iter().enumerate().map(|(i, w)| w * query_loss(i + 1)).sum()
 }
 
 fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMap {
@@ -95,7 +103,7 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
             _ => Engine::Native.meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
         };
         for steps in [1, 2] {
-            let inner = InnerLoop { inner_lr: 0.5, steps, order: Order::Second };
+            let inner = InnerLoop::new(0.5, steps, Order::Second);
             let c = compare_with_fd(&params, &gradient(&inner), &batch, &inner);
             println!(
                 "{engine}, {steps} step(s): {} coordinates checked, {} skipped at kinks, worst relative error {:.2e}",
@@ -117,11 +125,54 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
 }
 
 #[test]
+fn multi_step_loss_matches_finite_differences() {
+    let params = init(&CONFIG, 11, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(4);
+    for steps in [2, 3] {
+        for progress in [0.0, 0.6] {
+            let multi_step = Some(MultiStepLoss { progress });
+            let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
+            let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+            let c = compare_with_fd(&params, &grads, &batch, &inner);
+            println!(
+                "multi-step loss, {steps} steps, progress {progress}: {} checked, {} skipped, worst {:.2e}",
+                c.checked, c.skipped, c.worst_rel
+            );
+            assert!(c.checked >= 10, "only {} coordinates checked", c.checked);
+            assert!(c.worst_rel < 1e-6, "multi-step loss off by {:.2e} ({steps} steps)", c.worst_rel);
+            // The option is not ignored: the last step's loss alone has another gradient.
+            let last_only = InnerLoop { multi_step: None, ..inner };
+            let c = compare_with_fd(
+                &params,
+                &Engine::Native.meta_gradient(&CONFIG, &params, &batch, &last_only).unwrap().0,
+                &batch,
+                &inner,
+            );
+            assert!(c.worst_rel > 1e-3, "the multi-step loss changed nothing ({:.2e})", c.worst_rel);
+        }
+    }
+    // First order: the weighted sum of the first-order gradients after 1, 2, 3 steps.
+    let inner = InnerLoop { multi_step: Some(MultiStepLoss { progress: 0.3 }), ..InnerLoop::new(0.5, 3, Order::First) };
+    let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+    let weights = inner.step_weights();
+    for (name, g) in &grads {
+        let mut want = g.zeros_like().unwrap();
+        for (i, w) in weights.iter().enumerate() {
+            let fo = InnerLoop::new(0.5, i + 1, Order::First);
+            let (gi, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &fo).unwrap();
+            want = (want + (&gi[name] * *w).unwrap()).unwrap();
+        }
+        let diff = max_abs_diff(g, &want);
+        assert!(diff < 1e-12, "{name}: first-order multi-step gradient differs by {diff:e}");
+    }
+}
+
+#[test]
 fn first_order_equals_query_gradient_at_fast_weights() {
     let params = init(&CONFIG, 5, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(2);
     for steps in [1, 3] {
-        let inner = InnerLoop { inner_lr: 0.4, steps, order: Order::First };
+        let inner = InnerLoop::new(0.4, steps, Order::First);
         let (fo, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
         // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
         // (every task starts from the same initial parameters).
@@ -147,7 +198,7 @@ fn first_order_equals_query_gradient_at_fast_weights() {
 fn results_do_not_depend_on_the_callers_environment() {
     let params = init(&CONFIG, 7, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(3);
-    let inner = InnerLoop { inner_lr: 0.4, steps: 1, order: Order::Second };
+    let inner = InnerLoop::new(0.4, 1, Order::Second);
     let run = |env: Option<&str>| {
         let (params, batch) = (params.clone(), batch.clone());
         let env = env.map(str::to_owned);
@@ -179,7 +230,7 @@ fn results_do_not_depend_on_the_callers_environment() {
 fn chunking_tasks_does_not_change_the_meta_gradient() {
     let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(4);
-    let inner = InnerLoop { inner_lr: 0.4, steps: 2, order: Order::Second };
+    let inner = InnerLoop::new(0.4, 2, Order::Second);
     let (whole, s1) = Engine::Candle { task_chunk: 2 }.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
     let (chunked, s2) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);

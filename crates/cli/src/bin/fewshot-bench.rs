@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     };
     let batches: Vec<TaskBatch> = (0..4).map(|_| make_batch()).collect::<anyhow::Result<_>>()?;
     let mut maml = order
-        .map(|order| Maml::new(net, &params, InnerLoop { inner_lr: args.inner_lr, steps: inner_steps, order }, 1e-3))
+        .map(|order| Maml::new(net, &params, InnerLoop::new(args.inner_lr, inner_steps, order), 1e-3))
         .transpose()?;
     let task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
     let engine = match args.engine.as_str() {
