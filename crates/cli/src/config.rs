@@ -211,12 +211,30 @@ pub struct TrainConfig {
     /// The cosine schedule's length in meta-steps (its own key, not `steps`, so that
     /// extending a run with `--resume` does not change the schedule it trained under).
     pub meta_lr_cosine_steps: usize,
+    /// How the head starts each task (MAML and first-order MAML): `learned` (MAML's), `zero`
+    /// (zeroed before every inner loop) or `shared` (one learned row copied to every class).
+    /// With `zero` or `shared` the model is invariant to the order of labels and evaluates on
+    /// any number of classes (`fewshot eval --n-way`, `predict`).
+    pub head_init: HeadInitKind,
     /// What computes gradients: `native` (the hand-written engine) or `candle` (the reference
     /// path through candle's autograd; slower, for checking).
     pub engine: EngineKind,
     /// Tasks per batched computation of the `candle` engine (its memory bound for second
     /// order); the native engine runs one task at a time and does not read it.
     pub task_chunk: usize,
+}
+
+/// `train.head_init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInitKind {
+    /// The meta-learned head.
+    #[default]
+    Learned,
+    /// Zero before every inner loop.
+    Zero,
+    /// One learned row for every class.
+    Shared,
 }
 
 /// `train.meta_lr_schedule`.
@@ -263,6 +281,7 @@ impl Default for TrainConfig {
             meta_lr_schedule: LrScheduleKind::Constant,
             meta_lr_min: 0.0,
             meta_lr_cosine_steps: 0,
+            head_init: HeadInitKind::Learned,
             engine: EngineKind::Native,
             task_chunk: fewshot_meta::DEFAULT_TASK_CHUNK,
         }
@@ -392,11 +411,11 @@ impl Config {
         };
         positive("train.meta_lr", t.meta_lr)?;
         if matches!(t.method, Method::Transfer | Method::TaskClassifier)
-            && (t.multi_step_loss || t.first_order_steps > 0)
+            && (t.multi_step_loss || t.first_order_steps > 0 || t.head_init != HeadInitKind::Learned)
         {
             bail!(
-                "train.multi_step_loss and train.first_order_steps shape MAML's inner loop; method {:?} has none \
-                 (use maml or fomaml, or leave them off)",
+                "train.multi_step_loss, train.first_order_steps and train.head_init shape MAML's inner loop; \
+                 method {:?} has none (use maml or fomaml, or leave them at their defaults)",
                 t.method
             );
         }
@@ -478,6 +497,15 @@ impl Config {
         fewshot_meta::Annealing {
             first_order_steps: t.first_order_steps as u64,
             multi_step_steps: t.multi_step_loss.then_some(t.multi_step_loss_steps as u64),
+        }
+    }
+
+    /// How the head starts each task.
+    pub fn head_init(&self) -> fewshot_meta::HeadInit {
+        match self.train.head_init {
+            HeadInitKind::Learned => fewshot_meta::HeadInit::Learned,
+            HeadInitKind::Zero => fewshot_meta::HeadInit::Zero,
+            HeadInitKind::Shared => fewshot_meta::HeadInit::Shared,
         }
     }
 

@@ -18,7 +18,8 @@ const EVAL_BATCH: usize = 32;
 /// nearest-prototype classifier, and the result does not depend on a head seed).
 pub fn eval_params(config: &Config, params: &ParamMap, n_way: usize) -> anyhow::Result<ParamMap> {
     if config.train.method != Method::Transfer {
-        return Ok(params.clone());
+        // MAML's head as the task starts it (`train.head_init`), for `n_way` classes.
+        return Ok(config.head_init().task_params(params, n_way)?);
     }
     let features = config.net(n_way).features();
     let mut out = params.clone();

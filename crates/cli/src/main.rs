@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fewshot_cli::checkpoint::Checkpoint;
-use fewshot_cli::config::{Config, Method};
+use fewshot_cli::config::{Config, HeadInitKind, Method};
 use fewshot_cli::episodes::{test_episodes, validation_episodes};
 use fewshot_cli::evaluate::{eval_params, evaluate};
 use fewshot_cli::signals::StopSignal;
@@ -91,6 +91,11 @@ enum Command {
         /// Print one JSON object per inner-step count instead of sentences.
         #[arg(long)]
         json: bool,
+        /// Classes per fresh episode (--protocol or --validation), when the model can take a
+        /// number other than the one it trained on (`train.head_init = "zero"` or `"shared"`,
+        /// or the transfer baseline).
+        #[arg(long)]
+        n_way: Option<usize>,
     },
     /// The shipped configs: `config list` (each with its purpose), `config show NAME|FILE`
     /// (the resolved config with every default, so every key is discoverable).
@@ -204,11 +209,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("trained {} steps; best validation accuracy {best}; outputs in {}", summary.steps, out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json } => {
+        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way } => {
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
-            let config = data_from_here(ckpt.config(&checkpoint)?);
+            let trained = data_from_here(ckpt.config(&checkpoint)?);
             if n == Some(0) {
                 bail!("--n 0: give at least 1 episode");
+            }
+            // The config that draws fresh episodes: the trained one, or with --n-way classes.
+            let mut config = trained.clone();
+            if let Some(n_way) = n_way {
+                if episodes.is_some() {
+                    bail!("--n-way sets the classes of fresh episodes; an --episodes file has its own");
+                }
+                config.episodes.n_way = n_way;
+                config.validate().with_context(|| format!("--n-way {n_way}"))?;
             }
             let spec = config.spec();
             let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
@@ -229,15 +243,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => test_episodes(&config, &data, config.episodes.protocol, n_fresh)?,
             };
             let n_way = set.spec.n_way;
-            if config.train.method != Method::Transfer && n_way != config.episodes.n_way {
-                bail!(
-                    "{} is a {}-way model and the episodes are {n_way}-way: evaluate it on {}-way episodes",
-                    checkpoint.display(),
-                    config.episodes.n_way,
-                    config.episodes.n_way
-                );
-            }
-            let params = eval_params(&config, &ckpt.params, n_way)?;
+            check_n_way(&trained, n_way, &checkpoint, "the episodes are")?;
+            let params = eval_params(&trained, &ckpt.params, n_way)?;
             let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
             for steps in steps {
                 let adaptation = config.adaptation(steps);
@@ -294,14 +301,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = ckpt.config(&checkpoint)?;
             let folder_tasks = fewshot_cli::predict::read_tasks(&tasks, config.data.image_size)?;
             let n_way = folder_tasks[0].support.len();
+            check_n_way(&config, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
             let params = eval_params(&config, &ckpt.params, n_way)?;
-            if config.train.method != Method::Transfer && n_way != config.episodes.n_way {
-                bail!(
-                    "{} holds {n_way}-way tasks but the checkpoint is {}-way",
-                    tasks.display(),
-                    config.episodes.n_way
-                );
-            }
             let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
             let rows =
                 fewshot_cli::predict::predict(&config.net(n_way), &params, &folder_tasks, &config.adaptation(steps))?;
@@ -326,6 +327,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The data directory and source of this command's environment win over those a checkpoint
 /// recorded (which may name another machine's paths).
+/// Refuse `n_way`-way tasks for a model whose head has a fixed number of classes other than
+/// `n_way`; `what` says where the tasks come from ("the episodes are", "DIR holds").
+fn check_n_way(config: &Config, n_way: usize, checkpoint: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    let trained = config.episodes.n_way;
+    let any_way = config.train.method == Method::Transfer || config.train.head_init != HeadInitKind::Learned;
+    if n_way != trained && !any_way {
+        bail!(
+            "{} is a {trained}-way model and {what} {n_way}-way: use {trained}-way tasks (a model trained with \
+             train.head_init = \"zero\" or \"shared\" takes any number of classes)",
+            checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
 fn data_from_here(mut config: Config) -> Config {
     if std::env::var_os("OMNIGLOT_DATA_DIR").is_some() {
         config.data.dir = None;

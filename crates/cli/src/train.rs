@@ -181,6 +181,7 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
             let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
             maml.engine = config.engine();
             maml.annealing = config.annealing();
+            maml.set_head_init(config.head_init())?;
             Box::new(maml)
         }
         None => {

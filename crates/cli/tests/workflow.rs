@@ -526,6 +526,19 @@ fn messages_name_what_to_change() {
         &data,
     ));
     assert!(err.contains("is a 6-way model and the episodes are 5-way"), "{err}");
+    // A shared-head model evaluates on any number of classes; a learned head refuses, naming the key.
+    let shared = tmp.path().join("shared");
+    ok(fewshot(&train_args(&cfg, &shared, &["--set", "train.steps=1", "--set", "train.head_init=\"shared\""]), &data));
+    let ckpt = shared.join("checkpoints/last.safetensors");
+    let any_way =
+        ["eval", "--checkpoint", ckpt.to_str().unwrap(), "--protocol", "course", "--n", "4", "--n-way", "7", "--json"];
+    let v: serde_json::Value = serde_json::from_str(ok(fewshot(&any_way, &data)).lines().next().unwrap()).unwrap();
+    assert_eq!((v["n_way"].as_u64(), v["episodes"].as_u64()), (Some(7), Some(4)));
+    let learned = six.join("checkpoints/last.safetensors");
+    let mut fixed_way = any_way;
+    fixed_way[2] = learned.to_str().unwrap();
+    let err = fails(fewshot(&fixed_way, &data));
+    assert!(err.contains("is a 6-way model and the episodes are 7-way") && err.contains("head_init"), "{err}");
     // The environment's data directory wins over the one a checkpoint recorded.
     let moved = tmp.path().join("moved-data");
     let recorded = tmp.path().join("recorded");

@@ -32,7 +32,7 @@
 //! Files: `settings` (inner loop and adaptation settings), `engine` (the one dispatch),
 //! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
 //! through candle's autograd), `learner` (the trait and the shared parameter state), `maml`,
-//! `supervised`, `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
+//! `supervised`, `head` (how the head starts each task), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
 //! and `grad_mode` (candle keeps gradient graphs, for second order, only on threads that saw
 //! `CANDLE_GRAD_DO_NOT_DETACH` at their first backward pass; the candle path runs every
 //! backward pass on worker threads latched into the right mode, so callers never set the
@@ -48,6 +48,7 @@ mod engine;
 mod error;
 mod eval;
 mod grad_mode;
+mod head;
 mod learner;
 mod maml;
 mod native;
@@ -62,6 +63,7 @@ pub use engine::{DEFAULT_TASK_CHUNK, Engine};
 pub use error::{Error, Result};
 pub use eval::{Accuracy, evaluate_batch};
 pub use grad_mode::{GradMode, backward, environment_lock};
+pub use head::HeadInit;
 pub use learner::{Learner, LrSchedule, StepStats, Trainable};
 pub use maml::{Annealing, Maml};
 pub use settings::{Adaptation, InnerLoop, MultiStepLoss, Order, Scope};

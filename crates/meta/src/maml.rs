@@ -7,6 +7,7 @@ use fewshot_model::{ConvNetConfig, ParamMap};
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::head::HeadInit;
 use crate::learner::{Learner, StepStats, Trainable, delegate_state};
 use crate::settings::{InnerLoop, MultiStepLoss, Order};
 
@@ -20,6 +21,8 @@ pub struct Maml {
     pub annealing: Annealing,
     /// Which implementation computes meta-gradients; default [`Engine::Native`].
     pub engine: Engine,
+    /// How the head starts each task (see [`Maml::set_head_init`]); default learned.
+    head_init: HeadInit,
 }
 
 /// MAML++'s annealed inner-loop options (Antoniou et al. 2019), as functions of the meta-step.
@@ -53,7 +56,25 @@ impl Maml {
             inner,
             annealing: Annealing::default(),
             engine: Engine::default(),
+            head_init: HeadInit::default(),
         })
+    }
+
+    /// How the head starts each task. `Shared` also ties the stored head now (every row and
+    /// bias entry becomes row 0's), so that it starts consistent.
+    pub fn set_head_init(&mut self, head_init: HeadInit) -> Result<()> {
+        self.head_init = head_init;
+        if head_init == HeadInit::Shared {
+            let n_way = self.state.config().n_way;
+            let tied = head_init.task_params(&self.state.params(), n_way)?;
+            self.state.set_params(&tied)?;
+        }
+        Ok(())
+    }
+
+    /// How the head starts each task.
+    pub fn head_init(&self) -> HeadInit {
+        self.head_init
     }
 
     /// The inner loop the next meta-step uses (see [`Annealing`]).
@@ -64,7 +85,11 @@ impl Maml {
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
         let inner = self.current_inner_loop();
-        self.engine.meta_gradient(self.state.config(), &self.state.params(), batch, &inner)
+        let config = self.state.config();
+        let params = self.head_init.task_params(&self.state.params(), config.n_way)?;
+        let (mut grads, stats) = self.engine.meta_gradient(config, &params, batch, &inner)?;
+        self.head_init.tie_gradients(&mut grads)?;
+        Ok((grads, stats))
     }
 
     /// One meta-step: meta-gradient of the batch's mean query loss, then an Adam update.

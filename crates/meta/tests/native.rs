@@ -3,7 +3,7 @@
 //! are in `second_order.rs`.
 
 use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{Adaptation, Engine, InnerLoop, Learner, Maml, Order, Scope, TaskBatch};
+use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, Order, Scope, TaskBatch};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -169,4 +169,50 @@ fn native_engine_rejects_bad_labels_and_hands_other_dtypes_to_candle() {
     let native = Engine::Native.meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
     let candle = Engine::candle().meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
     assert_eq!(native, candle);
+}
+
+#[test]
+fn zero_and_shared_heads_do_not_depend_on_the_order_of_labels() {
+    let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 3 };
+    let params = init(&config, 26, DType::F64, &Device::Cpu).unwrap();
+    let b = batch(&config, 2, 2, 2, DType::F64, 12);
+    // The same tasks with classes renamed: label y becomes (y + 1) mod 3.
+    let rename = |t: &Tensor| {
+        let v: Vec<u32> = t.flatten_all().unwrap().to_vec1::<u32>().unwrap().iter().map(|y| (y + 1) % 3).collect();
+        Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+    };
+    let relabelled =
+        TaskBatch { support_labels: rename(&b.support_labels), query_labels: rename(&b.query_labels), ..b.clone() };
+    let adaptation = Adaptation::all(0.4, 2);
+    let logits = |head: HeadInit, batch: &TaskBatch| {
+        let p = head.task_params(&params, 3).unwrap();
+        Engine::Native.adapted_logits(&config, &p, batch.inputs(), &adaptation).unwrap()
+    };
+    for head in [HeadInit::Zero, HeadInit::Shared, HeadInit::Learned] {
+        let (a, r) = (logits(head, &b), logits(head, &relabelled));
+        // Renamed classes: column y of the original is column (y + 1) mod 3 of the renamed.
+        let moved = Tensor::cat(&[r.narrow(2, 1, 2).unwrap(), r.narrow(2, 0, 1).unwrap()], 2).unwrap();
+        let diff =
+            (a - moved).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        match head {
+            HeadInit::Learned => assert!(diff > 1e-3, "a learned head depends on label order"),
+            _ => assert!(diff < 1e-12, "{head:?}: logits depend on the order of labels ({diff:e})"),
+        }
+    }
+    // A shared head shifts every class's logit alike, so it labels like a zero head.
+    let softmax = |t: Tensor| softmax_last(&t);
+    let (z, sh) = (softmax(logits(HeadInit::Zero, &b)), softmax(logits(HeadInit::Shared, &b)));
+    let diff = (z - sh).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    assert!(diff < 1e-12, "shared and zero heads give different probabilities ({diff:e})");
+    // Any number of classes for zero and shared heads; the learned head says what it needs.
+    assert_eq!(HeadInit::Shared.task_params(&params, 7).unwrap()["head.weight"].dims(), &[7, config.features()]);
+    let err = HeadInit::Learned.task_params(&params, 7).unwrap_err().to_string();
+    assert!(err.contains("n_way = 7") && err.contains("shared"), "{err}");
+}
+
+/// Softmax over the last dimension.
+fn softmax_last(t: &Tensor) -> Tensor {
+    let max = t.max_keepdim(2).unwrap();
+    let e = t.broadcast_sub(&max).unwrap().exp().unwrap();
+    e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap()
 }

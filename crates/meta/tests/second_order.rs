@@ -6,7 +6,7 @@
 //! these show that second order is real and not first order under another name.
 
 use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{Engine, InnerLoop, MultiStepLoss, Order, TaskBatch, adapt};
+use fewshot_meta::{Engine, HeadInit, InnerLoop, Learner, Maml, MultiStepLoss, Order, TaskBatch, adapt};
 use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -164,6 +164,63 @@ fn multi_step_loss_matches_finite_differences() {
         }
         let diff = max_abs_diff(g, &want);
         assert!(diff < 1e-12, "{name}: first-order multi-step gradient differs by {diff:e}");
+    }
+}
+
+#[test]
+fn shared_and_zero_heads_have_the_gradients_of_their_parameters() {
+    let params = init(&CONFIG, 13, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(5);
+    let inner = InnerLoop::new(0.5, 2, Order::Second);
+    for head in [HeadInit::Shared, HeadInit::Zero] {
+        let mut maml = Maml::new(CONFIG, &params, inner, 1e-3).unwrap();
+        maml.set_head_init(head).unwrap();
+        let stored = maml.params();
+        let (grads, _) = maml.meta_gradient(&batch).unwrap();
+        // The meta-loss as a function of the stored parameters: each task starts from the head
+        // as `head` builds it.
+        let loss = |p: &ParamMap| meta_loss(&head.task_params(p, CONFIG.n_way).unwrap(), &batch, &inner);
+        let g = |name: &str| grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let features = CONFIG.features();
+        // Row 0 of the head (what a shared head reads), the bias and a conv weight.
+        // Conv and batch-norm coordinates: the meta-gradient is exact with either head.
+        let coordinates = [
+            ("block0.conv.weight", 5),
+            ("block0.conv.weight", 10),
+            ("block0.conv.weight", 20),
+            ("block1.conv.weight", 7),
+            ("block1.bn.weight", 1),
+            ("block0.bn.bias", 2),
+        ];
+        let mut checked = 0;
+        for (name, index) in coordinates {
+            let fd = |h: f64| {
+                (loss(&perturbed(&stored, name, index, h)) - loss(&perturbed(&stored, name, index, -h))) / (2.0 * h)
+            };
+            let (a, b) = (fd(1e-5), fd(1e-6));
+            if (a - b).abs() > 1e-5 * a.abs().max(b.abs()).max(1e-7) {
+                continue; // a kink is near
+            }
+            let got = g(name)[index];
+            let rel = (b - got).abs() / b.abs().max(got.abs()).max(1e-7);
+            assert!(rel < 1e-6, "{head:?}: {name}[{index}] gradient {got} vs finite differences {b}");
+            checked += 1;
+        }
+        assert!(checked >= 4, "{head:?}: only {checked} coordinates checked");
+        // The head's own parameters: softmax cross-entropy is invariant to a shift shared by
+        // every class, and a shared row shifts every class alike, so neither head's stored
+        // parameters move the meta-loss: finite differences and gradients are zero.
+        for (name, index) in [("head.weight", 0), ("head.weight", features / 2), ("head.bias", 0)] {
+            let fd =
+                (loss(&perturbed(&stored, name, index, 1e-3)) - loss(&perturbed(&stored, name, index, -1e-3))) / 2e-3;
+            assert!(fd.abs() < 1e-9, "{head:?}: {name}[{index}] moves the meta-loss ({fd:e})");
+        }
+        let w = g("head.weight");
+        assert!(w.iter().chain(&g("head.bias")).all(|v| v.abs() < 1e-9), "{head:?}: head gradient not zero");
+        if head == HeadInit::Shared {
+            // Every row holds the shared row's gradient, so Adam keeps the rows equal.
+            assert!(w.chunks(features).all(|row| row == &w[..features]));
+        }
     }
 }
 

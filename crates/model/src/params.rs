@@ -181,7 +181,9 @@ impl ParamVars {
     pub fn set(&self, params: &ParamMap) -> Result<()> {
         for (k, var) in &self.vars {
             let value = params.get(k).ok_or_else(|| Error::Params(format!("missing parameter `{k}`")))?;
-            var.set(value)?;
+            // A copy: candle refuses to set a variable to a tensor sharing its storage (a
+            // snapshot of these very variables, say).
+            var.set(&value.copy()?)?;
         }
         Ok(())
     }
