@@ -216,3 +216,37 @@ fn softmax_last(t: &Tensor) -> Tensor {
     let e = t.broadcast_sub(&max).unwrap().exp().unwrap();
     e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap()
 }
+
+#[test]
+fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
+    // 5-way 1-shot with 15 queries per class (the paper protocol's training shape): the
+    // per-channel reductions run over 75 x 784 rows in the first block, where a sequential f32
+    // sum loses digits. The f32 meta-gradient must stay close to the f64 one in every tensor.
+    let config = ConvNetConfig::omniglot(5);
+    let params64 = init(&config, 27, DType::F64, &Device::Cpu).unwrap();
+    let params32: ParamMap = params64.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
+    let b64 = batch(&config, 1, 1, 15, DType::F64, 13);
+    let b32 = TaskBatch {
+        support_images: b64.support_images.to_dtype(DType::F32).unwrap(),
+        query_images: b64.query_images.to_dtype(DType::F32).unwrap(),
+        ..b64.clone()
+    };
+    let inner = InnerLoop::new(0.4, 1, Order::Second);
+    let (g64, _) = Engine::Native.meta_gradient(&config, &params64, &b64, &inner).unwrap();
+    let (g32, _) = Engine::Native.meta_gradient(&config, &params32, &b32, &inner).unwrap();
+    let mut worst = (0f64, String::new());
+    for (name, exact) in &g64 {
+        let exact = exact.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let got = g32[name].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let norm = exact.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            continue; // conv biases
+        }
+        let err = exact.iter().zip(&got).map(|(e, g)| (e - g).powi(2)).sum::<f64>().sqrt() / norm;
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    println!("worst norm-relative f32 error: {:.2e} in {}", worst.0, worst.1);
+    assert!(worst.0 < 1e-5, "f32 meta-gradient off by {:.2e} (norm-relative) in {}", worst.0, worst.1);
+}

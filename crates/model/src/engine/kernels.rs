@@ -66,25 +66,44 @@ pub fn col2im<T: Real>(cols: &[T], b: usize, h: usize, w: usize, c: usize, dx: &
     }
 }
 
-/// Per-channel sums of `x` (`[n, c]`) into `out` (`[c]`).
+/// Rows per partial sum of [`channel_sums`] and [`channel_dots`]: each output adds up
+/// partial sums of this many rows, so an f32 sum over the 58,800 rows of a 75-image first layer
+/// accumulates about 128 + 460 roundings instead of 58,800: the f32 meta-gradient's largest
+/// norm-relative error at that shape fell from 7.1e-5 (batch-norm scale of the first block) to
+/// 1.7e-6, with the same additions (`fewshot-meta`'s test
+/// `f32_meta_gradients_stay_close_to_f64_at_the_paper_shape`).
+const PARTIAL_ROWS: usize = 128;
+
+/// Per-channel sums of `x` (`[n, c]`) into `out` (`[c]`), by partial sums of
+/// [`PARTIAL_ROWS`] rows.
 #[inline(always)]
 pub fn channel_sums<T: Real>(x: &[T], c: usize, out: &mut [T]) {
     out.fill(T::default());
-    for row in x.chunks_exact(c) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += *v;
+    let mut partial = vec![T::default(); c];
+    for block in x.chunks(PARTIAL_ROWS * c) {
+        partial.fill(T::default());
+        for row in block.chunks_exact(c) {
+            for (p, v) in partial.iter_mut().zip(row) {
+                *p += *v;
+            }
         }
+        out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
     }
 }
 
-/// Per-channel sums of `x * y`.
+/// Per-channel sums of `x * y`, by partial sums like [`channel_sums`].
 #[inline(always)]
 pub fn channel_dots<T: Real>(x: &[T], y: &[T], c: usize, out: &mut [T]) {
     out.fill(T::default());
-    for (rx, ry) in x.chunks_exact(c).zip(y.chunks_exact(c)) {
-        for ((o, a), b) in out.iter_mut().zip(rx).zip(ry) {
-            *o += *a * *b;
+    let mut partial = vec![T::default(); c];
+    for (bx, by) in x.chunks(PARTIAL_ROWS * c).zip(y.chunks(PARTIAL_ROWS * c)) {
+        partial.fill(T::default());
+        for (rx, ry) in bx.chunks_exact(c).zip(by.chunks_exact(c)) {
+            for ((p, a), b) in partial.iter_mut().zip(rx).zip(ry) {
+                *p += *a * *b;
+            }
         }
+        out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
     }
 }
 
