@@ -13,8 +13,10 @@ pub struct Args {
     /// Thread counts to measure, comma-separated.
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Cases: 5w1s (meta-batch 32, 1 inner step) and 20w1s (meta-batch 16, 5 inner steps).
-    #[arg(long, default_value = "5w1s,20w1s", value_delimiter = ',')]
+    /// Cases: 5w1s (meta-batch 32, 1 inner step, 1 query per class), 20w1s (meta-batch 16, 5
+    /// inner steps, 1 query) and the paper protocol's training shapes 5w1s15q (15 queries per
+    /// class) and 20w1s5q (5 queries per class).
+    #[arg(long, default_value = "5w1s,20w1s,5w1s15q,20w1s5q", value_delimiter = ',')]
     cases: Vec<String>,
     /// Modes: so (second-order meta-train), fo (first-order), eval.
     #[arg(long, default_value = "so,fo,eval", value_delimiter = ',')]
@@ -40,14 +42,17 @@ pub struct Args {
 struct Case {
     name: &'static str,
     n_way: usize,
+    q_query: usize,
     meta_batch: usize,
     train_steps: usize,
     eval_steps: usize,
 }
 
-const CASES: [Case; 2] = [
-    Case { name: "5w1s", n_way: 5, meta_batch: 32, train_steps: 1, eval_steps: 3 },
-    Case { name: "20w1s", n_way: 20, meta_batch: 16, train_steps: 5, eval_steps: 5 },
+const CASES: [Case; 4] = [
+    Case { name: "5w1s", n_way: 5, q_query: 1, meta_batch: 32, train_steps: 1, eval_steps: 3 },
+    Case { name: "20w1s", n_way: 20, q_query: 1, meta_batch: 16, train_steps: 5, eval_steps: 5 },
+    Case { name: "5w1s15q", n_way: 5, q_query: 15, meta_batch: 32, train_steps: 1, eval_steps: 3 },
+    Case { name: "20w1s5q", n_way: 20, q_query: 5, meta_batch: 16, train_steps: 5, eval_steps: 5 },
 ];
 
 fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
@@ -82,6 +87,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let common = [
                     "--n-way".to_owned(),
                     case.n_way.to_string(),
+                    "--q-query".into(),
+                    case.q_query.to_string(),
                     "--meta-batch".into(),
                     case.meta_batch.to_string(),
                     "--inner-steps".into(),
