@@ -134,14 +134,6 @@ fn meta_gradient_body<T: Real>(
         (Order::First, false) => Keep::Nothing,
     };
     let adapted = adapt(layout, theta, task, inner, 0, keep);
-    // The weighted query gradient at `theta_i` added into `v`.
-    let add_query_gradient = |v: &mut [T], theta_i: &[T], weight: f64| {
-        let fwd = engine::forward(layout, theta_i, task.query, task.n_query);
-        let mut g = vec![T::default(); layout.len()];
-        engine::gradient(layout, theta_i, &fwd, task.query_labels, &mut g);
-        let w = T::from_f64(weight);
-        v.iter_mut().zip(&g).for_each(|(v, g)| *v += w * *g);
-    };
     let fwd = engine::forward(layout, &adapted.fast, task.query, task.n_query);
     let mut grad = vec![T::default(); layout.len()];
     engine::gradient(layout, &adapted.fast, &fwd, task.query_labels, &mut grad);
@@ -161,10 +153,20 @@ fn meta_gradient_body<T: Real>(
             grad.iter_mut().zip(&hv).for_each(|(v, h)| *v -= lr * *h);
         }
         if i >= 1 && weights[i - 1] != 0.0 {
-            add_query_gradient(&mut grad, &step.theta, weights[i - 1]);
+            add_query_gradient(layout, task, &mut grad, &step.theta, weights[i - 1]);
         }
     }
     TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels) }
+}
+
+/// Add `weight` times the query loss's gradient at `theta_i` into `v`.
+#[inline(always)]
+fn add_query_gradient<T: Real>(layout: &Layout, task: &TaskData<'_, T>, v: &mut [T], theta_i: &[T], weight: f64) {
+    let fwd = engine::forward(layout, theta_i, task.query, task.n_query);
+    let mut g = vec![T::default(); layout.len()];
+    engine::gradient(layout, theta_i, &fwd, task.query_labels, &mut g);
+    let w = T::from_f64(weight);
+    v.iter_mut().zip(&g).for_each(|(v, g)| *v += w * *g);
 }
 
 /// Query logits (`[n_query, n_way]`) after adapting to the task's support set as
