@@ -74,6 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building fewshot-bench failed");
     }
+    if let Some(unknown) = args.cases.iter().find(|n| !CASES.iter().any(|c| c.name == n.as_str())) {
+        let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        bail!("--cases {unknown}: unknown case; the cases are {}", known.join(", "));
+    }
     std::fs::create_dir_all(&args.out)?;
     let mut results = Vec::new();
     let mut table = String::from(
