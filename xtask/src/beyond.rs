@@ -6,12 +6,11 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::experiment::{Budget, machine, read_json};
+use crate::experiment::{Budget, fewshot_command, machine, metrics, read_json};
 
 /// One arm of the ablation: its key, what it adds, and the `--set`s that add it.
 struct Arm {
@@ -113,8 +112,8 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
             bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
         let val: Value = serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?;
-        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
-        let final_line: Value = serde_json::from_str(metrics.lines().last().context("empty metrics.jsonl")?)?;
+        let lines = metrics(&dir)?;
+        let final_line = lines.last().context("empty metrics.jsonl")?;
         let mut command = format!("fewshot train --config {CONFIG} --out {}", dir.display());
         for s in &sets {
             command += &format!(" --set {s}");
@@ -123,6 +122,7 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
             "key": arm.key,
             "label": arm.label,
             "command": command,
+            "settings": (arm.sets)(steps),
             "steps": final_line["step"],
             "wall_s": final_line["wall_s"],
             "tasks_seen": final_line["tasks_seen"],
@@ -136,14 +136,6 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
     std::fs::write(out.join("report.md"), report(&all))?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
-}
-
-fn fewshot_command(fewshot: &Path, threads: Option<usize>) -> Command {
-    let mut cmd = Command::new(fewshot);
-    if let Some(t) = threads {
-        cmd.args(["--threads", &t.to_string()]);
-    }
-    cmd
 }
 
 /// The report: the ablation table, each arm against plain MAML in words, and what is missing.
@@ -182,14 +174,9 @@ fn report(all: &Value) -> String {
             }
             _ => "-".into(),
         };
-        let settings = a["command"]
-            .as_str()
-            .unwrap_or("")
-            .split(" --set ")
-            .skip(1)
-            .filter(|s| !COMMON.contains(s) && !s.starts_with("train.steps") && !s.starts_with("train.val_"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // What the arm adds to plain MAML.
+        let settings =
+            a["settings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             md,
             "| {} | {:.3} ± {:.3} | {verdict} | {:.1} | {} |",

@@ -261,10 +261,7 @@ fn job(
 }
 
 fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> anyhow::Result<Value> {
-    let mut train = Command::new(fewshot);
-    if let Some(t) = threads {
-        train.args(["--threads", &t.to_string()]);
-    }
+    let mut train = fewshot_command(fewshot, threads);
     train.args(["train", "--config", job.config, "--out"]).arg(&job.dir);
     for s in &job.sets {
         train.args(["--set", s]);
@@ -296,10 +293,7 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
         return Ok(cached);
     }
     let eval = |extra: &[&str], steps: &str| -> anyhow::Result<Value> {
-        let mut cmd = Command::new(fewshot);
-        if let Some(t) = threads {
-            cmd.args(["--threads", &t.to_string()]);
-        }
+        let mut cmd = fewshot_command(fewshot, threads);
         cmd.args(["eval", "--checkpoint"]).arg(&best).args(["--json", "--inner-steps", steps]).args(extra);
         let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
         if !out.status.success() {
@@ -346,7 +340,17 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
     Ok(result)
 }
 
-fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
+/// A `fewshot` command with `--threads` when given.
+pub fn fewshot_command(fewshot: &Path, threads: Option<usize>) -> Command {
+    let mut cmd = Command::new(fewshot);
+    if let Some(t) = threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    cmd
+}
+
+/// The lines of a run's `metrics.jsonl`.
+pub fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let path = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display()))).collect()

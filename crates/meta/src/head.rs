@@ -67,11 +67,14 @@ impl HeadInit {
     /// stored head: unchanged for `Learned`, zero for `Zero`, and for `Shared` every row (and
     /// bias entry) the sum over rows, the gradient of the one shared row.
     pub fn tie_gradients(self, grads: &mut ParamMap) -> Result<()> {
-        let (weight, bias) = head(grads)?;
         let (weight, bias) = match self {
             HeadInit::Learned => return Ok(()),
-            HeadInit::Zero => (weight.zeros_like()?, bias.zeros_like()?),
+            HeadInit::Zero => {
+                let (weight, bias) = head(grads)?;
+                (weight.zeros_like()?, bias.zeros_like()?)
+            }
             HeadInit::Shared => {
+                let (weight, bias) = head(grads)?;
                 let rows = weight.dim(0)?;
                 (weight.sum_keepdim(0)?.repeat((rows, 1))?, bias.sum_keepdim(0)?.repeat(rows)?)
             }

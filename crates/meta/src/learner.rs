@@ -20,21 +20,41 @@ pub struct StepStats {
 /// A learning algorithm over the net's parameters: [`crate::Maml`] (meta-learning) and
 /// [`crate::Supervised`] (the baselines' pre-training). A training loop calls
 /// [`Learner::step`] once per batch and saves [`Learner::params`] and the optimiser's state.
+///
+/// A learner implements [`Learner::step`] and gives access to the [`Trainable`] state it
+/// updates; the rest is provided.
 pub trait Learner {
-    /// The net's shape.
-    fn config(&self) -> &ConvNetConfig;
     /// One update from `batch`; returns the batch's loss and accuracy before the update.
     fn step(&mut self, batch: &TaskBatch) -> Result<StepStats>;
+    /// The parameters and optimiser this learner trains.
+    fn state(&self) -> &Trainable;
+    /// The same, mutably.
+    fn state_mut(&mut self) -> &mut Trainable;
+
+    /// The net's shape.
+    fn config(&self) -> &ConvNetConfig {
+        self.state().config()
+    }
     /// A snapshot of the current parameters.
-    fn params(&self) -> ParamMap;
+    fn params(&self) -> ParamMap {
+        self.state().params()
+    }
     /// Replace the parameters' values (e.g. from a checkpoint); names and shapes must match.
-    fn set_params(&mut self, params: &ParamMap) -> Result<()>;
+    fn set_params(&mut self, params: &ParamMap) -> Result<()> {
+        self.state_mut().set_params(params)
+    }
     /// The optimiser (its moments and step count go into checkpoints).
-    fn optimizer(&self) -> &Adam;
+    fn optimizer(&self) -> &Adam {
+        &self.state().optimizer
+    }
     /// The optimiser, to restore its state on resume.
-    fn optimizer_mut(&mut self) -> &mut Adam;
+    fn optimizer_mut(&mut self) -> &mut Adam {
+        &mut self.state_mut().optimizer
+    }
     /// How the optimiser's learning rate changes over training (default: constant).
-    fn set_lr_schedule(&mut self, schedule: LrSchedule);
+    fn set_lr_schedule(&mut self, schedule: LrSchedule) {
+        self.state_mut().schedule = schedule;
+    }
 }
 
 /// The net's parameters and their Adam optimiser: the state a [`Learner`] trains.
@@ -123,31 +143,6 @@ impl Trainable {
         self.optimizer.step(&self.params, grads)
     }
 }
-
-/// Implement [`Learner`]'s state accessors for a type with a `state: Trainable` field.
-macro_rules! delegate_state {
-    () => {
-        fn config(&self) -> &fewshot_model::ConvNetConfig {
-            self.state.config()
-        }
-        fn params(&self) -> fewshot_model::ParamMap {
-            self.state.params()
-        }
-        fn set_params(&mut self, params: &fewshot_model::ParamMap) -> crate::error::Result<()> {
-            self.state.set_params(params)
-        }
-        fn optimizer(&self) -> &crate::adam::Adam {
-            &self.state.optimizer
-        }
-        fn optimizer_mut(&mut self) -> &mut crate::adam::Adam {
-            &mut self.state.optimizer
-        }
-        fn set_lr_schedule(&mut self, schedule: crate::learner::LrSchedule) {
-            self.state.schedule = schedule;
-        }
-    };
-}
-pub(crate) use delegate_state;
 
 #[cfg(test)]
 mod tests {

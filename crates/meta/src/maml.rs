@@ -8,7 +8,7 @@ use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::head::HeadInit;
-use crate::learner::{Learner, StepStats, Trainable, delegate_state};
+use crate::learner::{Learner, StepStats, Trainable};
 use crate::settings::{InnerLoop, MultiStepLoss, Order};
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
@@ -101,7 +101,13 @@ impl Maml {
 }
 
 impl Learner for Maml {
-    delegate_state!();
+    fn state(&self) -> &Trainable {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut Trainable {
+        &mut self.state
+    }
 
     fn step(&mut self, batch: &TaskBatch) -> Result<StepStats> {
         self.meta_step(batch)

@@ -57,11 +57,6 @@ impl InnerLoop {
             None => (1..=self.steps).map(|i| if i == self.steps { 1.0 } else { 0.0 }).collect(),
         }
     }
-
-    /// The same adaptation at test time (every parameter moves).
-    pub fn adaptation(&self) -> Adaptation {
-        Adaptation::all(self.inner_lr, self.steps)
-    }
 }
 
 /// MAML++'s multi-step loss (Antoniou et al. 2019, section 4): the query loss after every

@@ -7,7 +7,7 @@ use fewshot_model::{ConvNetConfig, ParamMap};
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::learner::{Learner, StepStats, Trainable, delegate_state};
+use crate::learner::{Learner, StepStats, Trainable};
 use crate::settings::{InnerLoop, Order};
 
 /// Supervised training of the whole net on labelled images, batch by batch. Each task of a
@@ -36,7 +36,13 @@ impl Supervised {
 }
 
 impl Learner for Supervised {
-    delegate_state!();
+    fn state(&self) -> &Trainable {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut Trainable {
+        &mut self.state
+    }
 
     fn step(&mut self, batch: &TaskBatch) -> Result<StepStats> {
         let (grads, stats) = self.gradient(batch)?;

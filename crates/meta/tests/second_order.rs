@@ -66,6 +66,21 @@ struct Comparison {
     worst_rel: f64,
 }
 
+/// The central difference of `loss` along coordinate `index` of parameter `name` (step 1e-6),
+/// or `None` where steps of 1e-5 and 1e-6 disagree: a ReLU or max-pool kink is near.
+fn central_difference(loss: impl Fn(&ParamMap) -> f64, params: &ParamMap, name: &str, index: usize) -> Option<f64> {
+    let fd =
+        |h: f64| (loss(&perturbed(params, name, index, h)) - loss(&perturbed(params, name, index, -h))) / (2.0 * h);
+    let (a, b) = (fd(1e-5), fd(1e-6));
+    let scale = a.abs().max(b.abs()).max(1e-7);
+    ((a - b).abs() <= 1e-5 * scale).then_some(b)
+}
+
+/// `|fd - got|` relative to the larger of the two (and 1e-7).
+fn relative_error(fd: f64, got: f64) -> f64 {
+    (fd - got).abs() / fd.abs().max(got.abs()).max(1e-7)
+}
+
 /// Compare `grads` with central differences at coordinates spread over every parameter.
 fn compare_with_fd(params: &ParamMap, grads: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> Comparison {
     let mut c = Comparison { checked: 0, skipped: 0, worst_rel: 0.0 };
@@ -73,20 +88,13 @@ fn compare_with_fd(params: &ParamMap, grads: &ParamMap, batch: &TaskBatch, inner
         let n = p.elem_count();
         let g = grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for index in [0, n / 2, n - 1, (n * 7) / 9] {
-            let fd = |h: f64| {
-                (meta_loss(&perturbed(params, name, index, h), batch, inner)
-                    - meta_loss(&perturbed(params, name, index, -h), batch, inner))
-                    / (2.0 * h)
-            };
-            let (a, b) = (fd(1e-5), fd(1e-6));
-            let scale = a.abs().max(b.abs()).max(1e-7);
-            if (a - b).abs() > 1e-5 * scale {
-                c.skipped += 1; // the two step sizes disagree: a ReLU or max-pool kink is near
-                continue;
+            match central_difference(|p| meta_loss(p, batch, inner), params, name, index) {
+                None => c.skipped += 1,
+                Some(fd) => {
+                    c.worst_rel = c.worst_rel.max(relative_error(fd, g[index]));
+                    c.checked += 1;
+                }
             }
-            let rel = (b - g[index]).abs() / b.abs().max(g[index].abs()).max(1e-7);
-            c.worst_rel = c.worst_rel.max(rel);
-            c.checked += 1;
         }
     }
     c
@@ -194,16 +202,14 @@ fn shared_and_zero_heads_have_the_gradients_of_their_parameters() {
         ];
         let mut checked = 0;
         for (name, index) in coordinates {
-            let fd = |h: f64| {
-                (loss(&perturbed(&stored, name, index, h)) - loss(&perturbed(&stored, name, index, -h))) / (2.0 * h)
-            };
-            let (a, b) = (fd(1e-5), fd(1e-6));
-            if (a - b).abs() > 1e-5 * a.abs().max(b.abs()).max(1e-7) {
+            let Some(fd) = central_difference(loss, &stored, name, index) else {
                 continue; // a kink is near
-            }
+            };
             let got = g(name)[index];
-            let rel = (b - got).abs() / b.abs().max(got.abs()).max(1e-7);
-            assert!(rel < 1e-6, "{head:?}: {name}[{index}] gradient {got} vs finite differences {b}");
+            assert!(
+                relative_error(fd, got) < 1e-6,
+                "{head:?}: {name}[{index}] gradient {got} vs finite differences {fd}"
+            );
             checked += 1;
         }
         assert!(checked >= 4, "{head:?}: only {checked} coordinates checked");

@@ -29,27 +29,9 @@ impl<T: Real> Buffer<T> {
         Buffer { data }
     }
 
-    /// A buffer of `len` zeros.
-    pub fn zeros(len: usize) -> Buffer<T> {
-        let mut b = Buffer::scratch(len);
-        b.fill(T::default());
-        b
-    }
-
     /// An empty buffer (a placeholder; nothing is pooled).
     pub fn empty() -> Buffer<T> {
         Buffer { data: Vec::new() }
-    }
-
-    /// The values, leaving the pool out of it.
-    pub fn into_vec(mut self) -> Vec<T> {
-        std::mem::take(&mut self.data)
-    }
-}
-
-impl<T: Real> From<Vec<T>> for Buffer<T> {
-    fn from(data: Vec<T>) -> Buffer<T> {
-        Buffer { data }
     }
 }
 
