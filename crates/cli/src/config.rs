@@ -97,8 +97,12 @@ pub struct EpisodesConfig {
     pub n_way: usize,
     /// Support images per class.
     pub k_shot: usize,
-    /// Query images per class.
+    /// Query images per class in validation and test episodes (and in meta-training unless
+    /// `train_n_query` is set).
     pub n_query: usize,
+    /// Query images per class in meta-training tasks only (default: `n_query`). A training
+    /// recipe choice: the evaluation protocol keeps `n_query`.
+    pub train_n_query: Option<usize>,
     /// `any` or `first_ten_support`.
     pub drawing_split: fewshot_tasks::DrawingSplit,
     /// Meta-train on only the first this many classes of the (seeded, shuffled) meta-train
@@ -113,6 +117,7 @@ impl Default for EpisodesConfig {
             n_way: 5,
             k_shot: 1,
             n_query: 1,
+            train_n_query: None,
             drawing_split: fewshot_tasks::DrawingSplit::Any,
             train_classes: None,
         }
@@ -203,6 +208,11 @@ pub struct TrainConfig {
     /// MAML++ derivative-order annealing: the first this many meta-steps of `maml` are first
     /// order; 0: off.
     pub first_order_steps: usize,
+    /// MAML++ learned per-layer, per-step inner learning rates (LSLR): one step size per
+    /// parameter tensor and inner step, starting at `inner_lr` and meta-learned with the net
+    /// (kept in checkpoints as `inner_lr.<parameter>`). Evaluation with more inner steps than
+    /// `inner_steps` repeats the last learned rate.
+    pub learned_inner_lr: bool,
     /// The outer learning rate over training: `constant` or `cosine` (annealed from `meta_lr`
     /// at step 0 to `meta_lr_min` at step `meta_lr_cosine_steps`, then constant).
     pub meta_lr_schedule: LrScheduleKind,
@@ -278,6 +288,7 @@ impl Default for TrainConfig {
             multi_step_loss: false,
             multi_step_loss_steps: 1000,
             first_order_steps: 0,
+            learned_inner_lr: false,
             meta_lr_schedule: LrScheduleKind::Constant,
             meta_lr_min: 0.0,
             meta_lr_cosine_steps: 0,
@@ -411,10 +422,14 @@ impl Config {
         };
         positive("train.meta_lr", t.meta_lr)?;
         if matches!(t.method, Method::Transfer | Method::TaskClassifier)
-            && (t.multi_step_loss || t.first_order_steps > 0 || t.head_init != HeadInitKind::Learned)
+            && (t.multi_step_loss
+                || t.first_order_steps > 0
+                || t.learned_inner_lr
+                || t.head_init != HeadInitKind::Learned)
         {
             bail!(
-                "train.multi_step_loss, train.first_order_steps and train.head_init shape MAML's inner loop; \
+                "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr and train.head_init shape \
+                 MAML's inner loop; \
                  method {:?} has none (use maml or fomaml, or leave them at their defaults)",
                 t.method
             );
@@ -434,6 +449,16 @@ impl Config {
         }
         if e.k_shot == 0 || e.n_query == 0 {
             bail!("episodes.k_shot = {} and episodes.n_query = {}: both must be at least 1", e.k_shot, e.n_query);
+        }
+        if e.train_n_query == Some(0) {
+            bail!("episodes.train_n_query = 0: must be at least 1 (or absent, to train with episodes.n_query)");
+        }
+        if let Some(q) = e.train_n_query.filter(|q| e.k_shot + q > fewshot_tasks::DRAWINGS) {
+            bail!(
+                "episodes.k_shot + episodes.train_n_query = {}: must be at most {} (drawings per character)",
+                e.k_shot + q,
+                fewshot_tasks::DRAWINGS
+            );
         }
         if e.k_shot + e.n_query > fewshot_tasks::DRAWINGS {
             bail!(
@@ -539,7 +564,14 @@ impl Config {
         fewshot_meta::Adaptation { inner_lr: self.train.inner_lr, steps, scope }
     }
 
-    /// The episode shape.
+    /// The shape of meta-training tasks: [`Config::spec`] with `episodes.train_n_query`.
+    pub fn train_spec(&self) -> fewshot_tasks::EpisodeSpec {
+        let mut spec = self.spec();
+        spec.n_query = self.episodes.train_n_query.unwrap_or(spec.n_query);
+        spec
+    }
+
+    /// The episode shape of validation and test episodes.
     pub fn spec(&self) -> fewshot_tasks::EpisodeSpec {
         let e = &self.episodes;
         fewshot_tasks::EpisodeSpec {

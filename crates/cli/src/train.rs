@@ -155,7 +155,7 @@ pub fn train(
 
 /// The meta-train episode sampler, with the config's augmentation.
 fn sampler(config: &Config, pool: &[Class]) -> anyhow::Result<Sampler> {
-    let mut sampler = Sampler::new(pool.to_vec(), config.spec()).context("episodes vs the meta-train pool")?;
+    let mut sampler = Sampler::new(pool.to_vec(), config.train_spec()).context("episodes vs the meta-train pool")?;
     sampler.rotate_classes = config.augment.class_rotation;
     sampler.task_augment = match config.augment.task_rotation {
         TaskRotationKind::None => TaskAugment::None,
@@ -175,7 +175,10 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
     };
     let net = config.net(n_out);
     let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
-    let initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
+    let mut initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
+    if t.learned_inner_lr {
+        initial.extend(fewshot_meta::init_rates(&net, t.inner_steps, t.inner_lr, DType::F32, &Device::Cpu)?);
+    }
     let mut learner: Box<dyn Learner> = match config.inner_loop() {
         Some(inner) => {
             let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
@@ -319,7 +322,7 @@ fn training_batch(
     rng: &mut impl Rng,
 ) -> anyhow::Result<TaskBatch> {
     let t = &config.train;
-    let spec = config.spec();
+    let spec = config.train_spec();
     match t.method {
         Method::Maml | Method::Fomaml => {
             let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(rng)).collect();

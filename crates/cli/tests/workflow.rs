@@ -138,6 +138,7 @@ fn resume_gives_the_same_parameters() {
         "train.first_order_steps=2",
         "train.meta_lr_schedule=\"cosine\"",
         "train.meta_lr_cosine_steps=6",
+        "train.learned_inner_lr=true",
     ];
     resume_matches(&plus, "maml++");
 }
@@ -173,6 +174,22 @@ fn resume_matches(sets: &[&str], what: &str) {
     }
     let metrics = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6, "metrics continue without duplicates");
+    if sets.contains(&"train.learned_inner_lr=true") {
+        // The learned rates are parameters like the others: saved, optimised, restored...
+        for n in ["param.inner_lr.block0.conv.weight", "adam.v.inner_lr.head.bias"] {
+            assert!(ta.names().contains(&n), "{what}: no {n} in the checkpoint");
+        }
+        let rates = ta.tensor("param.inner_lr.block0.conv.weight").unwrap();
+        assert_eq!(rates.shape(), [2], "one rate per inner step");
+        // ... and evaluation adapts with them, for more steps than were learned.
+        let ckpt = split.join("checkpoints/last.safetensors");
+        let eval = ok(fewshot(
+            &["eval", "--checkpoint", ckpt.to_str().unwrap(), "--n", "4", "--inner-steps", "3", "--json"],
+            &data,
+        ));
+        let v: serde_json::Value = serde_json::from_str(eval.lines().next().unwrap()).unwrap();
+        assert!((0.0..=1.0).contains(&v["accuracy"].as_f64().unwrap()), "{eval}");
+    }
 }
 
 #[test]

@@ -13,10 +13,12 @@ use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
 use crate::error::{Error, Result};
 use crate::grad_mode::{GradMode, backward, run_in_mode};
+use crate::rates::{RateTable, rate_name, split_rates};
 use crate::settings::{Adaptation, InnerLoop, Order, Scope};
 use crate::workers::Job;
 
-/// Adapt `params` to each task's support set with `inner.steps` SGD steps.
+/// Adapt `params` to each task's support set with `inner.steps` SGD steps (of the learned
+/// rates when `params` holds them, see [`crate::rates`]; the fast weights are the net's only).
 ///
 /// Returns fast weights with a leading task dimension. With [`Order::Second`] they keep the
 /// graph back to `params` through the inner gradients; with [`Order::First`] the inner
@@ -45,10 +47,12 @@ fn adapt_scoped(
     scope: Scope,
 ) -> Result<ParamMap> {
     inner.validate()?;
+    let (net, rates) = split_rates(params);
+    let learned = RateTable::from_map(config, &rates)?;
     let t = support_images.dim(0)?;
-    let mut fast = expand(params, t)?;
+    let mut fast = expand(&net, t)?;
     let mode = grad_mode(inner.order);
-    for _ in 0..inner.steps {
+    for step in 0..inner.steps {
         // Each task's gradient is read off a zero Var added to its fast weights: the summed
         // loss of independent tasks has exactly the per-task gradients there.
         let probes: BTreeMap<&String, Var> =
@@ -72,7 +76,12 @@ fn adapt_scoped(
                     (Some(g), Order::First) => g.detach(),
                     (None, _) => w.zeros_like()?,
                 };
-                Ok((k.clone(), (w - (g * inner.inner_lr)?)?))
+                let update = match &learned {
+                    None => (g * inner.inner_lr)?,
+                    // The learned rate is a variable: the meta-gradient reaches it too.
+                    Some(table) => g.broadcast_mul(&rates[&rate_name(k)].narrow(0, table.step_index(step), 1)?)?,
+                };
+                Ok((k.clone(), (w - update)?))
             })
             .collect::<Result<_>>()?;
     }
@@ -101,6 +110,13 @@ pub(crate) fn meta_gradient(
     task_chunk: usize,
 ) -> Result<(ParamMap, StepStats)> {
     inner.validate()?;
+    if inner.step_weights().iter().rev().skip(1).any(|&w| w != 0.0) {
+        return Err(Error::InvalidSetting {
+            name: "multi_step",
+            value: "on".into(),
+            expected: "off for the candle engine (the multi-step loss is the native engine's)".into(),
+        });
+    }
     if task_chunk == 0 {
         return Err(Error::InvalidSetting { name: "task_chunk", value: "0".into(), expected: "at least 1".into() });
     }

@@ -104,7 +104,7 @@ impl Trainable {
     /// Start from `params` (see [`fewshot_model::init`]) with Adam at `lr`.
     pub fn new(config: ConvNetConfig, params: &ParamMap, lr: f64) -> Result<Trainable> {
         config.validate()?;
-        fewshot_model::check_params(&config, params)?;
+        crate::rates::check_meta_params(&config, params)?;
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(Error::InvalidSetting {
                 name: "meta_lr",
@@ -131,9 +131,16 @@ impl Trainable {
         self.params.snapshot()
     }
 
-    /// Replace the parameters' values; names and shapes must match.
+    /// Replace the parameters' values; names and shapes must match (learned inner rates
+    /// included, when the learner has them).
     pub fn set_params(&mut self, params: &ParamMap) -> Result<()> {
-        fewshot_model::check_params(&self.config, params)?;
+        crate::rates::check_meta_params(&self.config, params)?;
+        if let Some(extra) = params.keys().find(|k| self.params.get(k).is_none()) {
+            return Err(Error::Model(fewshot_model::Error::Params(format!(
+                "unexpected parameter `{extra}`: this learner was built without it (learned inner rates are \
+                 `train.learned_inner_lr`)"
+            ))));
+        }
         Ok(self.params.set(params)?)
     }
 

@@ -32,7 +32,8 @@
 //! Files: `settings` (inner loop and adaptation settings), `engine` (the one dispatch),
 //! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
 //! through candle's autograd), `learner` (the trait and the shared parameter state), `maml`,
-//! `supervised`, `head` (how the head starts each task), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
+//! `supervised`, `head` (how the head starts each task), `rates` (MAML++'s learned inner
+//! learning rates), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
 //! and `grad_mode` (candle keeps gradient graphs, for second order, only on threads that saw
 //! `CANDLE_GRAD_DO_NOT_DETACH` at their first backward pass; the candle path runs every
 //! backward pass on worker threads latched into the right mode, so callers never set the
@@ -52,6 +53,7 @@ mod head;
 mod learner;
 mod maml;
 mod native;
+mod rates;
 mod settings;
 mod supervised;
 mod workers;
@@ -66,6 +68,7 @@ pub use grad_mode::{GradMode, backward, environment_lock};
 pub use head::HeadInit;
 pub use learner::{Learner, LrSchedule, StepStats, Trainable};
 pub use maml::{Annealing, Maml};
+pub use rates::{RATE_PREFIX, check_meta_params, has_rates, init_rates, rate_name, split_rates};
 pub use settings::{Adaptation, InnerLoop, MultiStepLoss, Order, Scope};
 pub use supervised::Supervised;
 pub use workers::set_parallel_tasks;

@@ -309,3 +309,85 @@ fn chunking_tasks_does_not_change_the_meta_gradient() {
             .contains("task_chunk")
     );
 }
+
+/// `params` with learned rates for `steps` steps, drawn in [0.2, 0.7) so that every tensor and
+/// step has its own.
+fn with_rates(params: &ParamMap, steps: usize, seed: u64) -> ParamMap {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = params.clone();
+    for (name, r) in fewshot_meta::init_rates(&CONFIG, steps, 0.5, DType::F64, &Device::Cpu).unwrap() {
+        let v: Vec<f64> = (0..r.elem_count()).map(|_| rng.random_range(0.2..0.7)).collect();
+        out.insert(name, Tensor::from_vec(v, steps, &Device::Cpu).unwrap());
+    }
+    out
+}
+
+#[test]
+fn learned_inner_rates_have_exact_meta_gradients() {
+    let params = init(&CONFIG, 17, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(6);
+    for steps in [1, 2] {
+        let p = with_rates(&params, steps, steps as u64);
+        for engine in [Engine::candle(), Engine::Native] {
+            for multi_step in [None, Some(MultiStepLoss { progress: 0.4 })] {
+                if multi_step.is_some() && (steps == 1 || engine != Engine::Native) {
+                    continue; // the multi-step loss is the native engine's
+                }
+                let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
+                let (grads, _) = engine.meta_gradient(&CONFIG, &p, &batch, &inner).unwrap();
+                assert_eq!(grads.len(), p.len(), "a gradient for every parameter and rate");
+                let c = compare_with_fd(&p, &grads, &batch, &inner);
+                println!(
+                    "{engine:?}, learned rates, {steps} step(s), {multi_step:?}: {} checked, {} skipped, worst {:.2e}",
+                    c.checked, c.skipped, c.worst_rel
+                );
+                assert!(c.checked >= 20, "only {} coordinates checked", c.checked);
+                assert!(c.worst_rel < 1e-6, "{engine:?}: learned rates off by {:.2e} ({steps} steps)", c.worst_rel);
+                // The rates are used: their gradients are not all zero (conv biases' are).
+                let rate_grad = grads["inner_lr.block0.conv.weight"].abs().unwrap().sum_all().unwrap();
+                assert!(rate_grad.to_scalar::<f64>().unwrap() > 1e-6);
+            }
+        }
+        // First order: the two engines agree, rates included.
+        let fo = InnerLoop::new(0.5, steps, Order::First);
+        let (a, _) = Engine::candle().meta_gradient(&CONFIG, &p, &batch, &fo).unwrap();
+        let (b, _) = Engine::Native.meta_gradient(&CONFIG, &p, &batch, &fo).unwrap();
+        for (name, g) in &a {
+            let diff = max_abs_diff(g, &b[name]);
+            assert!(diff < 1e-12, "first order, {name}: engines differ by {diff:e}");
+        }
+    }
+    // Rates all equal to inner_lr: the same net gradient as the plain inner loop.
+    let inner = InnerLoop::new(0.5, 2, Order::Second);
+    let mut uniform = params.clone();
+    uniform.extend(fewshot_meta::init_rates(&CONFIG, 2, 0.5, DType::F64, &Device::Cpu).unwrap());
+    let (plain, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+    let (learned, _) = Engine::Native.meta_gradient(&CONFIG, &uniform, &batch, &inner).unwrap();
+    for (name, g) in &plain {
+        assert!(max_abs_diff(g, &learned[name]) < 1e-12, "{name}");
+    }
+}
+
+#[test]
+fn evaluation_beyond_the_learned_steps_takes_the_last_rate() {
+    let params = with_rates(&init(&CONFIG, 19, DType::F64, &Device::Cpu).unwrap(), 2, 3);
+    let batch = batch(7);
+    let adaptation = fewshot_meta::Adaptation::all(0.5, 4);
+    let native = Engine::Native.adapted_logits(&CONFIG, &params, batch.inputs(), &adaptation).unwrap();
+    let candle = Engine::candle().adapted_logits(&CONFIG, &params, batch.inputs(), &adaptation).unwrap();
+    assert!(max_abs_diff(&native, &candle) < 1e-10);
+    // Spelled out: rates of 4 steps whose last two repeat the second give the same logits.
+    let mut spelled = params.clone();
+    for (name, r) in &params {
+        if name.starts_with(fewshot_meta::RATE_PREFIX) {
+            let v = r.to_vec1::<f64>().unwrap();
+            spelled.insert(name.clone(), Tensor::new(&[v[0], v[1], v[1], v[1]], &Device::Cpu).unwrap());
+        }
+    }
+    let again = Engine::Native.adapted_logits(&CONFIG, &spelled, batch.inputs(), &adaptation).unwrap();
+    assert!(max_abs_diff(&native, &again) < 1e-14);
+    // And they matter: the plain inner_lr labels differently.
+    let (net, _) = fewshot_meta::split_rates(&params);
+    let plain = Engine::Native.adapted_logits(&CONFIG, &net, batch.inputs(), &adaptation).unwrap();
+    assert!(max_abs_diff(&native, &plain) > 1e-6);
+}

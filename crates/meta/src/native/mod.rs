@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_model::engine::{Layout, Real};
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_model::{ConvNetConfig, ParamMap, param_specs};
 
 use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
 use crate::error::{Error, Result};
+use crate::rates::{RateTable, split_rates};
 use crate::settings::{Adaptation, InnerLoop};
 use crate::workers::{self, Job};
-use task::{TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
+use task::{StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
 
 /// Whether the native engine can run a batch of `dtype` on `device`.
 pub(crate) fn supports(dtype: DType, device: &Device) -> bool {
@@ -77,6 +78,38 @@ impl<T: Real> FlatBatch<T> {
     }
 }
 
+/// The flat layout, the packed net parameters and the inner loop's step sizes of `params`
+/// (learned rates when it holds them, else `inner_lr`).
+fn prepare<T: Real>(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    inner_lr: f64,
+) -> Result<(Arc<Layout>, Arc<Vec<T>>, Arc<StepSizes<T>>, Option<RateTable>)> {
+    let (net, rates) = split_rates(params);
+    let table = RateTable::from_map(config, &rates)?;
+    let layout = Layout::new(config)?;
+    let theta = layout.pack(&net)?;
+    let sizes = match &table {
+        None => StepSizes::Uniform(T::from_f64(inner_lr)),
+        Some(table) => {
+            let ranges: Vec<_> = param_specs(config).iter().map(|s| layout.range(s.role)).collect();
+            let per_step = (0..table.steps)
+                .map(|s| {
+                    let mut lr = vec![T::default(); layout.len()];
+                    for (p, r) in ranges.iter().enumerate() {
+                        if let Some(r) = r {
+                            lr[r.clone()].fill(T::from_f64(table.values[p][s]));
+                        }
+                    }
+                    lr
+                })
+                .collect();
+            StepSizes::Learned { per_step, ranges }
+        }
+    };
+    Ok((Arc::new(layout), Arc::new(theta), Arc::new(sizes), table))
+}
+
 fn unsupported(dtype: DType) -> Error {
     Error::InvalidSetting {
         name: "dtype",
@@ -109,30 +142,36 @@ fn meta_gradient_typed<T: Real>(
     batch: &TaskBatch,
     inner: &InnerLoop,
 ) -> Result<(ParamMap, StepStats)> {
-    let layout = Arc::new(Layout::new(config)?);
-    let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
+    let (layout, theta, sizes, table) = prepare::<T>(config, params, inner.inner_lr)?;
     let flat = Arc::new(FlatBatch::<T>::new(&layout, batch.inputs(), Some(&batch.query_labels))?);
     let t = batch.n_tasks();
     let inner = *inner;
     let jobs: Vec<Job<TaskOutcome<T>>> = (0..t)
         .map(|i| -> Job<TaskOutcome<T>> {
-            let (layout, theta, flat) = (layout.clone(), theta.clone(), flat.clone());
-            Box::new(move || task_meta_gradient(&layout, &theta, &flat.task(i), &inner))
+            let (layout, theta, flat, sizes) = (layout.clone(), theta.clone(), flat.clone(), sizes.clone());
+            Box::new(move || task_meta_gradient(&layout, &theta, &flat.task(i), &inner, &sizes))
         })
         .collect();
     let outcomes = workers::plain()?.run(jobs)?;
     let (mut loss, mut correct) = (0f64, 0usize);
     let mut sum = vec![0f64; layout.len()];
+    let mut rate_sum = vec![0f64; table.as_ref().map_or(0, |r| r.values.len() * r.steps)];
     for o in &outcomes {
         loss += o.loss;
         correct += o.correct;
         sum.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
+        rate_sum.iter_mut().zip(&o.rate_grad).for_each(|(s, g)| *s += g);
     }
     if !loss.is_finite() {
         return Err(Error::NonFinite(loss as f32));
     }
     let mean: Vec<T> = sum.iter().map(|s| T::from_f64(s / t as f64)).collect();
-    let grads = layout.unpack(&mean, params.values().next().map_or(T::DTYPE, |p| p.dtype()), &Device::Cpu)?;
+    let dtype = params.values().next().map_or(T::DTYPE, |p| p.dtype());
+    let mut grads = layout.unpack(&mean, dtype, &Device::Cpu)?;
+    if let Some(table) = &table {
+        rate_sum.iter_mut().for_each(|s| *s /= t as f64);
+        grads.extend(table.gradients(config, &rate_sum, dtype)?);
+    }
     let stats =
         StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
     Ok((grads, stats))
@@ -159,15 +198,14 @@ fn adapted_logits_typed<T: Real>(
     tasks: TaskInputs<'_>,
     adaptation: &Adaptation,
 ) -> Result<Tensor> {
-    let layout = Arc::new(Layout::new(config)?);
-    let theta: Arc<Vec<T>> = Arc::new(layout.pack(params)?);
+    let (layout, theta, sizes, _) = prepare::<T>(config, params, adaptation.inner_lr)?;
     let flat = Arc::new(FlatBatch::<T>::new(&layout, tasks, None)?);
     let t = tasks.n_tasks();
     let adaptation = *adaptation;
     let jobs: Vec<Job<Vec<T>>> = (0..t)
         .map(|i| -> Job<Vec<T>> {
-            let (layout, theta, flat) = (layout.clone(), theta.clone(), flat.clone());
-            Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation))
+            let (layout, theta, flat, sizes) = (layout.clone(), theta.clone(), flat.clone(), sizes.clone());
+            Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation, &sizes))
         })
         .collect();
     let logits: Vec<f64> = workers::plain()?.run(jobs)?.into_iter().flatten().map(|v| v.to_f64()).collect();

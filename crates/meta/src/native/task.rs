@@ -2,6 +2,8 @@
 //! meta-gradient ([`task_meta_gradient`]) and its adapted query logits
 //! ([`task_adapted_logits`]), each compiled for the CPU's best vector extension.
 
+use std::ops::Range;
+
 use fewshot_model::engine::{self, Backward, Forward, Layout, Real, with_best_simd};
 
 use crate::settings::{Adaptation, InnerLoop, Order, Scope};
@@ -32,20 +34,75 @@ pub(crate) struct TaskOutcome<T> {
     pub loss: f64,
     /// Query images classified correctly after adaptation.
     pub correct: usize,
+    /// With learned rates, the gradient with respect to them, `[parameter * steps + step]`
+    /// (see [`crate::rates::RateTable`]); empty otherwise.
+    pub rate_grad: Vec<f64>,
 }
 
-/// What one inner step leaves behind: the parameters it started from and, for the
-/// second-order pull-back, the support pass there and its gradient.
+/// The inner loop's step sizes: one number, or MAML++'s learned per-tensor, per-step rates.
+#[derive(Debug, Clone)]
+pub(crate) enum StepSizes<T> {
+    /// The same step size for every parameter and step.
+    Uniform(T),
+    /// Learned rates spread over the flat layout.
+    Learned {
+        /// Per learned step, every flat parameter's step size (inner steps beyond the last
+        /// learned one use the last).
+        per_step: Vec<Vec<T>>,
+        /// For each rate tensor (parameter of [`fewshot_model::param_specs`], in order), its
+        /// range in the flat layout (`None`: a conv bias, not stored; its rate's gradient is 0).
+        ranges: Vec<Option<Range<usize>>>,
+    },
+}
+
+impl<T: Real> StepSizes<T> {
+    /// Learned steps (1 for a uniform step size).
+    fn learned_steps(&self) -> usize {
+        match self {
+            StepSizes::Uniform(_) => 1,
+            StepSizes::Learned { per_step, .. } => per_step.len(),
+        }
+    }
+
+    /// `out = size(step) * v`, elementwise.
+    #[inline(always)]
+    fn scale_into(&self, step: usize, v: &[T], out: &mut Vec<T>) {
+        out.clear();
+        match self {
+            StepSizes::Uniform(lr) => out.extend(v.iter().map(|v| *lr * *v)),
+            StepSizes::Learned { per_step, .. } => {
+                let lr = &per_step[step.min(per_step.len() - 1)];
+                out.extend(v.iter().zip(lr).map(|(v, lr)| *lr * *v));
+            }
+        }
+    }
+
+    /// `w[from..] -= size(step) * g[from..]`.
+    #[inline(always)]
+    fn descend(&self, step: usize, w: &mut [T], g: &[T], from: usize) {
+        match self {
+            StepSizes::Uniform(lr) => w[from..].iter_mut().zip(&g[from..]).for_each(|(w, g)| *w -= *lr * *g),
+            StepSizes::Learned { per_step, .. } => {
+                let lr = &per_step[step.min(per_step.len() - 1)];
+                w[from..].iter_mut().zip(&g[from..]).zip(&lr[from..]).for_each(|((w, g), lr)| *w -= *lr * *g);
+            }
+        }
+    }
+}
+
+/// What one inner step leaves behind: the parameters it started from, its support gradient
+/// and, for the second-order pull-back, the support pass there.
 struct InnerStep<T: Real> {
     theta: Vec<T>,
+    grad: Vec<T>,
     pullback: Option<Pullback<T>>,
 }
 
-/// One inner step's support pass and gradient, from which [`engine::hvp`] computes `H v`.
+/// One inner step's support pass, from which (with the step's gradient) [`engine::hvp`]
+/// computes `H v`.
 struct Pullback<T: Real> {
     fwd: Forward<T>,
     bwd: Backward<T>,
-    grad: Vec<T>,
 }
 
 /// The fast weights after the inner loop and, when asked, every step's [`InnerStep`].
@@ -59,30 +116,30 @@ struct Adapted<T: Real> {
 enum Keep {
     /// Nothing: only the fast weights are wanted.
     Nothing,
-    /// The parameters each step started from (for a multi-step loss, first order).
+    /// The parameters each step started from and its gradient (for a multi-step loss or
+    /// learned rates, first order).
     Parameters,
     /// The parameters and the passes (for second order).
     Pullbacks,
 }
 
-/// `inner.steps` SGD steps of `inner.inner_lr` on the support set from `theta`, updating the
-/// parameters `from..` of the flat layout (0: all; [`Layout::head_start`]: the head only, the
-/// rest frozen), keeping what `keep` says of each step.
+/// `steps` SGD steps of `sizes` on the support set from `theta`, updating the parameters
+/// `from..` of the flat layout (0: all; [`Layout::head_start`]: the head only, the rest
+/// frozen), keeping what `keep` says of each step.
 #[inline(always)]
 fn adapt<T: Real>(
     layout: &Layout,
     theta: &[T],
     task: &TaskData<'_, T>,
-    inner: &InnerLoop,
+    (steps, sizes): (usize, &StepSizes<T>),
     from: usize,
     keep: Keep,
 ) -> Adapted<T> {
-    let lr = T::from_f64(inner.inner_lr);
     let mut fast = theta.to_vec();
     let mut kept = Vec::new();
     let mut grad = vec![T::default(); layout.len()];
     let n_support = task.support_labels.len();
-    for _ in 0..inner.steps {
+    for step in 0..steps {
         let fwd = engine::forward(layout, &fast, task.support, n_support);
         let mut next = fast.clone();
         let pullback = if keep == Keep::Pullbacks {
@@ -92,11 +149,11 @@ fn adapt<T: Real>(
             engine::gradient(layout, &fast, &fwd, task.support_labels, &mut grad);
             None
         };
-        next[from..].iter_mut().zip(&grad[from..]).for_each(|(w, g)| *w -= lr * *g);
+        sizes.descend(step, &mut next, &grad, from);
         let theta = std::mem::replace(&mut fast, next);
         if keep != Keep::Nothing {
-            let pullback = pullback.map(|(fwd, bwd)| Pullback { fwd, bwd, grad: grad.clone() });
-            kept.push(InnerStep { theta, pullback });
+            let pullback = pullback.map(|(fwd, bwd)| Pullback { fwd, bwd });
+            kept.push(InnerStep { theta, grad: grad.clone(), pullback });
         }
     }
     Adapted { fast, steps: kept }
@@ -104,18 +161,22 @@ fn adapt<T: Real>(
 
 /// One task's MAML meta-gradient: adapt on the support set, take the query loss's gradient
 /// at the fast weights, and (second order) pull it back through every inner step with
-/// Hessian-vector products: `v <- v - inner_lr * H(theta_i) v` from the last step to the
-/// first. With a multi-step loss, each intermediate step's weighted query gradient joins `v`
-/// as the pull-back passes it.
+/// Hessian-vector products: `v <- v - H(theta_i) (lr_i v)` from the last step to the
+/// first, `lr_i` the step's size (a number, or learned rates per parameter). With a
+/// multi-step loss, each intermediate step's weighted query gradient joins `v` as the
+/// pull-back passes it. With learned rates, step `i`'s rate of a tensor gets `-<v, g_i>` over
+/// that tensor, `v` the gradient with respect to `theta_{i+1}` and `g_i` the step's support
+/// gradient (exact in second order; in first order `v` is first order too).
 pub(crate) fn task_meta_gradient<T: Real>(
     layout: &Layout,
     theta: &[T],
     task: &TaskData<'_, T>,
     inner: &InnerLoop,
+    sizes: &StepSizes<T>,
 ) -> TaskOutcome<T> {
     with_best_simd(
         #[inline(always)]
-        || meta_gradient_body(layout, theta, task, inner),
+        || meta_gradient_body(layout, theta, task, inner, sizes),
     )
 }
 
@@ -125,15 +186,17 @@ fn meta_gradient_body<T: Real>(
     theta: &[T],
     task: &TaskData<'_, T>,
     inner: &InnerLoop,
+    sizes: &StepSizes<T>,
 ) -> TaskOutcome<T> {
     let weights = inner.step_weights(); // of the query loss after steps 1..=k
     let multi_step = weights.iter().rev().skip(1).any(|&w| w != 0.0);
-    let keep = match (inner.order, multi_step) {
+    let learned = matches!(sizes, StepSizes::Learned { .. });
+    let keep = match (inner.order, multi_step || learned) {
         (Order::Second, _) => Keep::Pullbacks,
         (Order::First, true) => Keep::Parameters,
         (Order::First, false) => Keep::Nothing,
     };
-    let adapted = adapt(layout, theta, task, inner, 0, keep);
+    let adapted = adapt(layout, theta, task, (inner.steps, sizes), 0, keep);
     let fwd = engine::forward(layout, &adapted.fast, task.query, task.n_query);
     let mut grad = vec![T::default(); layout.len()];
     engine::gradient(layout, &adapted.fast, &fwd, task.query_labels, &mut grad);
@@ -143,20 +206,42 @@ fn meta_gradient_body<T: Real>(
         let w = T::from_f64(last);
         grad.iter_mut().for_each(|g| *g = w * *g);
     }
-    let lr = T::from_f64(inner.inner_lr);
     let mut hv = Vec::new();
+    let mut direction = Vec::new();
+    let mut rate_grad = Vec::new();
     // Step `i` (0-based) took theta_i to theta_{i+1}; theta_0 = theta carries no query loss.
     for (i, step) in adapted.steps.iter().enumerate().rev() {
+        if let StepSizes::Learned { ranges, .. } = sizes {
+            let k = sizes.learned_steps();
+            rate_grad.resize(ranges.len() * k, 0.0);
+            for (p, range) in ranges.iter().enumerate() {
+                if let Some(r) = range {
+                    let dot: f64 =
+                        grad[r.clone()].iter().zip(&step.grad[r.clone()]).map(|(v, g)| v.to_f64() * g.to_f64()).sum();
+                    rate_grad[p * k + i.min(k - 1)] -= dot;
+                }
+            }
+        }
         if let Some(p) = &step.pullback {
             hv.resize(layout.len(), T::default());
-            engine::hvp(layout, &step.theta, &p.fwd, &p.bwd, &p.grad, &grad, &mut hv);
-            grad.iter_mut().zip(&hv).for_each(|(v, h)| *v -= lr * *h);
+            match sizes {
+                StepSizes::Uniform(lr) => {
+                    engine::hvp(layout, &step.theta, &p.fwd, &p.bwd, &step.grad, &grad, &mut hv);
+                    grad.iter_mut().zip(&hv).for_each(|(v, h)| *v -= *lr * *h);
+                }
+                StepSizes::Learned { .. } => {
+                    // H is symmetric: the pull-back of theta - lr * g(theta) is v - H (lr v).
+                    sizes.scale_into(i, &grad, &mut direction);
+                    engine::hvp(layout, &step.theta, &p.fwd, &p.bwd, &step.grad, &direction, &mut hv);
+                    grad.iter_mut().zip(&hv).for_each(|(v, h)| *v -= *h);
+                }
+            }
         }
         if i >= 1 && weights[i - 1] != 0.0 {
             add_query_gradient(layout, task, &mut grad, &step.theta, weights[i - 1]);
         }
     }
-    TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels) }
+    TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels), rate_grad }
 }
 
 /// Add `weight` times the query loss's gradient at `theta_i` into `v`.
@@ -176,6 +261,7 @@ pub(crate) fn task_adapted_logits<T: Real>(
     theta: &[T],
     task: &TaskData<'_, T>,
     adaptation: &Adaptation,
+    sizes: &StepSizes<T>,
 ) -> Vec<T> {
     with_best_simd(
         #[inline(always)]
@@ -184,7 +270,7 @@ pub(crate) fn task_adapted_logits<T: Real>(
                 Scope::All => 0,
                 Scope::Head => layout.head_start(),
             };
-            let adapted = adapt(layout, theta, task, &adaptation.inner_loop(), from, Keep::Nothing);
+            let adapted = adapt(layout, theta, task, (adaptation.steps, sizes), from, Keep::Nothing);
             engine::forward(layout, &adapted.fast, task.query, task.n_query).logits
         },
     )

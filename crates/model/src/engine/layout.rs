@@ -87,6 +87,21 @@ impl Layout {
         self.head_weight
     }
 
+    /// Where the parameter of `role` lives in a flat vector (`None` for conv biases, which
+    /// are not stored).
+    pub fn range(&self, role: ParamRole) -> Option<std::ops::Range<usize>> {
+        let c = &self.config;
+        let (at, len) = match role {
+            ParamRole::ConvWeight(i) => (self.blocks[i].weight, self.blocks[i].c_out * self.blocks[i].k()),
+            ParamRole::ConvBias(_) => return None,
+            ParamRole::BnScale(i) => (self.blocks[i].scale, self.blocks[i].c_out),
+            ParamRole::BnShift(i) => (self.blocks[i].shift, self.blocks[i].c_out),
+            ParamRole::HeadWeight => (self.head_weight, c.n_way * c.features()),
+            ParamRole::HeadBias => (self.head_bias, c.n_way),
+        };
+        Some(at..at + len)
+    }
+
     /// Length of a flat parameter (or gradient) vector.
     pub fn len(&self) -> usize {
         self.len
@@ -209,5 +224,28 @@ impl Layout {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_tile_the_flat_vector_in_spec_order() {
+        let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 4 };
+        let layout = Layout::new(&config).unwrap();
+        let mut next = 0;
+        for spec in param_specs(&config) {
+            match layout.range(spec.role) {
+                None => assert!(matches!(spec.role, ParamRole::ConvBias(_))),
+                Some(r) => {
+                    assert_eq!(r.start, next, "{} starts where the previous one ends", spec.name);
+                    assert_eq!(r.len(), spec.shape.iter().product::<usize>(), "{} has its shape's size", spec.name);
+                    next = r.end;
+                }
+            }
+        }
+        assert_eq!(next, layout.len());
     }
 }
