@@ -213,6 +213,11 @@ pub struct TrainConfig {
     /// (kept in checkpoints as `inner_lr.<parameter>`). Evaluation with more inner steps than
     /// `inner_steps` repeats the last learned rate.
     pub learned_inner_lr: bool,
+    /// MAML++ per-step batch-norm weights and biases: a gain and shift per inner step,
+    /// meta-learned and not adapted in the inner loop (kept as `bn_step.<parameter>`,
+    /// `[inner_steps, hidden]`; they replace the net's own batch-norm parameters). Native
+    /// engine only.
+    pub per_step_bn: bool,
     /// The outer learning rate over training: `constant` or `cosine` (annealed from `meta_lr`
     /// at step 0 to `meta_lr_min` at step `meta_lr_cosine_steps`, then constant).
     pub meta_lr_schedule: LrScheduleKind,
@@ -289,6 +294,7 @@ impl Default for TrainConfig {
             multi_step_loss_steps: 1000,
             first_order_steps: 0,
             learned_inner_lr: false,
+            per_step_bn: false,
             meta_lr_schedule: LrScheduleKind::Constant,
             meta_lr_min: 0.0,
             meta_lr_cosine_steps: 0,
@@ -425,10 +431,12 @@ impl Config {
             && (t.multi_step_loss
                 || t.first_order_steps > 0
                 || t.learned_inner_lr
+                || t.per_step_bn
                 || t.head_init != HeadInitKind::Learned)
         {
             bail!(
-                "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr and train.head_init shape \
+                "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr, train.per_step_bn and \
+                 train.head_init shape \
                  MAML's inner loop; \
                  method {:?} has none (use maml or fomaml, or leave them at their defaults)",
                 t.method

@@ -176,6 +176,10 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
     let net = config.net(n_out);
     let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
     let mut initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
+    if t.per_step_bn {
+        let sets = fewshot_meta::init_bn_steps(&net, &initial, t.inner_steps)?;
+        initial.extend(sets);
+    }
     if t.learned_inner_lr {
         initial.extend(fewshot_meta::init_rates(&net, t.inner_steps, t.inner_lr, DType::F32, &Device::Cpu)?);
     }

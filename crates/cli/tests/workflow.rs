@@ -139,6 +139,7 @@ fn resume_gives_the_same_parameters() {
         "train.meta_lr_schedule=\"cosine\"",
         "train.meta_lr_cosine_steps=6",
         "train.learned_inner_lr=true",
+        "train.per_step_bn=true",
     ];
     resume_matches(&plus, "maml++");
 }
@@ -176,11 +177,13 @@ fn resume_matches(sets: &[&str], what: &str) {
     assert_eq!(metrics.lines().count(), 6, "metrics continue without duplicates");
     if sets.contains(&"train.learned_inner_lr=true") {
         // The learned rates are parameters like the others: saved, optimised, restored...
-        for n in ["param.inner_lr.block0.conv.weight", "adam.v.inner_lr.head.bias"] {
+        for n in ["param.inner_lr.block0.conv.weight", "adam.v.inner_lr.head.bias", "param.bn_step.block0.bn.weight"] {
             assert!(ta.names().contains(&n), "{what}: no {n} in the checkpoint");
         }
         let rates = ta.tensor("param.inner_lr.block0.conv.weight").unwrap();
         assert_eq!(rates.shape(), [2], "one rate per inner step");
+        let sets = ta.tensor("param.bn_step.block0.bn.weight").unwrap();
+        assert_eq!(sets.shape()[0], 2, "one batch-norm set per inner step");
         // ... and evaluation adapts with them, for more steps than were learned.
         let ckpt = split.join("checkpoints/last.safetensors");
         let eval = ok(fewshot(

@@ -47,6 +47,13 @@ fn adapt_scoped(
     scope: Scope,
 ) -> Result<ParamMap> {
     inner.validate()?;
+    if crate::bn_steps::has_bn_steps(params) {
+        return Err(Error::InvalidSetting {
+            name: "bn_step",
+            value: "per-step batch-norm sets".into(),
+            expected: "none for the candle engine (per-step batch norm is the native engine's)".into(),
+        });
+    }
     let (net, rates) = split_rates(params);
     let learned = RateTable::from_map(config, &rates)?;
     let t = support_images.dim(0)?;

@@ -33,7 +33,7 @@
 //! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
 //! through candle's autograd), `learner` (the trait and the shared parameter state), `maml`,
 //! `supervised`, `head` (how the head starts each task), `rates` (MAML++'s learned inner
-//! learning rates), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
+//! learning rates), `bn_steps` (MAML++'s per-step batch-norm weights), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
 //! and `grad_mode` (candle keeps gradient graphs, for second order, only on threads that saw
 //! `CANDLE_GRAD_DO_NOT_DETACH` at their first backward pass; the candle path runs every
 //! backward pass on worker threads latched into the right mode, so callers never set the
@@ -44,6 +44,7 @@
 
 mod adam;
 mod batch;
+mod bn_steps;
 mod candle;
 mod engine;
 mod error;
@@ -60,6 +61,7 @@ mod workers;
 
 pub use adam::Adam;
 pub use batch::{TaskBatch, TaskInputs};
+pub use bn_steps::{BN_STEP_PREFIX, bn_step_name, has_bn_steps, init_bn_steps, split_bn_steps};
 pub use candle::adapt;
 pub use engine::{DEFAULT_TASK_CHUNK, Engine};
 pub use error::{Error, Result};

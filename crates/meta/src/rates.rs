@@ -57,11 +57,15 @@ pub fn has_rates(params: &ParamMap) -> bool {
 
 /// Check a meta-learner's parameter map: exactly the net's parameters (see
 /// [`fewshot_model::check_params`]), plus either no rates or one `[k]` rate tensor per net
-/// parameter, the same `k >= 1` for all.
+/// parameter (the same `k >= 1` for all), plus either no per-step batch-norm sets or all of
+/// them (see [`crate::bn_steps`]).
 pub fn check_meta_params(config: &ConvNetConfig, params: &ParamMap) -> Result<()> {
-    let (net, rates) = split_rates(params);
+    let (rest, rates) = split_rates(params);
+    let (net, sets) = crate::bn_steps::split_bn_steps(&rest);
     fewshot_model::check_params(config, &net)?;
-    RateTable::from_map(config, &rates).map(|_| ())
+    RateTable::from_map(config, &rates)?;
+    crate::bn_steps::BnStepTable::from_map(config, &sets)?;
+    Ok(())
 }
 
 /// Learned rates as numbers: for each parameter of [`param_specs`] (in that order), its rate

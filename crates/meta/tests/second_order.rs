@@ -81,14 +81,21 @@ fn relative_error(fd: f64, got: f64) -> f64 {
     (fd - got).abs() / fd.abs().max(got.abs()).max(1e-7)
 }
 
-/// Compare `grads` with central differences at coordinates spread over every parameter.
+/// Compare `grads` with central differences of the meta-loss at coordinates spread over
+/// every parameter.
 fn compare_with_fd(params: &ParamMap, grads: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> Comparison {
+    compare_loss_with_fd(|p| meta_loss(p, batch, inner), params, grads)
+}
+
+/// Compare `grads` with central differences of `loss` at coordinates spread over every
+/// parameter.
+fn compare_loss_with_fd(loss: impl Fn(&ParamMap) -> f64, params: &ParamMap, grads: &ParamMap) -> Comparison {
     let mut c = Comparison { checked: 0, skipped: 0, worst_rel: 0.0 };
     for (name, p) in params {
         let n = p.elem_count();
         let g = grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for index in [0, n / 2, n - 1, (n * 7) / 9] {
-            match central_difference(|p| meta_loss(p, batch, inner), params, name, index) {
+            match central_difference(&loss, params, name, index) {
                 None => c.skipped += 1,
                 Some(fd) => {
                     c.worst_rel = c.worst_rel.max(relative_error(fd, g[index]));
@@ -390,4 +397,70 @@ fn evaluation_beyond_the_learned_steps_takes_the_last_rate() {
     let (net, _) = fewshot_meta::split_rates(&params);
     let plain = Engine::Native.adapted_logits(&CONFIG, &net, batch.inputs(), &adaptation).unwrap();
     assert!(max_abs_diff(&native, &plain) > 1e-6);
+}
+
+/// The meta-loss through the native engine's forward passes only (adapted logits, then
+/// cross-entropy): independent of its backward pass and Hessian-vector products, and the one
+/// reference for options the candle path does not have (per-step batch norm).
+fn native_meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
+    let query_loss = |steps: usize| {
+        let adaptation = fewshot_meta::Adaptation::all(inner.inner_lr, steps);
+        let logits = Engine::Native.adapted_logits(&CONFIG, params, batch.inputs(), &adaptation).unwrap();
+        cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    inner.step_weights().iter().enumerate().filter(|(_, w)| **w != 0.0).map(|(i, w)| w * query_loss(i + 1)).sum()
+}
+
+/// `params` with per-step batch-norm sets for `steps` steps, every set different.
+fn with_bn_steps(params: &ParamMap, steps: usize, seed: u64) -> ParamMap {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = params.clone();
+    for (name, t) in fewshot_meta::init_bn_steps(&CONFIG, params, steps).unwrap() {
+        let gain = name.ends_with("weight");
+        let v: Vec<f64> = (0..t.elem_count())
+            .map(|_| if gain { rng.random_range(0.5..1.5) } else { rng.random_range(-0.3..0.3) })
+            .collect();
+        out.insert(name, Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap());
+    }
+    out
+}
+
+#[test]
+fn per_step_batch_norm_has_exact_meta_gradients() {
+    let params = init(&CONFIG, 23, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(8);
+    // The forward-only reference agrees with candle's meta-loss where both apply.
+    let plain = InnerLoop::new(0.5, 2, Order::Second);
+    assert!((native_meta_loss(&params, &batch, &plain) - meta_loss(&params, &batch, &plain)).abs() < 1e-12);
+    let cases = [
+        (1, None, false),
+        (2, None, false),
+        (3, Some(MultiStepLoss { progress: 0.3 }), false),
+        (2, Some(MultiStepLoss { progress: 0.5 }), true), // with learned rates too
+    ];
+    for (steps, multi_step, rates) in cases {
+        let mut p = with_bn_steps(&params, steps, steps as u64 + 40);
+        if rates {
+            p = with_rates(&p, steps, 9);
+        }
+        let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
+        let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &p, &batch, &inner).unwrap();
+        assert_eq!(grads.len(), p.len(), "a gradient for every parameter and set");
+        let c = compare_loss_with_fd(|q| native_meta_loss(q, &batch, &inner), &p, &grads);
+        println!(
+            "per-step batch norm, {steps} step(s), {multi_step:?}, rates {rates}: {} checked, {} skipped, worst {:.2e}",
+            c.checked, c.skipped, c.worst_rel
+        );
+        assert!(c.checked >= 20, "only {} coordinates checked", c.checked);
+        assert!(c.worst_rel < 1e-6, "per-step batch norm off by {:.2e} ({steps} steps)", c.worst_rel);
+        // The sets replace the net's own batch-norm parameters, which get no gradient.
+        let unused = grads["block0.bn.weight"].abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert_eq!(unused, 0.0);
+        let used = grads["bn_step.block1.bn.bias"].abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(used > 1e-6);
+    }
+    // The candle reference has no per-step batch norm: it says so.
+    let p = with_bn_steps(&params, 1, 1);
+    let e = Engine::candle().meta_gradient(&CONFIG, &p, &batch, &plain).unwrap_err().to_string();
+    assert!(e.contains("per-step batch"), "{e}");
 }

@@ -10,15 +10,16 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_model::engine::{Layout, Real};
-use fewshot_model::{ConvNetConfig, ParamMap, param_specs};
+use fewshot_model::{ConvNetConfig, ParamMap, ParamRole, param_specs};
 
 use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
+use crate::bn_steps::{BnStepTable, split_bn_steps};
 use crate::error::{Error, Result};
 use crate::rates::{RateTable, split_rates};
 use crate::settings::{Adaptation, InnerLoop};
 use crate::workers::{self, Job};
-use task::{StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
+use task::{BnSets, StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
 
 /// Whether the native engine can run a batch of `dtype` on `device`.
 pub(crate) fn supports(dtype: DType, device: &Device) -> bool {
@@ -78,36 +79,65 @@ impl<T: Real> FlatBatch<T> {
     }
 }
 
-/// The flat layout, the packed net parameters and the inner loop's step sizes of `params`
-/// (learned rates when it holds them, else `inner_lr`).
-fn prepare<T: Real>(
-    config: &ConvNetConfig,
-    params: &ParamMap,
-    inner_lr: f64,
-) -> Result<(Arc<Layout>, Arc<Vec<T>>, Arc<StepSizes<T>>, Option<RateTable>)> {
-    let (net, rates) = split_rates(params);
-    let table = RateTable::from_map(config, &rates)?;
+/// What a meta-learner's parameter map becomes on the native engine.
+struct Prepared<T> {
+    layout: Arc<Layout>,
+    /// The net's parameters, packed.
+    theta: Arc<Vec<T>>,
+    sizes: Arc<StepSizes<T>>,
+    bn: Option<Arc<BnSets<T>>>,
+    rates: Option<RateTable>,
+    bn_table: Option<BnStepTable>,
+}
+
+/// Split `params` into the net's parameters, learned rates and per-step batch-norm sets, and
+/// lay them out: the inner loop's step sizes are the learned rates when the map holds them,
+/// else `inner_lr`; with per-step batch norm, zero for the batch-norm parameters.
+fn prepare<T: Real>(config: &ConvNetConfig, params: &ParamMap, inner_lr: f64) -> Result<Prepared<T>> {
+    let (rest, rates) = split_rates(params);
+    let (net, sets) = split_bn_steps(&rest);
+    let rates = RateTable::from_map(config, &rates)?;
+    let bn_table = BnStepTable::from_map(config, &sets)?;
     let layout = Layout::new(config)?;
     let theta = layout.pack(&net)?;
-    let sizes = match &table {
-        None => StepSizes::Uniform(T::from_f64(inner_lr)),
-        Some(table) => {
-            let ranges: Vec<_> = param_specs(config).iter().map(|s| layout.range(s.role)).collect();
-            let per_step = (0..table.steps)
+    let specs = param_specs(config);
+    let frozen = |role: ParamRole| bn_table.is_some() && matches!(role, ParamRole::BnScale(_) | ParamRole::BnShift(_));
+    let sizes = match (&rates, &bn_table) {
+        (None, None) => StepSizes::Uniform(T::from_f64(inner_lr)),
+        _ => {
+            let steps = rates.as_ref().map_or(1, |r| r.steps);
+            let ranges: Vec<_> = specs.iter().map(|s| layout.range(s.role).filter(|_| !frozen(s.role))).collect();
+            let per_step = (0..steps)
                 .map(|s| {
                     let mut lr = vec![T::default(); layout.len()];
                     for (p, r) in ranges.iter().enumerate() {
                         if let Some(r) = r {
-                            lr[r.clone()].fill(T::from_f64(table.values[p][s]));
+                            let rate = rates.as_ref().map_or(inner_lr, |t| t.values[p][s]);
+                            lr[r.clone()].fill(T::from_f64(rate));
                         }
                     }
                     lr
                 })
                 .collect();
-            StepSizes::Learned { per_step, ranges }
+            StepSizes::PerParameter { per_step, learned: rates.is_some().then_some(ranges) }
         }
     };
-    Ok((Arc::new(layout), Arc::new(theta), Arc::new(sizes), table))
+    let bn = bn_table.as_ref().map(|table| {
+        let ranges: Vec<_> =
+            table.roles.iter().map(|&role| layout.range(role).expect("batch norm is stored")).collect();
+        let sets = (0..table.steps)
+            .map(|s| {
+                let hidden = config.hidden;
+                table
+                    .values
+                    .iter()
+                    .flat_map(|v| v[s * hidden..(s + 1) * hidden].iter().map(|&x| T::from_f64(x)))
+                    .collect()
+            })
+            .collect();
+        Arc::new(BnSets { sets, ranges })
+    });
+    Ok(Prepared { layout: Arc::new(layout), theta: Arc::new(theta), sizes: Arc::new(sizes), bn, rates, bn_table })
 }
 
 fn unsupported(dtype: DType) -> Error {
@@ -142,25 +172,28 @@ fn meta_gradient_typed<T: Real>(
     batch: &TaskBatch,
     inner: &InnerLoop,
 ) -> Result<(ParamMap, StepStats)> {
-    let (layout, theta, sizes, table) = prepare::<T>(config, params, inner.inner_lr)?;
+    let Prepared { layout, theta, sizes, bn, rates, bn_table } = prepare::<T>(config, params, inner.inner_lr)?;
     let flat = Arc::new(FlatBatch::<T>::new(&layout, batch.inputs(), Some(&batch.query_labels))?);
     let t = batch.n_tasks();
     let inner = *inner;
     let jobs: Vec<Job<TaskOutcome<T>>> = (0..t)
         .map(|i| -> Job<TaskOutcome<T>> {
-            let (layout, theta, flat, sizes) = (layout.clone(), theta.clone(), flat.clone(), sizes.clone());
-            Box::new(move || task_meta_gradient(&layout, &theta, &flat.task(i), &inner, &sizes))
+            let (layout, theta, flat, sizes, bn) =
+                (layout.clone(), theta.clone(), flat.clone(), sizes.clone(), bn.clone());
+            Box::new(move || task_meta_gradient(&layout, &theta, &flat.task(i), &inner, &sizes, bn.as_deref()))
         })
         .collect();
     let outcomes = workers::plain()?.run(jobs)?;
     let (mut loss, mut correct) = (0f64, 0usize);
     let mut sum = vec![0f64; layout.len()];
-    let mut rate_sum = vec![0f64; table.as_ref().map_or(0, |r| r.values.len() * r.steps)];
+    let mut rate_sum = vec![0f64; rates.as_ref().map_or(0, |r| r.values.len() * r.steps)];
+    let mut bn_sum = vec![0f64; outcomes.first().map_or(0, |o| o.bn_grad.len())];
     for o in &outcomes {
         loss += o.loss;
         correct += o.correct;
         sum.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
         rate_sum.iter_mut().zip(&o.rate_grad).for_each(|(s, g)| *s += g);
+        bn_sum.iter_mut().zip(&o.bn_grad).for_each(|(s, g)| *s += g);
     }
     if !loss.is_finite() {
         return Err(Error::NonFinite(loss as f32));
@@ -168,9 +201,23 @@ fn meta_gradient_typed<T: Real>(
     let mean: Vec<T> = sum.iter().map(|s| T::from_f64(s / t as f64)).collect();
     let dtype = params.values().next().map_or(T::DTYPE, |p| p.dtype());
     let mut grads = layout.unpack(&mean, dtype, &Device::Cpu)?;
-    if let Some(table) = &table {
+    if let Some(table) = &rates {
         rate_sum.iter_mut().for_each(|s| *s /= t as f64);
         grads.extend(table.gradients(config, &rate_sum, dtype)?);
+    }
+    if let Some(table) = &bn_table {
+        // [set][parameter][channel] -> per parameter [set, channel].
+        let hidden = config.hidden;
+        let n = table.roles.len();
+        let per_param: Vec<Vec<f64>> = (0..n)
+            .map(|p| {
+                (0..table.steps)
+                    .flat_map(|s| (0..hidden).map(move |c| (s * n + p) * hidden + c))
+                    .map(|at| bn_sum[at] / t as f64)
+                    .collect()
+            })
+            .collect();
+        grads.extend(table.gradients(config, &per_param, dtype)?);
     }
     let stats =
         StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
@@ -198,14 +245,15 @@ fn adapted_logits_typed<T: Real>(
     tasks: TaskInputs<'_>,
     adaptation: &Adaptation,
 ) -> Result<Tensor> {
-    let (layout, theta, sizes, _) = prepare::<T>(config, params, adaptation.inner_lr)?;
+    let Prepared { layout, theta, sizes, bn, .. } = prepare::<T>(config, params, adaptation.inner_lr)?;
     let flat = Arc::new(FlatBatch::<T>::new(&layout, tasks, None)?);
     let t = tasks.n_tasks();
     let adaptation = *adaptation;
     let jobs: Vec<Job<Vec<T>>> = (0..t)
         .map(|i| -> Job<Vec<T>> {
-            let (layout, theta, flat, sizes) = (layout.clone(), theta.clone(), flat.clone(), sizes.clone());
-            Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation, &sizes))
+            let (layout, theta, flat, sizes, bn) =
+                (layout.clone(), theta.clone(), flat.clone(), sizes.clone(), bn.clone());
+            Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation, &sizes, bn.as_deref()))
         })
         .collect();
     let logits: Vec<f64> = workers::plain()?.run(jobs)?.into_iter().flatten().map(|v| v.to_f64()).collect();

@@ -37,30 +37,74 @@ pub(crate) struct TaskOutcome<T> {
     /// With learned rates, the gradient with respect to them, `[parameter * steps + step]`
     /// (see [`crate::rates::RateTable`]); empty otherwise.
     pub rate_grad: Vec<f64>,
+    /// With per-step batch norm, the gradient with respect to the sets, `[set][slot]`
+    /// flattened (see [`BnSets`]); empty otherwise.
+    pub bn_grad: Vec<f64>,
 }
 
-/// The inner loop's step sizes: one number, or MAML++'s learned per-tensor, per-step rates.
+/// The inner loop's step sizes: one number, or one per flat parameter and step (MAML++'s
+/// learned rates, or zero where per-step batch norm freezes the batch-norm parameters).
 #[derive(Debug, Clone)]
 pub(crate) enum StepSizes<T> {
     /// The same step size for every parameter and step.
     Uniform(T),
-    /// Learned rates spread over the flat layout.
-    Learned {
-        /// Per learned step, every flat parameter's step size (inner steps beyond the last
-        /// learned one use the last).
+    /// Step sizes spread over the flat layout.
+    PerParameter {
+        /// Per step, every flat parameter's step size (inner steps beyond the last use the
+        /// last).
         per_step: Vec<Vec<T>>,
-        /// For each rate tensor (parameter of [`fewshot_model::param_specs`], in order), its
-        /// range in the flat layout (`None`: a conv bias, not stored; its rate's gradient is 0).
-        ranges: Vec<Option<Range<usize>>>,
+        /// With learned rates: for each rate tensor (parameter of
+        /// [`fewshot_model::param_specs`], in order), its range in the flat layout (`None`: a
+        /// conv bias, which is not stored, or a frozen batch-norm parameter; its rate's
+        /// gradient is 0).
+        learned: Option<Vec<Option<Range<usize>>>>,
     },
 }
 
+/// MAML++'s per-step batch-norm sets on the flat layout (see [`crate::bn_steps`]).
+#[derive(Debug, Clone)]
+pub(crate) struct BnSets<T> {
+    /// Per set, the values of the batch-norm slots, in the order of `ranges`.
+    pub sets: Vec<Vec<T>>,
+    /// The flat ranges of the batch-norm parameters (of [`crate::bn_steps::BnStepTable`]'s
+    /// order).
+    pub ranges: Vec<Range<usize>>,
+}
+
+impl<T: Real> BnSets<T> {
+    fn index(&self, step: usize) -> usize {
+        step.min(self.sets.len() - 1)
+    }
+
+    /// Write step `step`'s set into the batch-norm slots of `theta`.
+    fn apply(&self, step: usize, theta: &mut [T]) {
+        let mut values = self.sets[self.index(step)].iter();
+        for r in &self.ranges {
+            theta[r.clone()].iter_mut().zip(&mut values).for_each(|(t, v)| *t = *v);
+        }
+    }
+
+    /// Move the batch-norm slots of the gradient `v` into step `step`'s set's gradient `acc`
+    /// (`[set][slot]`, flattened), leaving zeros in `v`.
+    fn take_gradient(&self, step: usize, v: &mut [T], acc: &mut [f64]) {
+        let len = self.sets[0].len();
+        let mut at = self.index(step) * len;
+        for r in &self.ranges {
+            for x in &mut v[r.clone()] {
+                acc[at] += x.to_f64();
+                *x = T::default();
+                at += 1;
+            }
+        }
+    }
+}
+
 impl<T: Real> StepSizes<T> {
-    /// Learned steps (1 for a uniform step size).
+    /// Steps with their own sizes (1 for a uniform step size).
     fn learned_steps(&self) -> usize {
         match self {
             StepSizes::Uniform(_) => 1,
-            StepSizes::Learned { per_step, .. } => per_step.len(),
+            StepSizes::PerParameter { per_step, .. } => per_step.len(),
         }
     }
 
@@ -70,7 +114,7 @@ impl<T: Real> StepSizes<T> {
         out.clear();
         match self {
             StepSizes::Uniform(lr) => out.extend(v.iter().map(|v| *lr * *v)),
-            StepSizes::Learned { per_step, .. } => {
+            StepSizes::PerParameter { per_step, .. } => {
                 let lr = &per_step[step.min(per_step.len() - 1)];
                 out.extend(v.iter().zip(lr).map(|(v, lr)| *lr * *v));
             }
@@ -82,7 +126,7 @@ impl<T: Real> StepSizes<T> {
     fn descend(&self, step: usize, w: &mut [T], g: &[T], from: usize) {
         match self {
             StepSizes::Uniform(lr) => w[from..].iter_mut().zip(&g[from..]).for_each(|(w, g)| *w -= *lr * *g),
-            StepSizes::Learned { per_step, .. } => {
+            StepSizes::PerParameter { per_step, .. } => {
                 let lr = &per_step[step.min(per_step.len() - 1)];
                 w[from..].iter_mut().zip(&g[from..]).zip(&lr[from..]).for_each(|((w, g), lr)| *w -= *lr * *g);
             }
@@ -123,15 +167,16 @@ enum Keep {
     Pullbacks,
 }
 
-/// `steps` SGD steps of `sizes` on the support set from `theta`, updating the parameters
-/// `from..` of the flat layout (0: all; [`Layout::head_start`]: the head only, the rest
-/// frozen), keeping what `keep` says of each step.
+/// `steps` SGD steps of `sizes` on the support set from `theta` (step `s`'s batch-norm
+/// parameters from set `s` of `bn`, when given), updating the parameters `from..` of the flat
+/// layout (0: all; [`Layout::head_start`]: the head only, the rest frozen), keeping what
+/// `keep` says of each step.
 #[inline(always)]
 fn adapt<T: Real>(
     layout: &Layout,
     theta: &[T],
     task: &TaskData<'_, T>,
-    (steps, sizes): (usize, &StepSizes<T>),
+    (steps, sizes, bn): (usize, &StepSizes<T>, Option<&BnSets<T>>),
     from: usize,
     keep: Keep,
 ) -> Adapted<T> {
@@ -140,6 +185,9 @@ fn adapt<T: Real>(
     let mut grad = vec![T::default(); layout.len()];
     let n_support = task.support_labels.len();
     for step in 0..steps {
+        if let Some(bn) = bn {
+            bn.apply(step, &mut fast);
+        }
         let fwd = engine::forward(layout, &fast, task.support, n_support);
         let mut next = fast.clone();
         let pullback = if keep == Keep::Pullbacks {
@@ -155,6 +203,10 @@ fn adapt<T: Real>(
             let pullback = pullback.map(|(fwd, bwd)| Pullback { fwd, bwd });
             kept.push(InnerStep { theta, grad: grad.clone(), pullback });
         }
+    }
+    if let Some(bn) = bn {
+        // The query pass after step s uses set s (after no step, set 0).
+        bn.apply(steps.saturating_sub(1), &mut fast);
     }
     Adapted { fast, steps: kept }
 }
@@ -173,10 +225,11 @@ pub(crate) fn task_meta_gradient<T: Real>(
     task: &TaskData<'_, T>,
     inner: &InnerLoop,
     sizes: &StepSizes<T>,
+    bn: Option<&BnSets<T>>,
 ) -> TaskOutcome<T> {
     with_best_simd(
         #[inline(always)]
-        || meta_gradient_body(layout, theta, task, inner, sizes),
+        || meta_gradient_body(layout, theta, task, inner, sizes, bn),
     )
 }
 
@@ -187,16 +240,20 @@ fn meta_gradient_body<T: Real>(
     task: &TaskData<'_, T>,
     inner: &InnerLoop,
     sizes: &StepSizes<T>,
+    bn: Option<&BnSets<T>>,
 ) -> TaskOutcome<T> {
     let weights = inner.step_weights(); // of the query loss after steps 1..=k
     let multi_step = weights.iter().rev().skip(1).any(|&w| w != 0.0);
-    let learned = matches!(sizes, StepSizes::Learned { .. });
-    let keep = match (inner.order, multi_step || learned) {
+    let rate_ranges = match sizes {
+        StepSizes::PerParameter { learned: Some(ranges), .. } => Some(ranges),
+        _ => None,
+    };
+    let keep = match (inner.order, multi_step || rate_ranges.is_some() || bn.is_some()) {
         (Order::Second, _) => Keep::Pullbacks,
         (Order::First, true) => Keep::Parameters,
         (Order::First, false) => Keep::Nothing,
     };
-    let adapted = adapt(layout, theta, task, (inner.steps, sizes), 0, keep);
+    let adapted = adapt(layout, theta, task, (inner.steps, sizes, bn), 0, keep);
     let fwd = engine::forward(layout, &adapted.fast, task.query, task.n_query);
     let mut grad = vec![T::default(); layout.len()];
     engine::gradient(layout, &adapted.fast, &fwd, task.query_labels, &mut grad);
@@ -209,9 +266,12 @@ fn meta_gradient_body<T: Real>(
     let mut hv = Vec::new();
     let mut direction = Vec::new();
     let mut rate_grad = Vec::new();
+    let mut bn_grad = bn.map_or(Vec::new(), |bn| vec![0f64; bn.sets.len() * bn.sets[0].len()]);
     // Step `i` (0-based) took theta_i to theta_{i+1}; theta_0 = theta carries no query loss.
+    // With per-step batch norm, `v`'s batch-norm slots hold the gradient of step i's set (the
+    // query pass after step i and step i's support pass use it) until it is moved out.
     for (i, step) in adapted.steps.iter().enumerate().rev() {
-        if let StepSizes::Learned { ranges, .. } = sizes {
+        if let Some(ranges) = rate_ranges {
             let k = sizes.learned_steps();
             rate_grad.resize(ranges.len() * k, 0.0);
             for (p, range) in ranges.iter().enumerate() {
@@ -229,7 +289,7 @@ fn meta_gradient_body<T: Real>(
                     engine::hvp(layout, &step.theta, &p.fwd, &p.bwd, &step.grad, &grad, &mut hv);
                     grad.iter_mut().zip(&hv).for_each(|(v, h)| *v -= *lr * *h);
                 }
-                StepSizes::Learned { .. } => {
+                StepSizes::PerParameter { .. } => {
                     // H is symmetric: the pull-back of theta - lr * g(theta) is v - H (lr v).
                     sizes.scale_into(i, &grad, &mut direction);
                     engine::hvp(layout, &step.theta, &p.fwd, &p.bwd, &step.grad, &direction, &mut hv);
@@ -237,11 +297,25 @@ fn meta_gradient_body<T: Real>(
                 }
             }
         }
+        if let Some(bn) = bn {
+            bn.take_gradient(i, &mut grad, &mut bn_grad);
+        }
         if i >= 1 && weights[i - 1] != 0.0 {
-            add_query_gradient(layout, task, &mut grad, &step.theta, weights[i - 1]);
+            match bn {
+                None => add_query_gradient(layout, task, &mut grad, &step.theta, weights[i - 1]),
+                Some(bn) => {
+                    // The query pass after step i - 1: theta_i's weights, set i - 1.
+                    let mut theta_q = step.theta.clone();
+                    bn.apply(i - 1, &mut theta_q);
+                    add_query_gradient(layout, task, &mut grad, &theta_q, weights[i - 1]);
+                }
+            }
         }
     }
-    TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels), rate_grad }
+    if let Some(bn) = bn {
+        bn.take_gradient(0, &mut grad, &mut bn_grad); // with no inner step, set 0's
+    }
+    TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels), rate_grad, bn_grad }
 }
 
 /// Add `weight` times the query loss's gradient at `theta_i` into `v`.
@@ -262,6 +336,7 @@ pub(crate) fn task_adapted_logits<T: Real>(
     task: &TaskData<'_, T>,
     adaptation: &Adaptation,
     sizes: &StepSizes<T>,
+    bn: Option<&BnSets<T>>,
 ) -> Vec<T> {
     with_best_simd(
         #[inline(always)]
@@ -270,7 +345,7 @@ pub(crate) fn task_adapted_logits<T: Real>(
                 Scope::All => 0,
                 Scope::Head => layout.head_start(),
             };
-            let adapted = adapt(layout, theta, task, (adaptation.steps, sizes), from, Keep::Nothing);
+            let adapted = adapt(layout, theta, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
             engine::forward(layout, &adapted.fast, task.query, task.n_query).logits
         },
     )
