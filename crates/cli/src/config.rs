@@ -93,8 +93,13 @@ impl DataConfig {
 pub struct EpisodesConfig {
     /// `course` or `paper`.
     pub protocol: fewshot_tasks::Protocol,
-    /// Classes per episode.
+    /// Classes per episode (of validation and test episodes, and of meta-training tasks
+    /// unless `train_n_way` is set).
     pub n_way: usize,
+    /// Classes per meta-training task only (default: `n_way`): a model whose head adapts to any
+    /// number of classes (`train.head_init = "zero"` or `"shared"`) can train on small tasks
+    /// and be validated and tested on `n_way`-way ones.
+    pub train_n_way: Option<usize>,
     /// Support images per class.
     pub k_shot: usize,
     /// Query images per class in validation and test episodes (and in meta-training unless
@@ -115,6 +120,7 @@ impl Default for EpisodesConfig {
         EpisodesConfig {
             protocol: fewshot_tasks::Protocol::Course,
             n_way: 5,
+            train_n_way: None,
             k_shot: 1,
             n_query: 1,
             train_n_query: None,
@@ -458,6 +464,20 @@ impl Config {
         if e.k_shot == 0 || e.n_query == 0 {
             bail!("episodes.k_shot = {} and episodes.n_query = {}: both must be at least 1", e.k_shot, e.n_query);
         }
+        if let Some(w) = e.train_n_way.filter(|&w| w != e.n_way) {
+            if w < 2 {
+                bail!("episodes.train_n_way = {w}: must be at least 2");
+            }
+            let any_way = matches!(t.method, Method::Maml | Method::Fomaml) && t.head_init != HeadInitKind::Learned;
+            if !any_way {
+                bail!(
+                    "episodes.train_n_way = {w} differs from episodes.n_way = {}: only a MAML model whose head adapts \
+                     to any number of classes can train on other tasks than it is tested on (set train.head_init = \
+                     \"zero\" or \"shared\", or remove train_n_way)",
+                    e.n_way
+                );
+            }
+        }
         if e.train_n_query == Some(0) {
             bail!("episodes.train_n_query = 0: must be at least 1 (or absent, to train with episodes.n_query)");
         }
@@ -490,10 +510,11 @@ impl Config {
                 bail!("{key} = 0: must be at least 1");
             }
         }
+        let train_way = e.train_n_way.unwrap_or(e.n_way);
         if let Some(n) = e.train_classes
-            && n < e.n_way
+            && n < train_way
         {
-            bail!("episodes.train_classes = {n}: must be at least episodes.n_way = {}", e.n_way);
+            bail!("episodes.train_classes = {n}: must be at least the {train_way} classes of a training task");
         }
         if !(0.0..=1.0).contains(&self.augment.task_rotation_p) {
             bail!("augment.task_rotation_p = {}: must be in [0, 1]", self.augment.task_rotation_p);
@@ -572,9 +593,11 @@ impl Config {
         fewshot_meta::Adaptation { inner_lr: self.train.inner_lr, steps, scope }
     }
 
-    /// The shape of meta-training tasks: [`Config::spec`] with `episodes.train_n_query`.
+    /// The shape of meta-training tasks: [`Config::spec`] with `episodes.train_n_way` and
+    /// `episodes.train_n_query`.
     pub fn train_spec(&self) -> fewshot_tasks::EpisodeSpec {
         let mut spec = self.spec();
+        spec.n_way = self.episodes.train_n_way.unwrap_or(spec.n_way);
         spec.n_query = self.episodes.train_n_query.unwrap_or(spec.n_query);
         spec
     }
@@ -666,6 +689,23 @@ mod tests {
         check_err("name = \"\"\n", &[], "name = \"\": a run name is one folder name");
         check_err("name = \"../../x\"\n", &[], "a run name is one folder name");
         check_err("name = \"x\"\n", &["episodes.train_classes=3"], "episodes.train_classes = 3: must be at least");
+        // Training tasks of another shape: queries any time, classes only for an any-way head.
+        check_err("name = \"x\"\n", &["episodes.train_n_query=0"], "episodes.train_n_query = 0");
+        check_err("name = \"x\"\n", &["episodes.train_n_query=20"], "episodes.k_shot + episodes.train_n_query = 21");
+        check_err("name = \"x\"\n", &["episodes.n_way=20", "episodes.train_n_way=5"], "train.head_init");
+        let c = Config::parse(
+            "name = \"x\"\n",
+            "t",
+            &[
+                "episodes.n_way=20".into(),
+                "episodes.train_n_way=5".into(),
+                "episodes.train_n_query=3".into(),
+                "train.head_init=\"shared\"".into(),
+            ],
+        )
+        .unwrap();
+        let (train, test) = (c.train_spec(), c.spec());
+        assert_eq!((train.n_way, train.n_query, test.n_way, test.n_query), (5, 3, 20, 1));
     }
 
     #[test]

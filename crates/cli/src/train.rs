@@ -171,7 +171,7 @@ fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>
     let t = &config.train;
     let n_out = match t.method {
         Method::Transfer => pool_size,
-        _ => config.spec().n_way,
+        _ => config.train_spec().n_way,
     };
     let net = config.net(n_out);
     let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
