@@ -559,6 +559,18 @@ fn messages_name_what_to_change() {
     fixed_way[2] = learned.to_str().unwrap();
     let err = fails(fewshot(&fixed_way, &data));
     assert!(err.contains("is a 6-way model and the episodes are 7-way") && err.contains("head_init"), "{err}");
+    // Trained on 5-way tasks, validated and tested on 6-way ones (`episodes.train_n_way`).
+    let small = tmp.path().join("small-tasks");
+    let sets = ["train.steps=1", "train.head_init=\"shared\"", "episodes.n_way=6", "episodes.train_n_way=5"];
+    let extra: Vec<&str> = sets.iter().flat_map(|s| ["--set", s]).collect();
+    ok(fewshot(&train_args(&cfg, &small, &extra), &data));
+    let ckpt = small.join("checkpoints/last.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(tensors.tensor("param.head.weight").unwrap().shape()[0], 5, "the head trained on 5-way tasks");
+    let eval = ["eval", "--checkpoint", ckpt.to_str().unwrap(), "--protocol", "course", "--n", "4", "--json"];
+    let v: serde_json::Value = serde_json::from_str(ok(fewshot(&eval, &data)).lines().next().unwrap()).unwrap();
+    assert_eq!(v["n_way"].as_u64(), Some(6), "tested on the config's n_way");
     // The environment's data directory wins over the one a checkpoint recorded.
     let moved = tmp.path().join("moved-data");
     let recorded = tmp.path().join("recorded");
