@@ -63,8 +63,6 @@ const ARMS: [Arm; 9] = [
 
 /// The protocol configs whose runs the report tests, if they are there.
 const PROTOCOLS: [&str; 4] = ["paper-5w1s", "paper-20w1s", "background-20w1s", "hw15-boss-plus"];
-/// Test episodes of each protocol run.
-const TEST_EPISODES: usize = 600;
 
 /// The base config and the settings every arm shares.
 const CONFIG: &str = "configs/hw15-strong.toml";
@@ -152,7 +150,8 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
 }
 
 /// Each protocol config's run under `runs/<name>` (beside the ablation's `runs`), if one is
-/// there: its best checkpoint on `TEST_EPISODES` test episodes, its training time and curve.
+/// there: its best checkpoint on its protocol's default test set (`fewshot eval`'s), its
+/// training time and validation curve.
 fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyhow::Result<Vec<Value>> {
     let root = runs.parent().unwrap_or(Path::new("runs"));
     let mut out = Vec::new();
@@ -166,12 +165,15 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
         }
         eprintln!("== beyond-maml: testing {}", best.display());
         let mut eval = fewshot_command(fewshot, threads);
-        eval.args(["eval", "--checkpoint"]).arg(&best).args(["--json", "--n", &TEST_EPISODES.to_string()]);
+        // The default test set: 600 seeded episodes of the config's protocol, or the 640 fixed
+        // course tasks for a 5-way 1-shot 1-query course model.
+        eval.args(["eval", "--checkpoint"]).arg(&best).arg("--json");
         let output = eval.output().with_context(|| format!("running {eval:?}"))?;
         if !output.status.success() {
             bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
-        let test: Value = serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?;
+        let test: Value =
+            serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?;
         let lines = metrics(&dir)?;
         let validations: Vec<Value> = lines
             .iter()
@@ -253,9 +255,10 @@ fn report(all: &Value) -> String {
         return md;
     }
     md += "## Protocols\n\nEach config's run (`fewshot train --config configs/<name>.toml`, 2 \
-           cores), its best-validation checkpoint tested on 600 episodes of its protocol's test \
-           classes (`fewshot eval --checkpoint runs/<name>/checkpoints/best.safetensors --n 600`; \
-           the configs state the episode shapes). The wall time is the run's own clock, other \
+           cores), its best-validation checkpoint tested by `fewshot eval --checkpoint \
+           runs/<name>/checkpoints/best.safetensors` (600 seeded episodes of its protocol's test \
+           classes; for the 5-way 1-shot course model, the 640 course test tasks; the configs \
+           state the episode shapes and inner steps). The wall time is the run's own clock, other \
            work sharing the machine at times.\n\n";
     md += "| config | trained steps | best validation | test accuracy | test episodes | wall min |\n\
            | --- | --- | --- | --- | --- | --- |\n";

@@ -272,15 +272,7 @@ fn meta_gradient_body<T: Real>(
     // query pass after step i and step i's support pass use it) until it is moved out.
     for (i, step) in adapted.steps.iter().enumerate().rev() {
         if let Some(ranges) = rate_ranges {
-            let k = sizes.learned_steps();
-            rate_grad.resize(ranges.len() * k, 0.0);
-            for (p, range) in ranges.iter().enumerate() {
-                if let Some(r) = range {
-                    let dot: f64 =
-                        grad[r.clone()].iter().zip(&step.grad[r.clone()]).map(|(v, g)| v.to_f64() * g.to_f64()).sum();
-                    rate_grad[p * k + i.min(k - 1)] -= dot;
-                }
-            }
+            add_rate_gradients(ranges, sizes.learned_steps(), i, &grad, &step.grad, &mut rate_grad);
         }
         if let Some(p) = &step.pullback {
             hv.resize(layout.len(), T::default());
@@ -316,6 +308,27 @@ fn meta_gradient_body<T: Real>(
         bn.take_gradient(0, &mut grad, &mut bn_grad); // with no inner step, set 0's
     }
     TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels), rate_grad, bn_grad }
+}
+
+/// Step `step`'s learned rates' gradients into `out` (`[tensor * k + step]`): `-<v, g>` over
+/// each tensor's range, `v` the gradient with respect to the step's result and `g` its
+/// support gradient (accumulated in f64: a conv weight has tens of thousands of terms).
+#[inline(always)]
+fn add_rate_gradients<T: Real>(
+    ranges: &[Option<Range<usize>>],
+    k: usize,
+    step: usize,
+    v: &[T],
+    g: &[T],
+    out: &mut Vec<f64>,
+) {
+    out.resize(ranges.len() * k, 0.0);
+    for (p, range) in ranges.iter().enumerate() {
+        if let Some(r) = range {
+            let dot: f64 = v[r.clone()].iter().zip(&g[r.clone()]).map(|(v, g)| v.to_f64() * g.to_f64()).sum();
+            out[p * k + step.min(k - 1)] -= dot;
+        }
+    }
 }
 
 /// Add `weight` times the query loss's gradient at `theta_i` into `v`.
