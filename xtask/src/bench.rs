@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: meta-training and evaluation throughput, peak memory and achieved
-//! GFLOP/s of the real code path on synthetic data, each case in its own process; with
+//! GFLOP/s of the real code path on synthetic data, each case in its own process, and the
+//! fraction of this machine's gemm peak (the engine's kernel on large square products, per
+//! thread count, measured in the same run) that the achieved figure is; with
 //! `--against-torch PYTHON`, the PyTorch reference on the same cases, alternating with ours.
 
 use std::path::PathBuf;
@@ -81,10 +83,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let mut results = Vec::new();
     let mut table = String::from(
-        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s | baseline tasks/s | vs baseline |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s | of gemm peak | baseline tasks/s | vs baseline |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
+        let peak = run_json(
+            Command::new("target/release/fewshot-bench").args(["--mode", "gemm-peak", "--threads", &threads.to_string()]),
+        )?;
+        let peak_gflops = peak["gflops_per_sec"].as_f64().unwrap_or(f64::NAN);
+        eprintln!("gemm peak, {threads} thread(s): {peak_gflops:.1} GFLOP/s");
+        results.push(serde_json::json!({ "case": "gemm-peak", "threads": threads, "fewshot": peak }));
         for case in CASES.iter().filter(|c| args.cases.iter().any(|n| n == c.name)) {
             for mode in &args.modes {
                 let inner = if mode == "eval" { case.eval_steps } else { case.train_steps };
@@ -132,14 +140,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let torch_tps = torch.as_ref().and_then(|t| t["tasks_per_sec"].as_f64());
                 let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
                 let base_tps = baseline.as_ref().and_then(|b| b["tasks_per_sec"].as_f64());
+                let gflops = ours["achieved_gflops_per_sec"].as_f64().unwrap_or(f64::NAN);
                 let row = format!(
-                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {:.1} | {} | {} |\n",
+                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {gflops:.1} | {:.0}% | {} | {} |\n",
                     case.name,
                     fmt(torch_tps, 1),
                     fmt(torch_tps.map(|t| ours_tps / t), 2),
                     ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
                     fmt(torch.as_ref().and_then(|t| t["peak_rss_mb"].as_f64()), 0),
-                    ours["achieved_gflops_per_sec"].as_f64().unwrap_or(f64::NAN),
+                    100.0 * gflops / peak_gflops,
                     fmt(base_tps, 1),
                     fmt(base_tps.map(|b| ours_tps / b), 3),
                 );
@@ -154,6 +163,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let jsonl: String = results.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(args.out.join("results.jsonl"), jsonl)?;
+    let peaks: Vec<String> = results
+        .iter()
+        .filter(|r| r["case"] == "gemm-peak")
+        .map(|r| format!("{} thread(s) {:.1}", r["threads"], r["fewshot"]["gflops_per_sec"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    table += &format!("\ngemm peak (GFLOP/s, f32, {}x{} products, one per thread): {}\n", 1024, 1024, peaks.join(", "));
     std::fs::write(args.out.join("table.md"), &table)?;
     println!("{table}");
     println!("results: {}", args.out.join("results.jsonl").display());

@@ -18,7 +18,9 @@ use rand::{Rng, SeedableRng};
 #[derive(Parser)]
 #[command(about = "Time one meta-learning case on synthetic data (see cargo xtask bench)")]
 struct Args {
-    /// `so` (second-order meta-train), `fo` (first-order meta-train) or `eval`.
+    /// `so` (second-order meta-train), `fo` (first-order meta-train), `eval`, or `gemm-peak`
+    /// (the engine's matrix-product kernel on large square f32 products, one per thread: the
+    /// machine's attainable GFLOP/s for our single-threaded-kernel, task-parallel design).
     #[arg(long)]
     mode: String,
     #[arg(long, default_value_t = 5)]
@@ -69,7 +71,8 @@ fn main() -> anyhow::Result<()> {
         "so" => Some(Order::Second),
         "fo" => Some(Order::First),
         "eval" => None,
-        other => bail!("--mode {other}: expected so, fo or eval"),
+        "gemm-peak" => return gemm_peak(args.threads),
+        other => bail!("--mode {other}: expected so, fo, eval or gemm-peak"),
     };
     let inner_steps = args.inner_steps.unwrap_or(if order.is_some() { 1 } else { 3 });
     let net = ConvNetConfig::omniglot(args.n_way);
@@ -161,5 +164,48 @@ fn main() -> anyhow::Result<()> {
         "achieved_gflops_per_sec": flops_per_task * tasks_per_sec / 1e9,
     });
     println!("{result}");
+    Ok(())
+}
+
+/// Side of the square products of `--mode gemm-peak` (large enough to run at the kernel's
+/// best: 4 MB per operand).
+const PEAK_N: usize = 1024;
+
+/// `threads` threads each multiply two `PEAK_N`-square f32 matrices with the engine's
+/// single-threaded kernel ([`fewshot_model::engine::matmul_nn`]), repeatedly; prints the
+/// total GFLOP/s of the best of 5 timed rounds.
+fn gemm_peak(threads: usize) -> anyhow::Result<()> {
+    use fewshot_model::engine::{Out, matmul_nn};
+    let n = PEAK_N;
+    let operands: Vec<(Vec<f32>, Vec<f32>)> = (0..threads)
+        .map(|t| {
+            let a = (0..n * n).map(|i| ((i * 7 + t) % 13) as f32 / 13.0).collect();
+            let b = (0..n * n).map(|i| ((i * 5 + t) % 11) as f32 / 11.0).collect();
+            (a, b)
+        })
+        .collect();
+    let mut outputs: Vec<Vec<f32>> = vec![vec![0f32; n * n]; threads];
+    let mut round = || {
+        std::thread::scope(|s| {
+            for ((a, b), c) in operands.iter().zip(outputs.iter_mut()) {
+                s.spawn(move || {
+                    for _ in 0..3 {
+                        matmul_nn(c, a, b, [n, n, n], Out::Set);
+                    }
+                });
+            }
+        });
+    };
+    round(); // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        round();
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    // Each round: `threads` threads x 3 products x 2 n^3 FLOPs (thread start-up included).
+    std::hint::black_box(&outputs);
+    let gflops = (threads * 3) as f64 * 2.0 * (n as f64).powi(3) / best / 1e9;
+    println!("{}", serde_json::json!({ "mode": "gemm-peak", "threads": threads, "n": n, "gflops_per_sec": gflops }));
     Ok(())
 }

@@ -37,6 +37,7 @@ mod simd;
 pub use backward::{Backward, backward, gradient};
 pub use buffer::Buffer;
 pub use forward::{Forward, forward};
+pub use gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
 pub use hvp::hvp;
 pub use layout::Layout;
 pub use real::Real;
