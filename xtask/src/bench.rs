@@ -87,9 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
-        let peak = run_json(
-            Command::new("target/release/fewshot-bench").args(["--mode", "gemm-peak", "--threads", &threads.to_string()]),
-        )?;
+        let peak = run_json(Command::new("target/release/fewshot-bench").args([
+            "--mode",
+            "gemm-peak",
+            "--threads",
+            &threads.to_string(),
+        ]))?;
         let peak_gflops = peak["gflops_per_sec"].as_f64().unwrap_or(f64::NAN);
         eprintln!("gemm peak, {threads} thread(s): {peak_gflops:.1} GFLOP/s");
         results.push(serde_json::json!({ "case": "gemm-peak", "threads": threads, "fewshot": peak }));
@@ -166,7 +169,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let peaks: Vec<String> = results
         .iter()
         .filter(|r| r["case"] == "gemm-peak")
-        .map(|r| format!("{} thread(s) {:.1}", r["threads"], r["fewshot"]["gflops_per_sec"].as_f64().unwrap_or(f64::NAN)))
+        .map(|r| {
+            format!("{} thread(s) {:.1}", r["threads"], r["fewshot"]["gflops_per_sec"].as_f64().unwrap_or(f64::NAN))
+        })
         .collect();
     table += &format!("\ngemm peak (GFLOP/s, f32, {}x{} products, one per thread): {}\n", 1024, 1024, peaks.join(", "));
     std::fs::write(args.out.join("table.md"), &table)?;

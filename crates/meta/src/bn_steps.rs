@@ -102,13 +102,18 @@ impl BnStepTable {
         Ok(Some(BnStepTable { roles, values, steps: steps.expect("a net has batch norm") }))
     }
 
-    /// The gradients `grads[p][s * hidden + c]` as `bn_step.*` tensors of `dtype`.
-    pub fn gradients(&self, config: &ConvNetConfig, grads: &[Vec<f64>], dtype: DType) -> Result<ParamMap> {
+    /// The gradients `grads[(s * parameters + p) * hidden + c]` (set-major, as the native
+    /// engine gathers them) as `bn_step.*` tensors `[steps, hidden]` of `dtype`.
+    pub fn gradients(&self, config: &ConvNetConfig, grads: &[f64], dtype: DType) -> Result<ParamMap> {
+        let (n, hidden) = (self.roles.len(), config.hidden);
         let specs = param_specs(config).into_iter().filter(|s| is_bn(s.role));
         specs
-            .zip(grads)
-            .map(|(spec, g)| {
-                let t = Tensor::from_vec(g.clone(), (self.steps, config.hidden), &Device::Cpu)?.to_dtype(dtype)?;
+            .enumerate()
+            .map(|(p, spec)| {
+                let g: Vec<f64> = (0..self.steps)
+                    .flat_map(|s| grads[(s * n + p) * hidden..(s * n + p + 1) * hidden].iter().copied())
+                    .collect();
+                let t = Tensor::from_vec(g, (self.steps, hidden), &Device::Cpu)?.to_dtype(dtype)?;
                 Ok((bn_step_name(&spec.name), t))
             })
             .collect()

@@ -206,18 +206,8 @@ fn meta_gradient_typed<T: Real>(
         grads.extend(table.gradients(config, &rate_sum, dtype)?);
     }
     if let Some(table) = &bn_table {
-        // [set][parameter][channel] -> per parameter [set, channel].
-        let hidden = config.hidden;
-        let n = table.roles.len();
-        let per_param: Vec<Vec<f64>> = (0..n)
-            .map(|p| {
-                (0..table.steps)
-                    .flat_map(|s| (0..hidden).map(move |c| (s * n + p) * hidden + c))
-                    .map(|at| bn_sum[at] / t as f64)
-                    .collect()
-            })
-            .collect();
-        grads.extend(table.gradients(config, &per_param, dtype)?);
+        bn_sum.iter_mut().for_each(|s| *s /= t as f64);
+        grads.extend(table.gradients(config, &bn_sum, dtype)?);
     }
     let stats =
         StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
