@@ -36,6 +36,10 @@ pub struct Args {
     /// The PyTorch reference script.
     #[arg(long, default_value = "../shared/bench/torch_maml_reference.py")]
     torch_script: PathBuf,
+    /// Build `fewshot-bench` with the engine's profiling counters and report each case's time
+    /// split (shares of thread time in gemm, elementwise passes, im2col and the rest).
+    #[arg(long)]
+    time_split: bool,
     /// Where results.jsonl and table.md go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -72,7 +76,15 @@ fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO")).args(["build", "--release", "--bin", "fewshot-bench"]).status()?;
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--release", "--bin", "fewshot-bench"]);
+    // Without the feature, rebuild without it: a profiled binary left by an earlier run must
+    // not time the plain measurements.
+    build.args(["-p", "fewshot-cli"]);
+    if args.time_split {
+        build.args(["--features", "profile"]);
+    }
+    let status = build.status()?;
     if !status.success() {
         bail!("building fewshot-bench failed");
     }
@@ -83,8 +95,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let mut results = Vec::new();
     let mut table = String::from(
-        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s | of gemm peak | baseline tasks/s | vs baseline |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| case | mode | threads | fewshot tasks/s | torch tasks/s | ratio | fewshot peak MB | torch peak MB | fewshot GFLOP/s | of gemm peak | gemm / elementwise / im2col / rest % | baseline tasks/s | vs baseline |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
         let peak = run_json(Command::new("target/release/fewshot-bench").args([
@@ -144,8 +156,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
                 let base_tps = baseline.as_ref().and_then(|b| b["tasks_per_sec"].as_f64());
                 let gflops = ours["achieved_gflops_per_sec"].as_f64().unwrap_or(f64::NAN);
+                let split = &ours["time_split"];
+                let split = if split.is_null() {
+                    "-".to_owned()
+                } else {
+                    let pct = |k: &str| 100.0 * split[k].as_f64().unwrap_or(f64::NAN);
+                    format!("{:.0} / {:.0} / {:.0} / {:.0}", pct("gemm"), pct("elementwise"), pct("im2col"), pct("rest"))
+                };
                 let row = format!(
-                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {gflops:.1} | {:.0}% | {} | {} |\n",
+                    "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {gflops:.1} | {:.0}% | {split} | {} | {} |\n",
                     case.name,
                     fmt(torch_tps, 1),
                     fmt(torch_tps.map(|t| ours_tps / t), 2),

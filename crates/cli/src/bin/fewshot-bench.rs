@@ -132,7 +132,19 @@ fn main() -> anyhow::Result<()> {
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
+        if i + 1 == args.warmup {
+            fewshot_model::engine::profile::take(); // count the timed steps only
+        }
     }
+    // With the `profile` feature: the shares of the timed steps' thread time (wall x threads)
+    // spent in each kind of the engine's work.
+    let time_split = fewshot_model::engine::profile::take().map(|[gemm, im2col, elementwise]| {
+        let total = times.iter().sum::<f64>() * args.threads as f64;
+        let rest = total - gemm - im2col - elementwise;
+        serde_json::json!({
+            "gemm": gemm / total, "im2col": im2col / total, "elementwise": elementwise / total, "rest": rest / total,
+        })
+    });
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let fwd = forward_flops_per_image(&net);
@@ -162,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         "peak_rss_mb": fewshot_cli::peak_rss_mib().unwrap_or(f64::NAN),
         "analytic_flops_per_task": flops_per_task,
         "achieved_gflops_per_sec": flops_per_task * tasks_per_sec / 1e9,
+        "time_split": time_split,
     });
     println!("{result}");
     Ok(())

@@ -56,27 +56,31 @@ fn product<T: Real>(
     // SAFETY: the assert above bounds every index gemm touches: a is m x k, b is k x n, c is
     // m x n with the strides given (each stride pair describes a dense matrix of that shape),
     // and c does not alias a or b (a mutable and two shared borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::from_f64(1.0),
-            T::from_f64(1.0),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    super::profile::timed(
+        super::profile::Work::Gemm,
+        #[inline(always)]
+        || unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                T::from_f64(1.0),
+                T::from_f64(1.0),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        },
+    );
 }

@@ -4,66 +4,79 @@
 //! compiled inside the caller's SIMD level (see [`super::simd`]).
 
 use super::layout::Block;
+use super::profile::{Work, timed};
 use super::real::Real;
 
 /// 3x3, pad 1 im2col of `x` (`[b, h, w, c]`) into `cols` (`[b * h * w, 9 * c]`).
 #[inline(always)]
 pub fn im2col<T: Real>(x: &[T], b: usize, h: usize, w: usize, c: usize, cols: &mut [T]) {
-    let k = 9 * c;
-    for bi in 0..b {
-        for yi in 0..h {
-            for xi in 0..w {
-                let row = &mut cols[((bi * h + yi) * w + xi) * k..][..k];
-                for ky in 0..3 {
-                    let sy = yi as isize + ky as isize - 1;
-                    for kx in 0..3 {
-                        let sx = xi as isize + kx as isize - 1;
-                        let at = (ky * 3 + kx) * c;
-                        let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
-                        let src = ((bi * h + sy.max(0) as usize) * w + sx.max(0) as usize) * c;
-                        if c == 1 {
-                            // One channel (the first layer): a plain load, not a copy call.
-                            row[at] = if inside { x[src] } else { T::default() };
-                        } else if inside {
-                            row[at..at + c].copy_from_slice(&x[src..src + c]);
-                        } else {
-                            row[at..at + c].fill(T::default());
+    timed(
+        Work::Im2col,
+        #[inline(always)]
+        || {
+            let k = 9 * c;
+            for bi in 0..b {
+                for yi in 0..h {
+                    for xi in 0..w {
+                        let row = &mut cols[((bi * h + yi) * w + xi) * k..][..k];
+                        for ky in 0..3 {
+                            let sy = yi as isize + ky as isize - 1;
+                            for kx in 0..3 {
+                                let sx = xi as isize + kx as isize - 1;
+                                let at = (ky * 3 + kx) * c;
+                                let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
+                                let src = ((bi * h + sy.max(0) as usize) * w + sx.max(0) as usize) * c;
+                                if c == 1 {
+                                    // One channel (the first layer): a plain load, not a copy call.
+                                    row[at] = if inside { x[src] } else { T::default() };
+                                } else if inside {
+                                    row[at..at + c].copy_from_slice(&x[src..src + c]);
+                                } else {
+                                    row[at..at + c].fill(T::default());
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        },
+    )
 }
 
 /// The adjoint of [`im2col`]: scatter-add `cols` back into `dx` (`[b, h, w, c]`).
 #[inline(always)]
 pub fn col2im<T: Real>(cols: &[T], b: usize, h: usize, w: usize, c: usize, dx: &mut [T]) {
-    let k = 9 * c;
-    dx[..b * h * w * c].fill(T::default());
-    for bi in 0..b {
-        for yi in 0..h {
-            for xi in 0..w {
-                let row = &cols[((bi * h + yi) * w + xi) * k..][..k];
-                for ky in 0..3 {
-                    let sy = yi as isize + ky as isize - 1;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..3 {
-                        let sx = xi as isize + kx as isize - 1;
-                        if sx < 0 || sx >= w as isize {
-                            continue;
-                        }
-                        let dst = &mut dx[((bi * h + sy as usize) * w + sx as usize) * c..][..c];
-                        for (d, s) in dst.iter_mut().zip(&row[(ky * 3 + kx) * c..][..c]) {
-                            *d += *s;
+    timed(
+        Work::Im2col,
+        #[inline(always)]
+        || {
+            let k = 9 * c;
+            dx[..b * h * w * c].fill(T::default());
+            for bi in 0..b {
+                for yi in 0..h {
+                    for xi in 0..w {
+                        let row = &cols[((bi * h + yi) * w + xi) * k..][..k];
+                        for ky in 0..3 {
+                            let sy = yi as isize + ky as isize - 1;
+                            if sy < 0 || sy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..3 {
+                                let sx = xi as isize + kx as isize - 1;
+                                if sx < 0 || sx >= w as isize {
+                                    continue;
+                                }
+                                let dst = &mut dx[((bi * h + sy as usize) * w + sx as usize) * c..][..c];
+                                for (d, s) in dst.iter_mut().zip(&row[(ky * 3 + kx) * c..][..c]) {
+                                    *d += *s;
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        },
+    )
 }
 
 /// Rows per partial sum of [`channel_sums`] and [`channel_dots`]: each output adds up
@@ -78,33 +91,45 @@ const PARTIAL_ROWS: usize = 128;
 /// [`PARTIAL_ROWS`] rows.
 #[inline(always)]
 pub fn channel_sums<T: Real>(x: &[T], c: usize, out: &mut [T]) {
-    out.fill(T::default());
-    let mut partial = vec![T::default(); c];
-    for block in x.chunks(PARTIAL_ROWS * c) {
-        partial.fill(T::default());
-        for row in block.chunks_exact(c) {
-            for (p, v) in partial.iter_mut().zip(row) {
-                *p += *v;
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            out.fill(T::default());
+            let mut partial = vec![T::default(); c];
+            for block in x.chunks(PARTIAL_ROWS * c) {
+                partial.fill(T::default());
+                for row in block.chunks_exact(c) {
+                    for (p, v) in partial.iter_mut().zip(row) {
+                        *p += *v;
+                    }
+                }
+                out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
             }
-        }
-        out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
-    }
+        },
+    )
 }
 
 /// Per-channel sums of `x * y`, by partial sums like [`channel_sums`].
 #[inline(always)]
 pub fn channel_dots<T: Real>(x: &[T], y: &[T], c: usize, out: &mut [T]) {
-    out.fill(T::default());
-    let mut partial = vec![T::default(); c];
-    for (bx, by) in x.chunks(PARTIAL_ROWS * c).zip(y.chunks(PARTIAL_ROWS * c)) {
-        partial.fill(T::default());
-        for (rx, ry) in bx.chunks_exact(c).zip(by.chunks_exact(c)) {
-            for ((p, a), b) in partial.iter_mut().zip(rx).zip(ry) {
-                *p += *a * *b;
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            out.fill(T::default());
+            let mut partial = vec![T::default(); c];
+            for (bx, by) in x.chunks(PARTIAL_ROWS * c).zip(y.chunks(PARTIAL_ROWS * c)) {
+                partial.fill(T::default());
+                for (rx, ry) in bx.chunks_exact(c).zip(by.chunks_exact(c)) {
+                    for ((p, a), b) in partial.iter_mut().zip(rx).zip(ry) {
+                        *p += *a * *b;
+                    }
+                }
+                out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
             }
-        }
-        out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
-    }
+        },
+    )
 }
 
 /// The pooled outputs of block `bl`, as `(o, rows)`: `o` is the output's row in the pooled
@@ -124,54 +149,79 @@ pub fn windows(bl: &Block, batch: usize) -> impl Iterator<Item = (usize, [usize;
 /// `out = keep * out + c1 * x1 + bias`, per channel over rows of `c`.
 #[inline(always)]
 pub fn lincomb1<T: Real>(out: &mut [T], keep: &[T], x1: &[T], c1: &[T], bias: &[T], c: usize) {
-    for (o, r1) in out.chunks_exact_mut(c).zip(x1.chunks_exact(c)) {
-        for ((((o, k), x1), c1), b) in o.iter_mut().zip(keep).zip(r1).zip(c1).zip(bias) {
-            *o = *k * *o + *c1 * *x1 + *b;
-        }
-    }
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            for (o, r1) in out.chunks_exact_mut(c).zip(x1.chunks_exact(c)) {
+                for ((((o, k), x1), c1), b) in o.iter_mut().zip(keep).zip(r1).zip(c1).zip(bias) {
+                    *o = *k * *o + *c1 * *x1 + *b;
+                }
+            }
+        },
+    )
 }
 
 /// `out = c1 * x1 + c2 * x2 + bias`, per channel over rows of `c`.
 #[inline(always)]
 pub fn lincomb2<T: Real>(out: &mut [T], x1: &[T], c1: &[T], x2: &[T], c2: &[T], bias: &[T], c: usize) {
-    for ((o, r1), r2) in out.chunks_exact_mut(c).zip(x1.chunks_exact(c)).zip(x2.chunks_exact(c)) {
-        for (((((o, x1), c1), x2), c2), b) in o.iter_mut().zip(r1).zip(c1).zip(r2).zip(c2).zip(bias) {
-            *o = *c1 * *x1 + *c2 * *x2 + *b;
-        }
-    }
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            for ((o, r1), r2) in out.chunks_exact_mut(c).zip(x1.chunks_exact(c)).zip(x2.chunks_exact(c)) {
+                for (((((o, x1), c1), x2), c2), b) in o.iter_mut().zip(r1).zip(c1).zip(r2).zip(c2).zip(bias) {
+                    *o = *c1 * *x1 + *c2 * *x2 + *b;
+                }
+            }
+        },
+    )
 }
 
 /// `out = keep * out + sum_i c_i * x_i + bias` for four inputs, per channel over rows of `c`.
 #[inline(always)]
 pub fn lincomb4<T: Real>(out: &mut [T], keep: &[T], xs: [&[T]; 4], cs: [&[T]; 4], bias: &[T], c: usize) {
-    let rows = xs[0].chunks_exact(c).zip(xs[1].chunks_exact(c)).zip(xs[2].chunks_exact(c)).zip(xs[3].chunks_exact(c));
-    for (o, (((r0, r1), r2), r3)) in out.chunks_exact_mut(c).zip(rows) {
-        let lanes = o.iter_mut().zip(keep).zip(bias).zip(r0.iter().zip(cs[0])).zip(r1.iter().zip(cs[1]));
-        for (((((o, k), b), (x0, c0)), (x1, c1)), ((x2, c2), (x3, c3))) in
-            lanes.zip(r2.iter().zip(cs[2]).zip(r3.iter().zip(cs[3])))
-        {
-            *o = *k * *o + *c0 * *x0 + *c1 * *x1 + *c2 * *x2 + *c3 * *x3 + *b;
-        }
-    }
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let rows =
+                xs[0].chunks_exact(c).zip(xs[1].chunks_exact(c)).zip(xs[2].chunks_exact(c)).zip(xs[3].chunks_exact(c));
+            for (o, (((r0, r1), r2), r3)) in out.chunks_exact_mut(c).zip(rows) {
+                let lanes = o.iter_mut().zip(keep).zip(bias).zip(r0.iter().zip(cs[0])).zip(r1.iter().zip(cs[1]));
+                for (((((o, k), b), (x0, c0)), (x1, c1)), ((x2, c2), (x3, c3))) in
+                    lanes.zip(r2.iter().zip(cs[2]).zip(r3.iter().zip(cs[3])))
+                {
+                    *o = *k * *o + *c0 * *x0 + *c1 * *x1 + *c2 * *x2 + *c3 * *x3 + *b;
+                }
+            }
+        },
+    )
 }
 
 /// The pooling layer's backward pass (and its forward-mode twin): route the gradient `d` at
 /// each pooled output to its window's arg-max row where the ReLU passed it; zeros elsewhere.
 #[inline(always)]
 pub fn unpool<T: Real>(bl: &Block, batch: usize, (out, arg): (&[T], &[u8]), d: &[T], dy: &mut [T]) {
-    let (c, zero) = (bl.c_out, T::default());
-    if bl.h % 2 == 1 || bl.w % 2 == 1 {
-        dy.fill(zero); // rows outside every window
-    }
-    for (o, rows) in windows(bl, batch) {
-        let (d, a, k) = (&d[o * c..o * c + c], &out[o * c..o * c + c], &arg[o * c..o * c + c]);
-        for (j, r) in rows.into_iter().enumerate() {
-            let dst = &mut dy[r * c..r * c + c];
-            for (((dst, d), a), k) in dst.iter_mut().zip(d).zip(a).zip(k) {
-                *dst = if *k == j as u8 && *a > zero { *d } else { zero };
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let (c, zero) = (bl.c_out, T::default());
+            if bl.h % 2 == 1 || bl.w % 2 == 1 {
+                dy.fill(zero); // rows outside every window
             }
-        }
-    }
+            for (o, rows) in windows(bl, batch) {
+                let (d, a, k) = (&d[o * c..o * c + c], &out[o * c..o * c + c], &arg[o * c..o * c + c]);
+                for (j, r) in rows.into_iter().enumerate() {
+                    let dst = &mut dy[r * c..r * c + c];
+                    for (((dst, d), a), k) in dst.iter_mut().zip(d).zip(a).zip(k) {
+                        *dst = if *k == j as u8 && *a > zero { *d } else { zero };
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Index of the first maximum of `row`.

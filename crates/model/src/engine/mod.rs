@@ -31,6 +31,7 @@ mod gemm;
 mod hvp;
 mod kernels;
 mod layout;
+pub mod profile;
 mod real;
 mod simd;
 
