@@ -161,7 +161,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "-".to_owned()
                 } else {
                     let pct = |k: &str| 100.0 * split[k].as_f64().unwrap_or(f64::NAN);
-                    format!("{:.0} / {:.0} / {:.0} / {:.0}", pct("gemm"), pct("elementwise"), pct("im2col"), pct("rest"))
+                    format!(
+                        "{:.0} / {:.0} / {:.0} / {:.0}",
+                        pct("gemm"),
+                        pct("elementwise"),
+                        pct("im2col"),
+                        pct("rest")
+                    )
                 };
                 let row = format!(
                     "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {gflops:.1} | {:.0}% | {split} | {} | {} |\n",
