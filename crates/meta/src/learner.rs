@@ -131,16 +131,10 @@ impl Trainable {
         self.params.snapshot()
     }
 
-    /// Replace the parameters' values; names and shapes must match (learned inner rates
-    /// included, when the learner has them).
+    /// Replace the parameters' values; names and shapes must match (learned inner rates and
+    /// per-step batch-norm sets included, exactly when the learner has them).
     pub fn set_params(&mut self, params: &ParamMap) -> Result<()> {
         crate::rates::check_meta_params(&self.config, params)?;
-        if let Some(extra) = params.keys().find(|k| self.params.get(k).is_none()) {
-            return Err(Error::Model(fewshot_model::Error::Params(format!(
-                "unexpected parameter `{extra}`: this learner was built without it (learned inner rates are \
-                 `train.learned_inner_lr`)"
-            ))));
-        }
         Ok(self.params.set(params)?)
     }
 

@@ -177,8 +177,11 @@ impl ParamVars {
     }
 
     /// Overwrite every variable with `params`' value of the same name; the names must match
-    /// and the shapes agree.
+    /// (none missing, none extra) and the shapes agree.
     pub fn set(&self, params: &ParamMap) -> Result<()> {
+        if let Some(extra) = params.keys().find(|k| !self.vars.contains_key(*k)) {
+            return Err(Error::Params(format!("unexpected parameter `{extra}`: these variables have no such name")));
+        }
         for (k, var) in &self.vars {
             let value = params.get(k).ok_or_else(|| Error::Params(format!("missing parameter `{k}`")))?;
             // A copy: candle refuses to set a variable to a tensor sharing its storage (a
