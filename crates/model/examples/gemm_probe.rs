@@ -12,22 +12,29 @@
 //! four 16 x 16 tiles per 16 rows (`tdpbf16ps`); it prints its time with and without the
 //! conversion, and its largest error against the f32 product.
 
-use fewshot_model::engine::{Out, matmul_nn, matmul_nt, matmul_tn};
+use fewshot_model::engine::{Out, matmul_nn, matmul_nt, matmul_tn, with_best_simd};
 use std::time::Instant;
 
 /// Best per-call time over 5 rounds of 20 calls (after 3 warm-up calls), printed with GFLOP/s.
-fn bench(name: &str, flops: f64, f: &mut dyn FnMut()) {
-    for _ in 0..3 {
-        f();
-    }
+#[inline(always)]
+fn bench(name: &str, flops: f64, mut f: impl FnMut()) {
+    // Inside the engine's vector-extension dispatch, as in training.
     let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..20 {
-            f();
-        }
-        best = best.min(t.elapsed().as_secs_f64() / 20.0);
-    }
+    with_best_simd(
+        #[inline(always)]
+        || {
+            for _ in 0..3 {
+                f();
+            }
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..20 {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / 20.0);
+            }
+        },
+    );
     println!("{name:52} {:9.1} us {:7.1} GFLOP/s", best * 1e6, flops / best * 1e-9);
 }
 
@@ -40,9 +47,12 @@ fn main() {
     let amx = std::env::args().any(|a| a == "amx");
     let big = 1024;
     let (a, b, mut c) = (filled(big * big, 7919), filled(big * big, 104_729), vec![0.0f32; big * big]);
-    bench("f32 peak: 1024 x 1024 x 1024", 2.0 * (big * big * big) as f64, &mut || {
-        matmul_nn(&mut c, &a, &b, [big, big, big], Out::Set)
-    });
+    bench(
+        "f32 peak: 1024 x 1024 x 1024",
+        2.0 * (big * big * big) as f64,
+        #[inline(always)]
+        || matmul_nn(&mut c, &a, &b, [big, big, big], Out::Set),
+    );
     for images in [5usize, 20, 75] {
         for (pixels, c_in) in [(784usize, 1usize), (196, 64), (49, 64), (9, 64)] {
             let (n, k, c_out) = (images * pixels, 9 * c_in, 64);
@@ -50,16 +60,58 @@ fn main() {
             let (mut z, mut gw, mut dcols) = (vec![0.0f32; n * c_out], vec![0.0f32; c_out * k], vec![0.0f32; n * k]);
             let flops = 2.0 * (n * k * c_out) as f64;
             let tag = format!("{images} images, {pixels} px, k {k}:");
-            bench(&format!("{tag} forward  [{n}, {c_out}, {k}]"), flops, &mut || {
-                matmul_nt(&mut z, &cols, &w, [n, c_out, k], Out::Set)
-            });
-            bench(&format!("{tag} weight gradient"), flops, &mut || {
-                matmul_tn(&mut gw, &dz, &cols, [c_out, k, n], Out::Set)
-            });
+            bench(
+                &format!("{tag} forward  [{n}, {c_out}, {k}]"),
+                flops,
+                #[inline(always)]
+                || matmul_nt(&mut z, &cols, &w, [n, c_out, k], Out::Set),
+            );
+            bench(
+                &format!("{tag} weight gradient"),
+                flops,
+                #[inline(always)]
+                || matmul_tn(&mut gw, &dz, &cols, [c_out, k, n], Out::Set),
+            );
+            if c_in == 1 {
+                // The same product through the gemm crate, which the engine used before its
+                // own first-block kernel (`engine/gemm.rs`, `taps`).
+                bench(
+                    &format!("{tag} weight gradient, gemm crate"),
+                    flops,
+                    #[inline(always)]
+                    || unsafe {
+                        // SAFETY: gw is [c_out, k], dz [n, c_out] (read as its transpose), cols [n, k].
+                        gemm::gemm(
+                            c_out,
+                            k,
+                            n,
+                            gw.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            false,
+                            dz.as_ptr(),
+                            c_out as isize,
+                            1,
+                            cols.as_ptr(),
+                            1,
+                            k as isize,
+                            0.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    },
+                );
+            }
             if c_in > 1 {
-                bench(&format!("{tag} input gradient"), flops, &mut || {
-                    matmul_nn(&mut dcols, &dz, &w, [n, k, c_out], Out::Set)
-                });
+                bench(
+                    &format!("{tag} input gradient"),
+                    flops,
+                    #[inline(always)]
+                    || matmul_nn(&mut dcols, &dz, &w, [n, k, c_out], Out::Set),
+                );
             }
             if amx {
                 #[cfg(target_arch = "x86_64")]
@@ -195,13 +247,28 @@ mod amx {
         let (mut ap, mut bp, mut cp) = (vec![0u16; mp * kp], vec![0u16; kp * 64], vec![0.0f32; mp * 64]);
         let flops = 2.0 * (n * k * c_out) as f64;
         // SAFETY (all three): AMX was enabled above and the buffers have the sizes `product` needs.
-        bench("  bf16 AMX: convert cols to tiles", flops, &mut || unsafe { pack_a(cols, [n, k], [mp, kp], &mut ap) });
-        bench("  bf16 AMX: product only", flops, &mut || unsafe { product(&ap, &bp, &mut cp, [mp, kp]) });
-        bench("  bf16 AMX: convert both + product", flops, &mut || unsafe {
-            pack_a(cols, [n, k], [mp, kp], &mut ap);
-            pack_b(w, [c_out, k], [64, kp], &mut bp);
-            product(&ap, &bp, &mut cp, [mp, kp]);
-        });
+        bench(
+            "  bf16 AMX: convert cols to tiles",
+            flops,
+            #[inline(always)]
+            || unsafe { pack_a(cols, [n, k], [mp, kp], &mut ap) },
+        );
+        bench(
+            "  bf16 AMX: product only",
+            flops,
+            #[inline(always)]
+            || unsafe { product(&ap, &bp, &mut cp, [mp, kp]) },
+        );
+        bench(
+            "  bf16 AMX: convert both + product",
+            flops,
+            #[inline(always)]
+            || unsafe {
+                pack_a(cols, [n, k], [mp, kp], &mut ap);
+                pack_b(w, [c_out, k], [64, kp], &mut bp);
+                product(&ap, &bp, &mut cp, [mp, kp]);
+            },
+        );
         let err = z.iter().zip(&cp).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         let max = z.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
         println!("  bf16 AMX: largest error {err:.2e} (largest |z| {max:.2e})");

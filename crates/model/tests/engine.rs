@@ -182,3 +182,29 @@ fn loss_stays_finite_when_a_softmax_probability_underflows() {
     // Two thirds of the labels are not class 0: each costs about 200 nats.
     assert!(loss.is_finite() && loss > 100.0 && loss < 200.0, "loss {loss}");
 }
+
+#[test]
+fn first_block_weight_gradient_matches_f64() {
+    // `dW = dz^T cols` with 9 columns (a 3x3 conv on one input channel) and 64 channels: in f32
+    // on AVX-512 the engine runs its own kernel for this product (`engine/gemm.rs`); in f64 it
+    // is the gemm crate's. Row counts that are and are not multiples of its partial blocks.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for rows in [1usize, 130, 3920] {
+        let (m, n) = (64, 9);
+        let dz: Vec<f64> = (0..rows * m).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let cols: Vec<f64> = (0..rows * n).map(|_| rng.random_range(0.0..1.0)).collect();
+        let start: Vec<f64> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for out in [engine::Out::Set, engine::Out::Add] {
+            let mut exact = start.clone();
+            engine::matmul_tn(&mut exact, &dz, &cols, [m, n, rows], out);
+            let to32 = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let mut got = to32(&start);
+            engine::matmul_tn(&mut got, &to32(&dz), &to32(&cols), [m, n, rows], out);
+            let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+            let err = max_rel_diff(&got, &exact);
+            assert!(err < 1e-5, "{rows} rows, {out:?}: off by {err:e} (relative)");
+            // Not a vacuous comparison: the product moved the start values.
+            assert!(exact.iter().zip(&start).any(|(e, s)| (e - s).abs() > 1e-3));
+        }
+    }
+}
