@@ -3,9 +3,10 @@
 //! Hessian-vector product needs ([`backward`]).
 
 use super::buffer::Buffer;
+use super::conv;
 use super::forward::Forward;
 use super::gemm::{Out, matmul_nn, matmul_tn};
-use super::kernels::{channel_dots, channel_sums, col2im, lincomb2, unpool};
+use super::kernels::{channel_dots, channel_sums, lincomb2, unpool};
 use super::layout::Layout;
 use super::real::Real;
 
@@ -96,14 +97,12 @@ fn pass<T: Real>(
         lincomb2(&mut dz, &dy, &a, &cache.xhat, &e, &b, c);
         grad[bl.scale..bl.scale + c].copy_from_slice(&dscale);
         grad[bl.shift..bl.shift + c].copy_from_slice(&dshift);
-        // Conv: dW = dz^T cols; dx = col2im(dz W).
+        // Conv: dW = dz^T im2col(x); dx = col2im(dz W).
         let gw = &mut grad[bl.weight..bl.weight + c * bl.k()];
-        matmul_tn(gw, &dz, &cache.cols, [c, bl.k(), n], Out::Set);
+        conv::weight_gradient(bl, batch, fwd.input(i), &dz, gw, Out::Set);
         if i > 0 {
-            let mut dcols = Buffer::scratch(n * bl.k()); // [b * h * w, 9 * c_in]
-            matmul_nn(&mut dcols, &dz, &theta[bl.weight..], [n, bl.k(), c], Out::Set);
             da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
-            col2im(&dcols, batch, bl.h, bl.w, bl.c_in, &mut da);
+            conv::input_gradient(bl, batch, &[(&dz, &theta[bl.weight..])], &mut da);
         }
         if keep {
             dys.push(dy);

@@ -2,8 +2,9 @@
 //! the backward pass and the Hessian-vector product need; its loss and accuracy.
 
 use super::buffer::Buffer;
+use super::conv;
 use super::gemm::{Out, matmul_nt};
-use super::kernels::{argmax, channel_dots, channel_sums, im2col, windows};
+use super::kernels::{argmax, channel_dots, channel_sums, windows};
 use super::layout::Layout;
 use super::real::Real;
 use crate::net::BN_EPS;
@@ -12,8 +13,6 @@ use crate::net::BN_EPS;
 /// product.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockCache<T: Real> {
-    /// im2col of the block's input: `[b * h * w, 9 * c_in]`.
-    pub cols: Buffer<T>,
     /// Normalised conv output: `[b * h * w, c]`.
     pub xhat: Buffer<T>,
     /// Per-channel `1 / sqrt(var + eps)`: `[c]`.
@@ -37,6 +36,9 @@ impl<T: Real> BlockCache<T> {
 #[derive(Debug, Clone)]
 pub struct Forward<T: Real> {
     pub(crate) batch: usize,
+    /// The images, `[batch, h, w, c_in]`: the first block's input, which the backward pass and
+    /// the Hessian-vector product expand again (see [`super::conv`]).
+    pub(crate) images: Buffer<T>,
     pub(crate) blocks: Vec<BlockCache<T>>,
     /// Softmax probabilities: `[batch, n_way]`.
     pub(crate) probs: Vec<T>,
@@ -48,6 +50,11 @@ impl<T: Real> Forward<T> {
     /// Number of images.
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Block `i`'s input: the images for the first block, else the previous block's output.
+    pub(crate) fn input(&self, i: usize) -> &[T] {
+        if i == 0 { &self.images } else { &self.blocks[i - 1].out }
     }
 
     /// The last block's output, the head's input: `[batch, features]`.
@@ -85,10 +92,8 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
     for (i, bl) in layout.blocks.iter().enumerate() {
         let input: &[T] = if i == 0 { images } else { &blocks[i - 1].out };
         let (n, c) = (batch * bl.pixels(), bl.c_out);
-        let mut cols = Buffer::scratch(n * bl.k());
-        im2col(input, batch, bl.h, bl.w, bl.c_in, &mut cols);
         let mut z = Buffer::scratch(n * c); // [b * h * w, c]
-        matmul_nt(&mut z, &cols, &theta[bl.weight..], [n, c, bl.k()], Out::Set);
+        conv::forward(bl, batch, input, &theta[bl.weight..], &mut z, Out::Set);
         // Batch norm with the batch's statistics (biased variance).
         let inv_n = T::from_f64(1.0 / n as f64);
         let mut mean = vec![T::default(); c];
@@ -129,7 +134,7 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
                 o_out[ch] = if best > T::default() { best } else { T::default() };
             }
         }
-        blocks.push(BlockCache { cols, xhat, inv_std, arg, out });
+        blocks.push(BlockCache { xhat, inv_std, arg, out });
     }
     // Head: logits = features · W^T + b, then a stable softmax.
     let n_way = layout.config().n_way;
@@ -149,5 +154,7 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
         }
         prow.iter_mut().for_each(|p| *p = *p / sum);
     }
-    Forward { batch, blocks, probs, logits }
+    let mut kept = Buffer::scratch(images.len());
+    kept.copy_from_slice(images);
+    Forward { batch, images: kept, blocks, probs, logits }
 }

@@ -3,9 +3,10 @@
 
 use super::backward::Backward;
 use super::buffer::Buffer;
+use super::conv;
 use super::forward::Forward;
 use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
-use super::kernels::{channel_dots, channel_sums, col2im, im2col, lincomb1, lincomb4, unpool, windows};
+use super::kernels::{channel_dots, channel_sums, lincomb1, lincomb4, unpool, windows};
 use super::layout::Layout;
 use super::real::Real;
 
@@ -32,7 +33,8 @@ pub fn hvp<T: Real>(
     let zero = T::default();
     out.fill(zero);
     // Forward mode: R(x) = d x / d eps at theta + eps v, block by block.
-    let mut r_cols: Vec<Buffer<T>> = Vec::with_capacity(depth);
+    // R of each block's input (empty for the first: the images do not move).
+    let mut r_in: Vec<Buffer<T>> = Vec::with_capacity(depth);
     let mut r_xhat: Vec<Buffer<T>> = Vec::with_capacity(depth);
     let mut r_inv_std_rel: Vec<Vec<T>> = Vec::with_capacity(depth); // R(inv_std) / inv_std
     let mut r_x: Buffer<T> = Buffer::empty(); // R of the block input (the images do not move)
@@ -40,15 +42,11 @@ pub fn hvp<T: Real>(
         let cache = &fwd.blocks[i];
         let (n, c) = (batch * bl.pixels(), bl.c_out);
         let mut rz = Buffer::scratch(n * c); // [b * h * w, c]
-        matmul_nt(&mut rz, &cache.cols, &v[bl.weight..], [n, c, bl.k()], Out::Set);
+        conv::forward(bl, batch, fwd.input(i), &v[bl.weight..], &mut rz, Out::Set);
         if i > 0 {
-            let mut rc = Buffer::scratch(n * bl.k());
-            im2col(&r_x, batch, bl.h, bl.w, bl.c_in, &mut rc);
-            matmul_nt(&mut rz, &rc, &theta[bl.weight..], [n, c, bl.k()], Out::Add);
-            r_cols.push(rc);
-        } else {
-            r_cols.push(Buffer::empty());
+            conv::forward(bl, batch, &r_x, &theta[bl.weight..], &mut rz, Out::Add);
         }
+        r_in.push(std::mem::replace(&mut r_x, Buffer::empty()));
         // R(xhat) = s (Rz - mean(Rz) - xhat mean(xhat Rz)); R(s)/s = -s mean(xhat Rz).
         let inv_n = T::from_f64(1.0 / n as f64);
         let (mut mean_rz, mut q) = (vec![zero; c], vec![zero; c]);
@@ -153,16 +151,14 @@ pub fn hvp<T: Real>(
         lincomb4(&mut r_dz, &keep, [dz, dy, rx, &cache.xhat], [rs, &c_dy, &c_rx, &c_x], &bias, c);
         out[bl.scale..bl.scale + c].copy_from_slice(&r_dscale);
         out[bl.shift..bl.shift + c].copy_from_slice(&r_dshift);
-        // R(dW) = R(dz)^T cols + dz^T R(cols); R(dx) = col2im(R(dz) W + dz V).
+        // R(dW) = R(dz)^T cols + dz^T R(cols); R(dx) = col2im(R(dz) W + dz V), with
+        // cols = im2col(x) and R(cols) = im2col(R(x)).
         let ow = &mut out[bl.weight..bl.weight + c * bl.k()];
-        matmul_tn(ow, &r_dz, &cache.cols, [c, bl.k(), n], Out::Set);
+        conv::weight_gradient(bl, batch, fwd.input(i), &r_dz, ow, Out::Set);
         if i > 0 {
-            matmul_tn(ow, dz, &r_cols[i], [c, bl.k(), n], Out::Add);
-            let mut r_dcols = Buffer::scratch(n * bl.k()); // [b * h * w, 9 * c_in]
-            matmul_nn(&mut r_dcols, &r_dz, &theta[bl.weight..], [n, bl.k(), c], Out::Set);
-            matmul_nn(&mut r_dcols, dz, &v[bl.weight..], [n, bl.k(), c], Out::Add);
+            conv::weight_gradient(bl, batch, &r_in[i], dz, ow, Out::Add);
             r_da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
-            col2im(&r_dcols, batch, bl.h, bl.w, bl.c_in, &mut r_da);
+            conv::input_gradient(bl, batch, &[(&r_dz, &theta[bl.weight..]), (dz, &v[bl.weight..])], &mut r_da);
         }
     }
 }

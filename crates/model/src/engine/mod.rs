@@ -21,11 +21,13 @@
 //!   best vector extension with [`with_best_simd`].
 //! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
 //!
-//! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `layout`,
+//! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its derivatives, a few images
+//! at a time), `layout`,
 //! `kernels` (elementwise passes), `forward`, `backward`, `hvp`, `simd` (the dispatcher).
 
 mod backward;
 mod buffer;
+mod conv;
 mod forward;
 mod gemm;
 mod hvp;
