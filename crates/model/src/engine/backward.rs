@@ -6,7 +6,7 @@ use super::buffer::Buffer;
 use super::conv;
 use super::forward::Forward;
 use super::gemm::{Out, matmul_nn, matmul_tn};
-use super::kernels::{channel_dots, channel_sums, lincomb2, unpool};
+use super::kernels::{channel_dots, channel_sums, lincomb2, unpool, unpool_lincomb, unpool_sums};
 use super::layout::Layout;
 use super::real::Real;
 
@@ -77,13 +77,21 @@ fn pass<T: Real>(
         let bl = &layout.blocks[i];
         let cache = &fwd.blocks[i];
         let (n, c) = (batch * bl.pixels(), bl.c_out);
-        // Through ReLU and max-pool: route each output's gradient to its arg-max row.
-        let mut dy = Buffer::scratch(n * c); // [b * h * w, c]
-        unpool(bl, batch, cache.pooled(), &da, &mut dy);
-        // Batch norm.
+        // Through ReLU and max-pool (each output's gradient goes to its window's arg-max row),
+        // then batch norm. Only the Hessian-vector product needs that routed gradient `dy`
+        // itself: without `keep`, its sums and dz are computed from the pooled gradient and
+        // `dy` is never built (three fewer passes over the block's largest buffers).
         let (mut dscale, mut dshift) = (vec![T::default(); c], vec![T::default(); c]);
-        channel_dots(&dy, &cache.xhat, c, &mut dscale);
-        channel_sums(&dy, c, &mut dshift);
+        let dy = if keep {
+            let mut dy = Buffer::scratch(n * c); // [b * h * w, c]
+            unpool(bl, batch, cache.pooled(), &da, &mut dy);
+            channel_dots(&dy, &cache.xhat, c, &mut dscale);
+            channel_sums(&dy, c, &mut dshift);
+            Some(dy)
+        } else {
+            unpool_sums(bl, batch, cache.pooled(), &da, &cache.xhat, (&mut dscale, &mut dshift));
+            None
+        };
         let scale = &theta[bl.scale..bl.scale + c];
         let inv_n = T::from_f64(1.0 / n as f64);
         let m1: Vec<T> = (0..c).map(|ch| scale[ch] * dshift[ch] * inv_n).collect();
@@ -94,7 +102,10 @@ fn pass<T: Real>(
         let b: Vec<T> = (0..c).map(|ch| -s[ch] * m1[ch]).collect();
         let e: Vec<T> = (0..c).map(|ch| -s[ch] * m2[ch]).collect();
         let mut dz = Buffer::scratch(n * c);
-        lincomb2(&mut dz, &dy, &a, &cache.xhat, &e, &b, c);
+        match &dy {
+            Some(dy) => lincomb2(&mut dz, dy, &a, &cache.xhat, &e, &b, c),
+            None => unpool_lincomb(bl, batch, cache.pooled(), &da, &a, &cache.xhat, &e, &b, &mut dz),
+        }
         grad[bl.scale..bl.scale + c].copy_from_slice(&dscale);
         grad[bl.shift..bl.shift + c].copy_from_slice(&dshift);
         // Conv: dW = dz^T im2col(x); dx = col2im(dz W).
@@ -105,7 +116,7 @@ fn pass<T: Real>(
             conv::input_gradient(bl, batch, &[(&dz, &theta[bl.weight..])], &mut da);
         }
         if keep {
-            dys.push(dy);
+            dys.push(dy.expect("kept above"));
             dzs.push(dz);
         }
     }

@@ -224,6 +224,97 @@ pub fn unpool<T: Real>(bl: &Block, batch: usize, (out, arg): (&[T], &[u8]), d: &
     )
 }
 
+/// [`unpool`]'s output `dy`'s per-channel sums `sum dy * xhat` and `sum dy`, from the pooled
+/// gradient `d` without building `dy`: it is zero except at each window's arg-max row where
+/// the ReLU passed, so the sums run over pooled outputs (in partials of [`PARTIAL_ROWS`]).
+#[inline(always)]
+pub fn unpool_sums<T: Real>(
+    bl: &Block,
+    batch: usize,
+    (out, arg): (&[T], &[u8]),
+    d: &[T],
+    xhat: &[T],
+    (dscale, dshift): (&mut [T], &mut [T]),
+) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let (c, zero) = (bl.c_out, T::default());
+            dscale.fill(zero);
+            dshift.fill(zero);
+            let (mut ps, mut pt) = (vec![zero; c], vec![zero; c]);
+            let mut flush = |ps: &mut [T], pt: &mut [T]| {
+                dscale.iter_mut().zip(ps.iter_mut()).for_each(|(t, p)| *t += std::mem::take(p));
+                dshift.iter_mut().zip(pt.iter_mut()).for_each(|(t, p)| *t += std::mem::take(p));
+            };
+            for (o, rows) in windows(bl, batch) {
+                if o % PARTIAL_ROWS == 0 && o > 0 {
+                    flush(&mut ps, &mut pt);
+                }
+                let (d, a, k) = (&d[o * c..o * c + c], &out[o * c..o * c + c], &arg[o * c..o * c + c]);
+                let x: [&[T]; 4] = std::array::from_fn(|j| &xhat[rows[j] * c..rows[j] * c + c]);
+                let xs = x[0].iter().zip(x[1]).zip(x[2]).zip(x[3]);
+                let lanes = ps.iter_mut().zip(pt.iter_mut()).zip(d.iter().zip(a)).zip(k).zip(xs);
+                for ((((ps, pt), (d, a)), k), (((x0, x1), x2), x3)) in lanes {
+                    // Branch-free selects, as in `unpool`.
+                    let g = if *a > zero { *d } else { zero };
+                    let xk = if *k == 1 { *x1 } else { *x0 };
+                    let xk = if *k == 2 { *x2 } else { xk };
+                    let xk = if *k == 3 { *x3 } else { xk };
+                    *ps += g * xk;
+                    *pt += g;
+                }
+            }
+            flush(&mut ps, &mut pt);
+        },
+    )
+}
+
+/// `dz = c_dy * dy + c_x * xhat + bias` per channel, with `dy` [`unpool`]'s output for the
+/// pooled gradient `d`, in one pass that never builds `dy` (the same arithmetic as
+/// [`lincomb2`] on it, so the same values).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn unpool_lincomb<T: Real>(
+    bl: &Block,
+    batch: usize,
+    (out, arg): (&[T], &[u8]),
+    d: &[T],
+    c_dy: &[T],
+    xhat: &[T],
+    c_x: &[T],
+    bias: &[T],
+    dz: &mut [T],
+) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let (c, zero) = (bl.c_out, T::default());
+            if bl.h % 2 == 1 || bl.w % 2 == 1 {
+                // Rows outside every window (dy = 0 there); the window rows are rewritten below.
+                for (o, x) in dz.chunks_exact_mut(c).zip(xhat.chunks_exact(c)) {
+                    for (((o, x), cx), b) in o.iter_mut().zip(x).zip(c_x).zip(bias) {
+                        *o = *cx * *x + *b;
+                    }
+                }
+            }
+            for (o, rows) in windows(bl, batch) {
+                let (d, a, k) = (&d[o * c..o * c + c], &out[o * c..o * c + c], &arg[o * c..o * c + c]);
+                for (j, r) in rows.into_iter().enumerate() {
+                    let (dst, x) = (&mut dz[r * c..r * c + c], &xhat[r * c..r * c + c]);
+                    let lanes = dst.iter_mut().zip(x).zip(d.iter().zip(a)).zip(k).zip(c_dy.iter().zip(c_x)).zip(bias);
+                    for (((((dst, x), (d, a)), k), (cdy, cx)), b) in lanes {
+                        let dy = if *k == j as u8 && *a > zero { *d } else { zero };
+                        *dst = *cdy * dy + *cx * *x + *b;
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// Index of the first maximum of `row`.
 #[inline(always)]
 pub fn argmax<T: Real>(row: &[T]) -> usize {
