@@ -31,31 +31,49 @@ fn chunks(bl: &Block, batch: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..batch).step_by(step).map(move |i0| (i0, step.min(batch - i0)))
 }
 
+/// Calls `f(first_row, rows, cols)` for each chunk of images, `cols` being the chunk's im2col
+/// matrix (`[rows, 9 * c_in]`) and `first_row` its first row in the batch's `[b * h * w, _]`
+/// layout.
+#[inline(always)]
+fn for_each_expanded<T: Real>(bl: &Block, batch: usize, x: &[T], mut f: impl FnMut(usize, usize, &[T])) {
+    let (px, k) = (bl.pixels(), bl.k());
+    let mut cols = Buffer::scratch(chunk_images(bl).min(batch) * px * k);
+    for (i0, imgs) in chunks(bl, batch) {
+        let rows = imgs * px;
+        im2col(&x[i0 * px * bl.c_in..], imgs, bl.h, bl.w, bl.c_in, &mut cols[..rows * k]);
+        f(i0 * px, rows, &cols[..rows * k]);
+    }
+}
+
 /// `z = conv(x, w)` (or `+=`): `x` is `[batch, h, w, c_in]`, `w` the `[c_out, 9 * c_in]`
 /// weights, `z` `[batch * h * w, c_out]`.
 #[inline(always)]
 pub(crate) fn forward<T: Real>(bl: &Block, batch: usize, x: &[T], w: &[T], z: &mut [T], out: Out) {
-    let (px, k, c) = (bl.pixels(), bl.k(), bl.c_out);
-    let mut cols = Buffer::scratch(chunk_images(bl).min(batch) * px * k);
-    for (i0, imgs) in chunks(bl, batch) {
-        let rows = imgs * px;
-        im2col(&x[i0 * px * bl.c_in..], imgs, bl.h, bl.w, bl.c_in, &mut cols[..rows * k]);
-        matmul_nt(&mut z[i0 * px * c..(i0 * px + rows) * c], &cols[..rows * k], w, [rows, c, k], out);
-    }
+    let (k, c) = (bl.k(), bl.c_out);
+    for_each_expanded(
+        bl,
+        batch,
+        x,
+        #[inline(always)]
+        |r0, rows, cols| matmul_nt(&mut z[r0 * c..(r0 + rows) * c], cols, w, [rows, c, k], out),
+    );
 }
 
 /// `gw = dz^T im2col(x)` (or `+=`): the weight gradient, `[c_out, 9 * c_in]`, for the
-/// conv-output gradient `dz` (`[batch * h * w, c_out]`).
+/// conv-output gradient `dz` (`[batch * h * w, c_out]`); the chunks' products add up.
 #[inline(always)]
 pub(crate) fn weight_gradient<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[T], gw: &mut [T], out: Out) {
-    let (px, k, c) = (bl.pixels(), bl.k(), bl.c_out);
-    let mut cols = Buffer::scratch(chunk_images(bl).min(batch) * px * k);
-    for (i0, imgs) in chunks(bl, batch) {
-        let rows = imgs * px;
-        im2col(&x[i0 * px * bl.c_in..], imgs, bl.h, bl.w, bl.c_in, &mut cols[..rows * k]);
-        let first = if i0 == 0 { out } else { Out::Add };
-        matmul_tn(gw, &dz[i0 * px * c..(i0 * px + rows) * c], &cols[..rows * k], [c, k, rows], first);
-    }
+    let (k, c) = (bl.k(), bl.c_out);
+    for_each_expanded(
+        bl,
+        batch,
+        x,
+        #[inline(always)]
+        |r0, rows, cols| {
+            let first = if r0 == 0 { out } else { Out::Add };
+            matmul_tn(gw, &dz[r0 * c..(r0 + rows) * c], cols, [c, k, rows], first);
+        },
+    );
 }
 
 /// `dx = col2im(sum_j dz_j w_j)`: the input gradient, `[batch, h, w, c_in]`, of one or more

@@ -54,17 +54,16 @@ pub fn matmul_tn<T: Real>(c: &mut [T], a: &[T], b: &[T], [m, n, k]: [usize; 3], 
 /// on one input channel): a contraction over every pixel of the batch into a `[64, 9]` result,
 /// which `gemm` runs at 11-22 GFLOP/s against 78-134 for the other blocks' products
 /// (`examples/gemm_probe.rs`). Here, for f32 on AVX-512: per 16 channels, nine accumulator
-/// registers over the rows, with partial sums every [`taps::PARTIAL_ROWS`] rows as the
-/// batch-norm reductions do. (Loops written for the compiler's vectoriser spilled.)
+/// registers over the rows, with partial sums every `kernels::PARTIAL_ROWS` rows, the
+/// batch-norm reductions' blocking. (Loops written for the compiler's vectoriser spilled.)
 #[cfg(target_arch = "x86_64")]
 mod taps {
+    use super::super::kernels::PARTIAL_ROWS;
     use super::Out;
     use std::arch::x86_64::*;
 
     /// Columns of `cols` in the first block.
     pub const TAPS: usize = 9;
-    /// Rows summed into registers before they are added to the total.
-    pub const PARTIAL_ROWS: usize = 128;
 
     /// Whether this CPU has AVX-512F (the result is cached by std).
     pub fn available() -> bool {

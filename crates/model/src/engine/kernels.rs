@@ -85,7 +85,7 @@ pub fn col2im<T: Real>(cols: &[T], b: usize, h: usize, w: usize, c: usize, dx: &
 /// norm-relative error at that shape fell from 7.1e-5 (batch-norm scale of the first block) to
 /// 1.7e-6, with the same additions (`fewshot-meta`'s test
 /// `f32_meta_gradients_stay_close_to_f64_at_the_paper_shape`).
-const PARTIAL_ROWS: usize = 128;
+pub(super) const PARTIAL_ROWS: usize = 128;
 
 /// Per-channel sums of `x` (`[n, c]`) into `out` (`[c]`), by partial sums of
 /// [`PARTIAL_ROWS`] rows.
