@@ -205,6 +205,11 @@ pub struct TrainConfig {
     pub val_episodes: usize,
     /// Write the `last` checkpoint every this many steps.
     pub checkpoint_every: usize,
+    /// Also keep the checkpoints of the this-many best validations under
+    /// `checkpoints/top/` (`step-<N>.safetensors`), for an ensemble at test time as MAML++
+    /// evaluates (`fewshot eval --checkpoint <run>/checkpoints/top`); 0: only `best`. An
+    /// output option: changing it on `--resume` is allowed.
+    pub keep_best: usize,
     /// MAML++ multi-step loss: the query loss after every inner step enters the meta-objective,
     /// its weights annealed from uniform toward the last step over
     /// `multi_step_loss_steps` meta-steps (MAML and first-order MAML only).
@@ -296,6 +301,7 @@ impl Default for TrainConfig {
             val_log_points: 0,
             val_episodes: 200,
             checkpoint_every: 100,
+            keep_best: 0,
             multi_step_loss: false,
             multi_step_loss_steps: 1000,
             first_order_steps: 0,

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use fewshot_cli::checkpoint::Checkpoint;
 use fewshot_cli::config::{Config, HeadInitKind, Method};
 use fewshot_cli::episodes::{test_episodes, validation_episodes};
-use fewshot_cli::evaluate::{eval_params, evaluate};
+use fewshot_cli::evaluate::{Member, eval_params, evaluate, evaluate_ensemble};
 use fewshot_cli::signals::StopSignal;
 use fewshot_cli::train::{TrainOptions, stderr_is_terminal, train};
 use fewshot_tasks::{EpisodeSet, Protocol};
@@ -67,9 +67,11 @@ enum Command {
     ///
     /// Example: fewshot eval --checkpoint runs/hw15-strong/checkpoints/best.safetensors --inner-steps 3
     Eval {
-        /// A checkpoint written by `fewshot train`.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        /// A checkpoint written by `fewshot train`. Give it more than once, or give a folder
+        /// (e.g. a run's checkpoints/top, see `train.keep_best`), to evaluate an ensemble: each
+        /// model adapts on its own and the mean of their softmax probabilities labels a query.
+        #[arg(long, required = true)]
+        checkpoint: Vec<PathBuf>,
         /// An episode-set file (default: the shipped 640 course test tasks when the checkpoint
         /// is 5-way 1-shot 1-query, else 600 seeded episodes of its protocol).
         #[arg(long, conflicts_with = "protocol")]
@@ -210,8 +212,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way } => {
-            let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
-            let trained = data_from_here(ckpt.config(&checkpoint)?);
+            let paths = checkpoint_files(&checkpoint)?;
+            let mut models = Vec::with_capacity(paths.len());
+            for path in &paths {
+                let ckpt = Checkpoint::load(path, &Device::Cpu)?;
+                let config = data_from_here(ckpt.config(path)?);
+                models.push((path.clone(), ckpt, config));
+            }
+            let (first, _, trained) = &models[0];
+            let trained = trained.clone();
+            for (path, _, other) in &models[1..] {
+                if other.episodes != trained.episodes || other.model != trained.model || other.data != trained.data {
+                    bail!(
+                        "{} and {} were trained on different episodes, nets or data ({}): an ensemble \
+                         needs checkpoints of one protocol and net",
+                        first.display(),
+                        path.display(),
+                        other
+                            .differences(&trained)
+                            .into_iter()
+                            .filter(|d| !d.starts_with("train.") && !d.starts_with("seed"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
             if n == Some(0) {
                 bail!("--n 0: give at least 1 episode");
             }
@@ -243,23 +268,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => test_episodes(&config, &data, config.episodes.protocol, n_fresh)?,
             };
             let n_way = set.spec.n_way;
-            check_n_way(&trained, n_way, &checkpoint, "the episodes are")?;
-            let params = eval_params(&trained, &ckpt.params, n_way)?;
+            let mut params = Vec::with_capacity(models.len());
+            for (path, ckpt, model_config) in &models {
+                check_n_way(model_config, n_way, path, "the episodes are")?;
+                params.push(eval_params(model_config, &ckpt.params, n_way)?);
+            }
             let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
             for steps in steps {
-                let adaptation = config.adaptation(steps);
-                let acc = evaluate(config.engine(), &config.net(n_way), &params, &data, &set.episodes, &adaptation)?;
+                let (acc, each) = if models.len() == 1 {
+                    let adaptation = config.adaptation(steps);
+                    let acc =
+                        evaluate(config.engine(), &config.net(n_way), &params[0], &data, &set.episodes, &adaptation)?;
+                    (acc, vec![acc])
+                } else {
+                    let members: Vec<Member> = models
+                        .iter()
+                        .zip(&params)
+                        .map(|((_, _, c), p)| Member {
+                            engine: c.engine(),
+                            net: c.net(n_way),
+                            params: p.clone(),
+                            adaptation: c.adaptation(steps),
+                        })
+                        .collect();
+                    evaluate_ensemble(&members, &data, &set.episodes)?
+                };
                 if json {
+                    let members: Vec<serde_json::Value> = paths
+                        .iter()
+                        .zip(&each)
+                        .map(|(p, a)| serde_json::json!({"checkpoint": p, "accuracy": a.mean, "ci95": a.ci95}))
+                        .collect();
                     println!(
                         "{}",
                         serde_json::json!({
-                            "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
+                            "checkpoint": paths, "episodes": acc.episodes, "accuracy": acc.mean,
                             "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot,
-                            "description": set.description,
+                            "description": set.description, "members": members,
                         })
                     );
-                } else {
+                } else if models.len() == 1 {
                     println!("accuracy {acc} with {steps} inner steps ({})", set.description);
+                } else {
+                    println!(
+                        "accuracy {acc} with {steps} inner steps ({}), an ensemble of {} checkpoints",
+                        set.description,
+                        models.len()
+                    );
+                    for (p, a) in paths.iter().zip(&each) {
+                        println!("  member {}: {a}", p.display());
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -323,6 +381,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The checkpoint files named on the command line, a folder standing for the `*.safetensors`
+/// files in it (by name).
+fn checkpoint_files(given: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in given {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("listing --checkpoint {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            if inside.is_empty() {
+                bail!("--checkpoint {}: a folder with no .safetensors checkpoints in it", path.display());
+            }
+            inside.sort();
+            out.extend(inside);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The data directory and source of this command's environment win over those a checkpoint

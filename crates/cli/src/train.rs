@@ -110,6 +110,9 @@ pub fn train(
             run.best_val = Some(v.mean);
             run.checkpoint(learner.as_ref(), Some(v.mean), &run.best_path)?;
         }
+        if let Some(v) = val {
+            run.keep_if_top(learner.as_ref(), v.mean)?;
+        }
         if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
             run.checkpoint(learner.as_ref(), val.map(|v| v.mean), &run.last_path)?;
             run.last_saved = Some(step);
@@ -225,6 +228,8 @@ struct Run<'a> {
     config: &'a Config,
     last_path: PathBuf,
     best_path: PathBuf,
+    /// `checkpoints/top/`: the `train.keep_best` best validations.
+    top_dir: PathBuf,
     metrics_path: PathBuf,
     out: PathBuf,
     step: usize,
@@ -242,6 +247,7 @@ impl<'a> Run<'a> {
             config,
             last_path: checkpoints.join("last.safetensors"),
             best_path: checkpoints.join("best.safetensors"),
+            top_dir: checkpoints.join("top"),
             metrics_path: out.join("metrics.jsonl"),
             out: out.to_owned(),
             step: 0,
@@ -263,8 +269,10 @@ impl<'a> Run<'a> {
             )
         })?;
         let mut saved = ckpt.config(last)?;
-        // Extending a run (more steps) is a resume; anything else is a different run.
+        // Extending a run (more steps) or keeping more of its best checkpoints is a resume;
+        // anything else is a different run.
         saved.train.steps = self.config.train.steps;
+        saved.train.keep_best = self.config.train.keep_best;
         if saved != *self.config {
             bail!(
                 "{} was written with another config ({}); resume with the same config (see {}) or start a new --out",
@@ -282,6 +290,11 @@ impl<'a> Run<'a> {
         self.best_val = ckpt.state.best_val;
         self.last_saved = (self.step > 0).then_some(self.step);
         self.wall_before = truncate_metrics(&self.metrics_path, self.step)?;
+        // Top checkpoints of steps after the resumed one belong to the abandoned stretch
+        // (they come back, identical, when those steps are trained again).
+        for kept in top_checkpoints(&self.top_dir)?.into_iter().filter(|k| k.step > self.step) {
+            kept.remove()?;
+        }
         tracing::info!("resumed from {} at step {}", last.display(), self.step);
         Ok(())
     }
@@ -307,6 +320,29 @@ impl<'a> Run<'a> {
         .with_context(|| format!("writing checkpoint {}", path.display()))
     }
 
+    /// With `train.keep_best = K > 0`: write this step's checkpoint to `top/` when its
+    /// validation `val` is among the K best kept there (ties keep the earlier step), and drop
+    /// those that fall out.
+    fn keep_if_top(&self, learner: &dyn Learner, val: f64) -> anyhow::Result<()> {
+        let k = self.config.train.keep_best;
+        if k == 0 {
+            return Ok(());
+        }
+        let mut kept = top_checkpoints(&self.top_dir)?;
+        kept.retain(|c| c.step != self.step);
+        if kept.len() >= k && kept.iter().all(|c| c.val >= val) {
+            return Ok(());
+        }
+        let path = self.top_dir.join(format!("step-{:07}.safetensors", self.step));
+        self.checkpoint(learner, Some(val), &path)?;
+        kept.push(TopCheckpoint { step: self.step, val, path });
+        kept.sort_by(|a, b| b.val.total_cmp(&a.val).then(a.step.cmp(&b.step)));
+        for dropped in kept.into_iter().skip(k) {
+            dropped.remove()?;
+        }
+        Ok(())
+    }
+
     /// The error of a failed step, saying which checkpoint is the last good one.
     fn diverged(&self, e: impl Into<anyhow::Error>) -> anyhow::Error {
         let what = match self.last_saved {
@@ -315,6 +351,56 @@ impl<'a> Run<'a> {
         };
         e.into().context(format!("training stopped; {what}"))
     }
+}
+
+/// A checkpoint kept under `checkpoints/top/`.
+#[derive(Debug)]
+struct TopCheckpoint {
+    step: usize,
+    val: f64,
+    path: PathBuf,
+}
+
+impl TopCheckpoint {
+    /// Delete the checkpoint and its manifest.
+    fn remove(&self) -> anyhow::Result<()> {
+        for p in [self.path.clone(), crate::checkpoint::manifest_path(&self.path)] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", p.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoints in `dir` (`step-<N>.safetensors`) with their step and validation accuracy
+/// from their manifests; files without a readable manifest are left alone and not listed.
+fn top_checkpoints(dir: &Path) -> anyhow::Result<Vec<TopCheckpoint>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !(name.starts_with("step-") && name.ends_with(".safetensors")) {
+            continue;
+        }
+        let manifest = std::fs::read_to_string(crate::checkpoint::manifest_path(&path))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        if let Some(m) = manifest
+            && let (Some(step), Some(val)) = (m["step"].as_u64(), m["val_acc"].as_f64())
+        {
+            out.push(TopCheckpoint { step: step as usize, val, path });
+        }
+    }
+    Ok(out)
 }
 
 /// The batch of step `rng` for the config's method (see [`train`]).

@@ -195,6 +195,96 @@ fn resume_matches(sets: &[&str], what: &str) {
     }
 }
 
+/// The `(step, val_acc)` of each checkpoint kept under `dir`, by step.
+fn kept(dir: &Path) -> Vec<(u64, f64)> {
+    let mut out: Vec<(u64, f64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            let ckpt = p.with_extension("");
+            assert!(ckpt.exists(), "{} without its checkpoint", p.display());
+            (m["step"].as_u64().unwrap(), m["val_acc"].as_f64().unwrap())
+        })
+        .collect();
+    out.sort_by_key(|k| k.0);
+    out
+}
+
+#[test]
+fn keep_best_keeps_the_top_validations_across_resume_and_they_evaluate_as_an_ensemble() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), "maml");
+    let sets = ["--set", "train.steps=10", "--set", "train.val_every=1", "--set", "train.keep_best=3"];
+    let whole = tmp.path().join("whole");
+    ok(fewshot(&train_args(&cfg, &whole, &sets), &data));
+    // The kept ones are the three best validations in metrics.jsonl, ties to the earlier step.
+    let metrics = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    let mut vals: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["val_acc"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(vals.len(), 10);
+    vals.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut expected: Vec<(u64, f64)> = vals[..3].to_vec();
+    expected.sort_by_key(|k| k.0);
+    let top = whole.join("checkpoints/top");
+    assert_eq!(kept(&top), expected);
+    // A run stopped at step 4 and resumed keeps the same; a kept file of a step after the
+    // resumed one (left by a process that died before its next `last`) is dropped on resume.
+    let split = tmp.path().join("split");
+    ok(fewshot(&train_args(&cfg, &split, &[&sets[..], &["--set", "train.steps=4"]].concat()), &data));
+    let split_top = split.join("checkpoints/top");
+    let (step, _) = kept(&split_top)[0];
+    let from = split_top.join(format!("step-{step:07}.safetensors"));
+    let stray = split_top.join("step-0000009.safetensors");
+    std::fs::copy(&from, &stray).unwrap();
+    let manifest = std::fs::read_to_string(from.with_extension("safetensors.json")).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    m["step"] = 9.into();
+    m["val_acc"] = 1.0.into();
+    std::fs::write(stray.with_extension("safetensors.json"), m.to_string()).unwrap();
+    ok(fewshot(&train_args(&cfg, &split, &[&sets[..], &["--resume"]].concat()), &data));
+    assert_eq!(kept(&split_top), expected);
+    // keep_best = 0 keeps none.
+    let none = tmp.path().join("none");
+    ok(fewshot(&train_args(&cfg, &none, &["--set", "train.steps=2"]), &data));
+    assert!(!none.join("checkpoints/top").exists());
+
+    // The folder evaluates as an ensemble; each member's accuracy is its own eval's.
+    let eval = |ckpts: &[&Path]| -> serde_json::Value {
+        let mut args = vec!["eval", "--n", "12", "--json"];
+        for c in ckpts {
+            args.extend(["--checkpoint", c.to_str().unwrap()]);
+        }
+        serde_json::from_str(ok(fewshot(&args, &data)).lines().next().unwrap()).unwrap()
+    };
+    let ensemble = eval(&[&top]);
+    let members = ensemble["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let path = PathBuf::from(m["checkpoint"].as_str().unwrap());
+        let single = eval(&[&path]);
+        assert_eq!(single["accuracy"], m["accuracy"], "{}", path.display());
+    }
+    // An ensemble of one model twice is that model.
+    let one = PathBuf::from(members[0]["checkpoint"].as_str().unwrap());
+    assert_eq!(eval(&[&one, &one])["accuracy"], members[0]["accuracy"]);
+    // Checkpoints of different nets do not make an ensemble.
+    let other = tmp.path().join("other");
+    ok(fewshot(&train_args(&cfg, &other, &["--set", "train.steps=1", "--set", "model.hidden=4"]), &data));
+    let last = other.join("checkpoints/last.safetensors");
+    let err = fails(fewshot(
+        &["eval", "--n", "4", "--checkpoint", one.to_str().unwrap(), "--checkpoint", last.to_str().unwrap()],
+        &data,
+    ));
+    assert!(err.contains("model.hidden"), "{err}");
+}
+
 #[test]
 fn clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
