@@ -174,6 +174,25 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
         }
         let test: Value =
             serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?;
+        // The kept best checkpoints (`train.keep_best`) as an ensemble, MAML++'s test protocol.
+        let top = dir.join("checkpoints/top");
+        let members = std::fs::read_dir(&top)
+            .map(|d| {
+                d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count()
+            })
+            .unwrap_or(0);
+        let ensemble = if members >= 2 {
+            eprintln!("== beyond-maml: testing the ensemble of {members} checkpoints in {}", top.display());
+            let mut eval = fewshot_command(fewshot, threads);
+            eval.args(["eval", "--checkpoint"]).arg(&top).arg("--json");
+            let output = eval.output().with_context(|| format!("running {eval:?}"))?;
+            if !output.status.success() {
+                bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+            }
+            serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?
+        } else {
+            Value::Null
+        };
         let lines = metrics(&dir)?;
         let validations: Vec<Value> = lines
             .iter()
@@ -188,6 +207,7 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
             "wall_s": lines.last().map(|l| l["wall_s"].clone()),
             "validations": validations,
             "test": test,
+            "ensemble": ensemble,
             "run_json": config,
         }));
     }
@@ -259,13 +279,18 @@ fn report(all: &Value) -> String {
            runs/<name>/checkpoints/best.safetensors` (600 seeded episodes of its protocol's test \
            classes; for the 5-way 1-shot course model, the 640 course test tasks; the configs \
            state the episode shapes and inner steps). The wall time is the run's own clock, other \
-           work sharing the machine at times.\n\n";
-    md += "| config | trained steps | best validation | test accuracy | test episodes | wall min |\n\
-           | --- | --- | --- | --- | --- | --- |\n";
+           work sharing the machine at times. Where the run kept its best checkpoints \
+           (`train.keep_best`), the last column tests them as an ensemble on the same episodes \
+           (`fewshot eval --checkpoint runs/<name>/checkpoints/top`: each adapts on its own, the \
+           mean softmax labels a query; the test protocol of MAML++'s published code, which \
+           ensembles its top 5 validation checkpoints); members and their own accuracies are in \
+           `results.json`.\n\n";
+    md += "| config | trained steps | best validation | test accuracy | test episodes | wall min | top-k ensemble |\n\
+           | --- | --- | --- | --- | --- | --- | --- |\n";
     for p in all["protocols"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("?");
         if p["run"].is_null() {
-            let _ = writeln!(md, "| `{name}` | not trained here | - | - | - | - |");
+            let _ = writeln!(md, "| `{name}` | not trained here | - | - | - | - | - |");
             continue;
         }
         let best = p["validations"]
@@ -276,13 +301,21 @@ fn report(all: &Value) -> String {
             .fold(f64::NAN, f64::max);
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {best:.4} | {:.4} ± {:.4} | {} ({}-way) | {:.0} |",
+            "| `{name}` | {} | {best:.4} | {:.4} ± {:.4} | {} ({}-way) | {:.0} | {} |",
             p["steps"],
             p["test"]["accuracy"].as_f64().unwrap_or(f64::NAN),
             p["test"]["ci95"].as_f64().unwrap_or(f64::NAN),
             p["test"]["episodes"],
             p["test"]["n_way"],
             p["wall_s"].as_f64().unwrap_or(f64::NAN) / 60.0,
+            match p["ensemble"]["accuracy"].as_f64() {
+                Some(a) => format!(
+                    "{a:.4} ± {:.4} ({} models)",
+                    p["ensemble"]["ci95"].as_f64().unwrap_or(f64::NAN),
+                    p["ensemble"]["members"].as_array().map_or(0, Vec::len)
+                ),
+                None => "-".into(),
+            },
         );
     }
     md += "\nValidation curves (step: accuracy):\n\n";
