@@ -4,7 +4,7 @@
 use super::buffer::Buffer;
 use super::conv;
 use super::gemm::{Out, matmul_nt};
-use super::kernels::{argmax, channel_dots, channel_sums, windows};
+use super::kernels::{argmax, channel_centered_squares, channel_sums, normalize_pool};
 use super::layout::Layout;
 use super::real::Real;
 use crate::net::BN_EPS;
@@ -94,46 +94,21 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
         let (n, c) = (batch * bl.pixels(), bl.c_out);
         let mut z = Buffer::scratch(n * c); // [b * h * w, c]
         conv::forward(bl, batch, input, &theta[bl.weight..], &mut z, Out::Set);
-        // Batch norm with the batch's statistics (biased variance).
+        // Batch norm with the batch's statistics (biased variance), then max-pool of
+        // y = scale * xhat + shift and ReLU: two reading passes for the statistics, one that
+        // writes xhat over z and the pooled output.
         let inv_n = T::from_f64(1.0 / n as f64);
         let mut mean = vec![T::default(); c];
         channel_sums(&z, c, &mut mean);
         mean.iter_mut().for_each(|m| *m = *m * inv_n);
-        for row in z.chunks_exact_mut(c) {
-            for (v, m) in row.iter_mut().zip(&mean) {
-                *v -= *m;
-            }
-        }
         let mut var = vec![T::default(); c];
-        channel_dots(&z, &z, c, &mut var);
+        channel_centered_squares(&z, &mean, c, &mut var);
         let inv_std: Vec<T> = var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect();
-        for row in z.chunks_exact_mut(c) {
-            for (v, s) in row.iter_mut().zip(&inv_std) {
-                *v = *v * *s;
-            }
-        }
-        let xhat = z;
-        // Max-pool of y = scale * xhat + shift, then ReLU.
         let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
         let mut arg = vec![0u8; batch * bl.pooled() * c];
         let mut out = Buffer::scratch(batch * bl.pooled() * c); // [b, oh, ow, c]
-        for (o, rows) in windows(bl, batch) {
-            let x: [&[T]; 4] = std::array::from_fn(|j| &xhat[rows[j] * c..rows[j] * c + c]);
-            let (o_arg, o_out) = (&mut arg[o * c..o * c + c], &mut out[o * c..o * c + c]);
-            for ch in 0..c {
-                // First maximum wins, like the candle op.
-                let (mut best, mut k) = (scale[ch] * x[0][ch] + shift[ch], 0u8);
-                for (j, xj) in x.iter().enumerate().skip(1) {
-                    let y = scale[ch] * xj[ch] + shift[ch];
-                    if y > best {
-                        best = y;
-                        k = j as u8;
-                    }
-                }
-                o_arg[ch] = k;
-                o_out[ch] = if best > T::default() { best } else { T::default() };
-            }
-        }
+        normalize_pool(bl, batch, &mut z, (&mean, &inv_std), (scale, shift), &mut arg, &mut out);
+        let xhat = z;
         blocks.push(BlockCache { xhat, inv_std, arg, out });
     }
     // Head: logits = features · W^T + b, then a stable softmax.

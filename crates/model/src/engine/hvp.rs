@@ -68,14 +68,20 @@ pub fn hvp<T: Real>(
             let rx: [&[T]; 4] = std::array::from_fn(|j| &rz[rows[j] * c..rows[j] * c + c]);
             let x: [&[T]; 4] = std::array::from_fn(|j| &cache.xhat[rows[j] * c..rows[j] * c + c]);
             let ro = &mut r_out[o * c..o * c + c];
-            for ch in 0..c {
-                let (mut r_sel, mut x_sel) = (rx[0][ch], x[0][ch]);
-                for j in 1..4 {
-                    if k[ch] == j as u8 {
-                        (r_sel, x_sel) = (rx[j][ch], x[j][ch]);
-                    }
-                }
-                ro[ch] = if a[ch] > zero { scale[ch] * r_sel + v_scale[ch] * x_sel + v_shift[ch] } else { zero };
+            let rxs = rx[0].iter().zip(rx[1]).zip(rx[2]).zip(rx[3]);
+            let xs = x[0].iter().zip(x[1]).zip(x[2]).zip(x[3]);
+            let coef = scale.iter().zip(v_scale).zip(v_shift);
+            // Zipped lanes with branch-free selects, so the loop vectorises.
+            for (((((ro, a), k), ((sc, vsc), vsh)), (((r0, r1), r2), r3)), (((x0, x1), x2), x3)) in
+                ro.iter_mut().zip(a).zip(k).zip(coef).zip(rxs).zip(xs)
+            {
+                let r_sel = if *k == 1 { *r1 } else { *r0 };
+                let r_sel = if *k == 2 { *r2 } else { r_sel };
+                let r_sel = if *k == 3 { *r3 } else { r_sel };
+                let x_sel = if *k == 1 { *x1 } else { *x0 };
+                let x_sel = if *k == 2 { *x2 } else { x_sel };
+                let x_sel = if *k == 3 { *x3 } else { x_sel };
+                *ro = if *a > zero { *sc * r_sel + *vsc * x_sel + *vsh } else { zero };
             }
         }
         r_xhat.push(rz);

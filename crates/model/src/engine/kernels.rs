@@ -132,6 +132,92 @@ pub fn channel_dots<T: Real>(x: &[T], y: &[T], c: usize, out: &mut [T]) {
     )
 }
 
+/// Per-channel sums of `(x - mean)^2`, by partial sums like [`channel_sums`]: the batch-norm
+/// variance's sum without writing the centred values (the same arithmetic as centring `x`
+/// and calling [`channel_dots`] on it, so the same values).
+#[inline(always)]
+pub fn channel_centered_squares<T: Real>(x: &[T], mean: &[T], c: usize, out: &mut [T]) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            out.fill(T::default());
+            let mut partial = vec![T::default(); c];
+            for block in x.chunks(PARTIAL_ROWS * c) {
+                partial.fill(T::default());
+                for row in block.chunks_exact(c) {
+                    for ((p, v), m) in partial.iter_mut().zip(row).zip(mean) {
+                        let d = *v - *m;
+                        *p += d * d;
+                    }
+                }
+                out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
+            }
+        },
+    )
+}
+
+/// The forward pass's batch norm, max-pool and ReLU in one pass over the conv output `z`
+/// (`[b * h * w, c]`): `z` becomes `xhat = (z - mean) * inv_std` in place, and each pooled
+/// output is `relu(max_j(scale * xhat_j + shift))` over its window (the first maximum wins;
+/// `arg` records which row). Rows outside every window (odd sizes) are normalised too.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn normalize_pool<T: Real>(
+    bl: &Block,
+    batch: usize,
+    z: &mut [T],
+    (mean, inv_std): (&[T], &[T]),
+    (scale, shift): (&[T], &[T]),
+    arg: &mut [u8],
+    out: &mut [T],
+) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let (c, zero) = (bl.c_out, T::default());
+            let normalize = |row: &mut [T]| {
+                for ((v, m), s) in row.iter_mut().zip(mean).zip(inv_std) {
+                    *v = (*v - *m) * *s;
+                }
+            };
+            if bl.h % 2 == 1 || bl.w % 2 == 1 {
+                let (h, w) = (bl.h, bl.w);
+                for (r, row) in z.chunks_exact_mut(c).enumerate() {
+                    let (y, x) = ((r / w) % h, r % w);
+                    if y >= 2 * bl.oh || x >= 2 * bl.ow {
+                        normalize(row);
+                    }
+                }
+            }
+            for (o, rows) in windows(bl, batch) {
+                for r in rows {
+                    normalize(&mut z[r * c..r * c + c]);
+                }
+                let x: [&[T]; 4] = std::array::from_fn(|j| &z[rows[j] * c..rows[j] * c + c]);
+                let (o_arg, o_out) = (&mut arg[o * c..o * c + c], &mut out[o * c..o * c + c]);
+                let xs = x[0].iter().zip(x[1]).zip(x[2]).zip(x[3]);
+                for (((a, y), (sc, sh)), (((x0, x1), x2), x3)) in
+                    o_arg.iter_mut().zip(o_out.iter_mut()).zip(scale.iter().zip(shift)).zip(xs)
+                {
+                    // First maximum wins, like the candle op; branch-free selects.
+                    let (y0, y1, y2, y3) = (*sc * *x0 + *sh, *sc * *x1 + *sh, *sc * *x2 + *sh, *sc * *x3 + *sh);
+                    let (mut best, mut k) = (y0, 0u8);
+                    k = if y1 > best { 1 } else { k };
+                    best = if y1 > best { y1 } else { best };
+                    k = if y2 > best { 2 } else { k };
+                    best = if y2 > best { y2 } else { best };
+                    k = if y3 > best { 3 } else { k };
+                    best = if y3 > best { y3 } else { best };
+                    *a = k;
+                    *y = if best > zero { best } else { zero };
+                }
+            }
+        },
+    )
+}
+
 /// The pooled outputs of block `bl`, as `(o, rows)`: `o` is the output's row in the pooled
 /// `[b * oh * ow, c]` buffer, `rows` the rows of its 2x2 window in the `[b * h * w, c]` input.
 /// (An iterator, not a callback, so the loop body is compiled inside the caller's SIMD level.)
