@@ -6,7 +6,7 @@ use super::buffer::Buffer;
 use super::conv;
 use super::forward::Forward;
 use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
-use super::kernels::{channel_dots, channel_sums, lincomb1, lincomb4, unpool, windows};
+use super::kernels::{channel_dots, channel_sums, lincomb1, unpool_lincomb4, unpool_sums, windows};
 use super::layout::Layout;
 use super::real::Real;
 
@@ -127,18 +127,17 @@ pub fn hvp<T: Real>(
         let cache = &fwd.blocks[i];
         let (n, c) = (batch * bl.pixels(), bl.c_out);
         let (dy, dz) = (&bwd.dy[i], &bwd.dz[i]);
-        let mut r_dy = Buffer::scratch(n * c); // [b * h * w, c]
-        unpool(bl, batch, cache.pooled(), &r_da, &mut r_dy);
         let scale = &theta[bl.scale..bl.scale + c];
         let v_scale = &v[bl.scale..bl.scale + c];
         let (dscale, dshift) = (&grad[bl.scale..bl.scale + c], &grad[bl.shift..bl.shift + c]);
         let rx = &r_xhat[i];
-        // R(dscale) = sum(R(dy) xhat + dy R(xhat)); R(dshift) = sum(R(dy)).
+        // R(dscale) = sum(R(dy) xhat + dy R(xhat)); R(dshift) = sum(R(dy)). R(dy) is the
+        // pooled R(da) routed to the arg-max rows like dy: its sums come from the pooled values
+        // and it is never built (as in the backward pass).
         let (mut r_dscale, mut r_dshift, mut tmp) = (vec![zero; c], vec![zero; c], vec![zero; c]);
-        channel_dots(&r_dy, &cache.xhat, c, &mut r_dscale);
+        unpool_sums(bl, batch, cache.pooled(), &r_da, &cache.xhat, (&mut r_dscale, &mut r_dshift));
         channel_dots(dy, rx, c, &mut tmp);
         r_dscale.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
-        channel_sums(&r_dy, c, &mut r_dshift);
         let inv_n = T::from_f64(1.0 / n as f64);
         let m2: Vec<T> = (0..c).map(|ch| scale[ch] * dscale[ch] * inv_n).collect();
         let r_m1: Vec<T> = (0..c).map(|ch| (v_scale[ch] * dshift[ch] + scale[ch] * r_dshift[ch]) * inv_n).collect();
@@ -147,14 +146,15 @@ pub fn hvp<T: Real>(
         let s = &cache.inv_std;
         let rs = &r_inv_std_rel[i];
         // = s scale R(dy) + R(s)/s dz + s v_scale dy - s m2 R(xhat) - s R(m2) xhat - s R(m1),
-        // computed in place over R(dy).
+        // in one pass over the windows.
         let keep: Vec<T> = (0..c).map(|ch| s[ch] * scale[ch]).collect();
         let c_dy: Vec<T> = (0..c).map(|ch| s[ch] * v_scale[ch]).collect();
         let c_rx: Vec<T> = (0..c).map(|ch| -s[ch] * m2[ch]).collect();
         let c_x: Vec<T> = (0..c).map(|ch| -s[ch] * r_m2[ch]).collect();
         let bias: Vec<T> = (0..c).map(|ch| -s[ch] * r_m1[ch]).collect();
-        let mut r_dz = r_dy;
-        lincomb4(&mut r_dz, &keep, [dz, dy, rx, &cache.xhat], [rs, &c_dy, &c_rx, &c_x], &bias, c);
+        let mut r_dz = Buffer::scratch(n * c); // [b * h * w, c]
+        let (xs, cs) = ([&dz[..], &dy[..], &rx[..], &cache.xhat[..]], [&rs[..], &c_dy[..], &c_rx[..], &c_x[..]]);
+        unpool_lincomb4(bl, batch, cache.pooled(), &r_da, &keep, xs, cs, &bias, &mut r_dz);
         out[bl.scale..bl.scale + c].copy_from_slice(&r_dscale);
         out[bl.shift..bl.shift + c].copy_from_slice(&r_dshift);
         // R(dW) = R(dz)^T cols + dz^T R(cols); R(dx) = col2im(R(dz) W + dz V), with

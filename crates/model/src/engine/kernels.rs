@@ -264,27 +264,6 @@ pub fn lincomb2<T: Real>(out: &mut [T], x1: &[T], c1: &[T], x2: &[T], c2: &[T], 
     )
 }
 
-/// `out = keep * out + sum_i c_i * x_i + bias` for four inputs, per channel over rows of `c`.
-#[inline(always)]
-pub fn lincomb4<T: Real>(out: &mut [T], keep: &[T], xs: [&[T]; 4], cs: [&[T]; 4], bias: &[T], c: usize) {
-    timed(
-        Work::Elementwise,
-        #[inline(always)]
-        || {
-            let rows =
-                xs[0].chunks_exact(c).zip(xs[1].chunks_exact(c)).zip(xs[2].chunks_exact(c)).zip(xs[3].chunks_exact(c));
-            for (o, (((r0, r1), r2), r3)) in out.chunks_exact_mut(c).zip(rows) {
-                let lanes = o.iter_mut().zip(keep).zip(bias).zip(r0.iter().zip(cs[0])).zip(r1.iter().zip(cs[1]));
-                for (((((o, k), b), (x0, c0)), (x1, c1)), ((x2, c2), (x3, c3))) in
-                    lanes.zip(r2.iter().zip(cs[2]).zip(r3.iter().zip(cs[3])))
-                {
-                    *o = *k * *o + *c0 * *x0 + *c1 * *x1 + *c2 * *x2 + *c3 * *x3 + *b;
-                }
-            }
-        },
-    )
-}
-
 /// The pooling layer's backward pass (and its forward-mode twin): route the gradient `d` at
 /// each pooled output to its window's arg-max row where the ReLU passed it; zeros elsewhere.
 #[inline(always)]
@@ -395,6 +374,64 @@ pub fn unpool_lincomb<T: Real>(
                         let dy = if *k == j as u8 && *a > zero { *d } else { zero };
                         *dst = *cdy * dy + *cx * *x + *b;
                     }
+                }
+            }
+        },
+    )
+}
+
+/// `out = keep * dy + sum_i c_i * x_i + bias` per channel over rows of `c`, with `dy`
+/// [`unpool`]'s output for the pooled gradient `d`, in one pass over the windows that never
+/// builds `dy` (the Hessian-vector product's `R(dz)`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn unpool_lincomb4<T: Real>(
+    bl: &Block,
+    batch: usize,
+    (pooled, arg): (&[T], &[u8]),
+    d: &[T],
+    keep: &[T],
+    xs: [&[T]; 4],
+    cs: [&[T]; 4],
+    bias: &[T],
+    out: &mut [T],
+) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let (c, zero) = (bl.c_out, T::default());
+            // One row `r` of the output, given its routed gradient row (`None`: zero).
+            #[inline(always)]
+            fn row<T: Real>(
+                o: &mut [T],
+                keep: &[T],
+                dy: impl Iterator<Item = T>,
+                x: [&[T]; 4],
+                cs: [&[T]; 4],
+                bias: &[T],
+            ) {
+                let lanes = o.iter_mut().zip(keep).zip(bias).zip(x[0].iter().zip(cs[0])).zip(x[1].iter().zip(cs[1]));
+                for ((((((o, k), b), (x0, c0)), (x1, c1)), ((x2, c2), (x3, c3))), dy) in
+                    lanes.zip(x[2].iter().zip(cs[2]).zip(x[3].iter().zip(cs[3]))).zip(dy)
+                {
+                    *o = *k * dy + *c0 * *x0 + *c1 * *x1 + *c2 * *x2 + *c3 * *x3 + *b;
+                }
+            }
+            let at = |r: usize| -> [&[T]; 4] { std::array::from_fn(|i| &xs[i][r * c..r * c + c]) };
+            if bl.h % 2 == 1 || bl.w % 2 == 1 {
+                // Rows outside every window (the routed gradient is zero there); the window
+                // rows are rewritten below.
+                for (r, o) in out.chunks_exact_mut(c).enumerate() {
+                    row(o, keep, std::iter::repeat(zero), at(r), cs, bias);
+                }
+            }
+            for (o, rows) in windows(bl, batch) {
+                let (d, a, k) = (&d[o * c..o * c + c], &pooled[o * c..o * c + c], &arg[o * c..o * c + c]);
+                for (j, r) in rows.into_iter().enumerate() {
+                    let dy =
+                        d.iter().zip(a).zip(k).map(|((d, a), k)| if *k == j as u8 && *a > zero { *d } else { zero });
+                    row(&mut out[r * c..r * c + c], keep, dy, at(r), cs, bias);
                 }
             }
         },
