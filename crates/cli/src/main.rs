@@ -299,10 +299,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .zip(&each)
                         .map(|(p, a)| serde_json::json!({"checkpoint": p, "accuracy": a.mean, "ci95": a.ci95}))
                         .collect();
+                    // One checkpoint: its path, as before ensembles; several: the list.
+                    let checkpoint =
+                        if paths.len() == 1 { serde_json::json!(paths[0]) } else { serde_json::json!(paths) };
                     println!(
                         "{}",
                         serde_json::json!({
-                            "checkpoint": paths, "episodes": acc.episodes, "accuracy": acc.mean,
+                            "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
                             "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot,
                             "description": set.description, "members": members,
                         })

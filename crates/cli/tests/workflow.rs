@@ -266,10 +266,12 @@ fn keep_best_keeps_the_top_validations_across_resume_and_they_evaluate_as_an_ens
     let ensemble = eval(&[&top]);
     let members = ensemble["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
+    assert_eq!(ensemble["checkpoint"].as_array().map(Vec::len), Some(3));
     for m in members {
         let path = PathBuf::from(m["checkpoint"].as_str().unwrap());
         let single = eval(&[&path]);
         assert_eq!(single["accuracy"], m["accuracy"], "{}", path.display());
+        assert_eq!(single["checkpoint"].as_str(), path.to_str(), "one checkpoint: its path as a string");
     }
     // An ensemble of one model twice is that model.
     let one = PathBuf::from(members[0]["checkpoint"].as_str().unwrap());
