@@ -165,16 +165,9 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
             continue;
         }
         eprintln!("== beyond-maml: testing {}", best.display());
-        let mut eval = fewshot_command(fewshot, threads);
         // The default test set: 600 seeded episodes of the config's protocol, or the 640 fixed
         // course tasks for a 5-way 1-shot 1-query course model.
-        eval.args(["eval", "--checkpoint"]).arg(&best).arg("--json");
-        let output = eval.output().with_context(|| format!("running {eval:?}"))?;
-        if !output.status.success() {
-            bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        }
-        let test: Value =
-            serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?;
+        let test = eval_json(fewshot, threads, &best)?;
         // The kept best checkpoints (`train.keep_best`) as an ensemble, MAML++'s test protocol.
         let top = dir.join("checkpoints/top");
         let members = std::fs::read_dir(&top)
@@ -184,13 +177,7 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
             .unwrap_or(0);
         let ensemble = if members >= 2 {
             eprintln!("== beyond-maml: testing the ensemble of {members} checkpoints in {}", top.display());
-            let mut eval = fewshot_command(fewshot, threads);
-            eval.args(["eval", "--checkpoint"]).arg(&top).arg("--json");
-            let output = eval.output().with_context(|| format!("running {eval:?}"))?;
-            if !output.status.success() {
-                bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-            }
-            serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))?
+            eval_json(fewshot, threads, &top)?
         } else {
             Value::Null
         };
@@ -213,6 +200,17 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
         }));
     }
     Ok(out)
+}
+
+/// `fewshot eval --checkpoint <checkpoint> --json` on its default test set: the JSON it prints.
+fn eval_json(fewshot: &Path, threads: Option<usize>, checkpoint: &Path) -> anyhow::Result<Value> {
+    let mut eval = fewshot_command(fewshot, threads);
+    eval.args(["eval", "--checkpoint"]).arg(checkpoint).arg("--json");
+    let output = eval.output().with_context(|| format!("running {eval:?}"))?;
+    if !output.status.success() {
+        bail!("{eval:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))
 }
 
 /// The report: the ablation table, each arm against plain MAML in words, and the protocols.
