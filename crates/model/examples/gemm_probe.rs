@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The f32 part times the engine's own `matmul_nt` / `matmul_tn` / `matmul_nn` on each conv
-//! block's forward product, weight gradient and input gradient. The AMX part is a measurement
+//! block's forward product, weight gradient and input gradient, and the weight gradient in both
+//! orientations at the chunk row counts `engine/conv.rs` uses. The AMX part is a measurement
 //! kernel, not used by the engine: the forward product `z = cols · W^T` with `cols` converted
 //! to bf16 in 16 x 32 tiles, `W` in the pair-interleaved (VNNI) layout, and f32 accumulation in
 //! four 16 x 16 tiles per 16 rows (`tdpbf16ps`); it prints its time with and without the
@@ -53,6 +54,26 @@ fn main() {
         #[inline(always)]
         || matmul_nn(&mut c, &a, &b, [big, big, big], Out::Set),
     );
+    // The weight gradient's two orientations at the row counts of the chunks `engine/conv.rs`
+    // feeds it (`conv::weight_gradient` uses the transposed one from `TRANSPOSED_ROWS` rows).
+    for rows in [98usize, 108, 196, 392, 784] {
+        let (k, c_out) = (576, 64);
+        let (cols, dz) = (filled(rows * k, 7919), filled(rows * c_out, 31));
+        let (mut gw, mut gwt) = (vec![0.0f32; c_out * k], vec![0.0f32; c_out * k]);
+        let flops = 2.0 * (rows * k * c_out) as f64;
+        bench(
+            &format!("{rows} chunk rows: gw = dz^T cols"),
+            flops,
+            #[inline(always)]
+            || matmul_tn(&mut gw, &dz, &cols, [c_out, k, rows], Out::Add),
+        );
+        bench(
+            &format!("{rows} chunk rows: gw^T = cols^T dz"),
+            flops,
+            #[inline(always)]
+            || matmul_tn(&mut gwt, &cols, &dz, [k, c_out, rows], Out::Add),
+        );
+    }
     for images in [5usize, 20, 75] {
         for (pixels, c_in) in [(784usize, 1usize), (196, 64), (49, 64), (9, 64)] {
             let (n, k, c_out) = (images * pixels, 9 * c_in, 64);

@@ -67,7 +67,7 @@ const TRANSPOSED_ROWS: usize = 784;
 ///
 /// With many rows and more than one input channel it computes `gw^T = im2col(x)^T dz`
 /// instead and transposes it once at the end: the gemm crate runs that shape (`[9 c_in, c_out]`
-/// output) 14-26% faster at these sizes (`examples/weight_gradient_probe.rs`), which pays for the
+/// output) 14-26% faster at these sizes (`examples/gemm_probe.rs`), which pays for the
 /// transpose from about [`TRANSPOSED_ROWS`] rows. (The first block's product, one input
 /// channel, has its own kernel; see `super::gemm`.)
 #[inline(always)]
