@@ -49,6 +49,10 @@ struct Args {
     /// `native` (the default fast path) or `candle` (the reference path).
     #[arg(long, default_value = "native")]
     engine: String,
+    /// The native engine's convolutions of multi-channel blocks: `winograd` (the default) or
+    /// `im2col`.
+    #[arg(long, default_value = "winograd")]
+    conv: String,
 }
 
 /// FLOPs of the conv and linear layers for one image's forward pass (2 per multiply-add), as
@@ -109,6 +113,11 @@ fn main() -> anyhow::Result<()> {
         .map(|order| Maml::new(net, &params, InnerLoop::new(args.inner_lr, inner_steps, order), 1e-3))
         .transpose()?;
     let task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
+    fewshot_model::engine::set_conv_algorithm(match args.conv.as_str() {
+        "winograd" => fewshot_model::engine::ConvAlgorithm::Winograd,
+        "im2col" => fewshot_model::engine::ConvAlgorithm::Im2col,
+        other => bail!("--conv {other}: expected winograd or im2col"),
+    });
     let engine = match args.engine.as_str() {
         "native" => Engine::Native,
         "candle" => Engine::Candle { task_chunk },
@@ -160,6 +169,7 @@ fn main() -> anyhow::Result<()> {
     let result = serde_json::json!({
         "impl": "fewshot",
         "engine": args.engine,
+        "conv": args.conv,
         "mode": if order.is_some() { "train" } else { "eval" },
         "order": match order { Some(Order::Second) => "second", _ => "first" },
         "n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query,

@@ -36,9 +36,11 @@ mod layout;
 pub mod profile;
 mod real;
 mod simd;
+mod winograd;
 
 pub use backward::{Backward, backward, gradient};
 pub use buffer::Buffer;
+pub use conv::{ConvAlgorithm, conv_algorithm, set_conv_algorithm};
 pub use forward::{Forward, forward};
 pub use gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
 pub use hvp::hvp;
