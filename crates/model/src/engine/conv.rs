@@ -17,7 +17,7 @@ use super::winograd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How the engine computes the convolutions of blocks with more than one input channel (the
-/// forward convolution and the input gradient; the weight gradient and the first block are
+/// forward convolution, the input gradient and the weight gradient; the first block's are
 /// always im2col products).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvAlgorithm {
@@ -126,6 +126,16 @@ const TRANSPOSED_ROWS: usize = 784;
 /// channel, has its own kernel; see `super::gemm`.)
 #[inline(always)]
 pub(crate) fn weight_gradient<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[T], gw: &mut [T], out: Out) {
+    if winograd(bl) {
+        let shape = winograd::Shape { h: bl.h, w: bl.w, c_in: bl.c_in, c_out: bl.c_out };
+        return winograd::weight_gradient(&shape, batch, x, dz, gw, out);
+    }
+    weight_gradient_im2col(bl, batch, x, dz, gw, out)
+}
+
+/// [`weight_gradient`] by im2col.
+#[inline(always)]
+fn weight_gradient_im2col<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[T], gw: &mut [T], out: Out) {
     let (k, c) = (bl.k(), bl.c_out);
     if bl.c_in > 1 && batch * bl.pixels() >= TRANSPOSED_ROWS {
         let mut gt = Buffer::scratch(k * c); // [k, c_out]
@@ -235,6 +245,16 @@ mod tests {
                 );
             }
             let (dz1, dz2) = (random(batch * h * w * c_out, &mut rng), random(batch * h * w * c_out, &mut rng));
+            let shape = winograd::Shape { h, w, c_in, c_out };
+            for out in [Out::Set, Out::Add] {
+                let start = random(9 * c_in * c_out, &mut rng);
+                let (mut direct, mut fast) = (start.clone(), start.clone());
+                weight_gradient_im2col(&bl, batch, &x, &dz1, &mut direct, out);
+                winograd::weight_gradient(&shape, batch, &x, &dz1, &mut fast, out);
+                let scale = direct.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let diff = max_diff(&direct, &fast);
+                assert!(diff <= 1e-13 * scale, "weight gradient {h}x{w} {c_in}->{c_out} {out:?}: {diff}");
+            }
             for terms in [vec![(&dz1[..], &w1[..])], vec![(&dz1[..], &w1[..]), (&dz2[..], &w2[..])]] {
                 let (mut direct, mut fast) = (vec![0.0; batch * h * w * c_in], vec![9.0; batch * h * w * c_in]);
                 input_gradient_im2col(&bl, batch, &terms, &mut direct);
@@ -279,6 +299,11 @@ mod tests {
                 winograd::conv(&winograd::Shape { h, w, c_in, c_out }, batch, &[(&x32, &u)], &mut fast, out);
                 close(&direct, &fast, "forward");
             }
+            let mut direct = vec![0.0; 9 * c_in * c_out];
+            weight_gradient_im2col(&bl, batch, &x, &dz, &mut direct, Out::Set);
+            let mut fast = vec![0f32; 9 * c_in * c_out];
+            winograd::weight_gradient(&winograd::Shape { h, w, c_in, c_out }, batch, &x32, &dz32, &mut fast, Out::Set);
+            close(&direct, &fast, "weight gradient");
             let mut direct = vec![0.0; batch * h * w * c_in];
             input_gradient_im2col(&bl, batch, &[(&dz, &wt)], &mut direct);
             let mut fast = vec![0f32; batch * h * w * c_in];

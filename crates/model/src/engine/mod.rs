@@ -22,7 +22,7 @@
 //! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
 //!
 //! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its derivatives, a few images
-//! at a time), `layout`,
+//! at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks' forward convolution and input gradient), `layout`,
 //! `kernels` (elementwise passes), `forward`, `backward`, `hvp`, `simd` (the dispatcher).
 
 mod backward;

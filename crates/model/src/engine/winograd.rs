@@ -14,7 +14,7 @@
 //! `[16, c_in, c_out]`, the products `M` `[16, tiles, c_out]`, for a chunk of images at a time.
 
 use super::buffer::Buffer;
-use super::gemm::{Out, matmul_nn, matmul_nt};
+use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
 use super::profile::{Work, timed};
 use super::real::Real;
 
@@ -128,17 +128,31 @@ pub(crate) fn filter<T: Real>(w: &[T], c_out_w: usize, c_in_w: usize, adjoint: b
     Filter { u, adjoint, centring: None }
 }
 
+/// Per-channel means of `x` (`[rows, c]`): the centre of [`Centring`] (any value gives the
+/// same convolution in exact arithmetic; the mean makes the transformed values small).
+#[inline(always)]
+fn channel_means<T: Real>(x: &[T], c: usize) -> Vec<T> {
+    let mut mu = vec![T::default(); c];
+    for px in x.chunks_exact(c) {
+        mu.iter_mut().zip(px).for_each(|(m, v)| *m += *v);
+    }
+    let inv = T::from_f64(1.0 / (x.len() / c).max(1) as f64);
+    mu.iter_mut().for_each(|m| *m = *m * inv);
+    mu
+}
+
+/// Whether tap `k` (0, 1, 2) of an output pixel of border class `cls` (see [`border`]) falls
+/// outside the image.
+#[inline(always)]
+fn outside(k: usize, cls: usize) -> bool {
+    (k == 0 && cls & 1 != 0) || (k == 2 && cls & 2 != 0)
+}
+
 /// The forward filter of weights `w` (`[c_out, 3, 3, c_in]`) with the centring of input `x`
 /// (`[rows, c_in]`, every pixel of the batch): see [`Centring`].
 #[inline(always)]
 pub(crate) fn centred_filter<T: Real>(w: &[T], c_out: usize, c_in: usize, x: &[T]) -> Filter<T> {
-    let rows = x.len() / c_in;
-    let mut mu = vec![T::default(); c_in];
-    for px in x.chunks_exact(c_in) {
-        mu.iter_mut().zip(px).for_each(|(m, v)| *m += *v);
-    }
-    let inv = T::from_f64(1.0 / rows.max(1) as f64);
-    mu.iter_mut().for_each(|m| *m = *m * inv);
+    let mu = channel_means(x, c_in);
     // taps[o][t] = sum_c mu_c w[o, t, c]; then each class's sum over the taps inside.
     let mut bias = vec![T::default(); 16 * c_out];
     for o in 0..c_out {
@@ -150,7 +164,6 @@ pub(crate) fn centred_filter<T: Real>(w: &[T], c_out: usize, c_in: usize, x: &[T
                 let mut sum = T::default();
                 for ky in 0..3 {
                     for kx in 0..3 {
-                        let outside = |k: usize, cls: usize| (k == 0 && cls & 1 != 0) || (k == 2 && cls & 2 != 0);
                         if !outside(ky, cy) && !outside(kx, cx) {
                             sum += taps[ky * 3 + kx];
                         }
@@ -219,7 +232,8 @@ fn a_t<T: Real>([m0, m1, m2, m3]: &[Lane<T>; 4]) -> [Lane<T>; 2] {
 #[inline(always)]
 fn transform_input<T: Real>(s: &Shape, x: &[T], imgs: usize, mu: Option<&[T]>, v: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if s.c_in.is_multiple_of(16) && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && avx512::available() {
+    if s.c_in.is_multiple_of(16) && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && avx512::available()
+    {
         // SAFETY: T is f32 (checked just above).
         let x = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) };
         let v = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) };
@@ -273,7 +287,8 @@ fn transform_input<T: Real>(s: &Shape, x: &[T], imgs: usize, mu: Option<&[T]>, v
 #[allow(clippy::needless_range_loop)] // indices of a 4x4 tile
 fn transform_output<T: Real>(s: &Shape, m: &[T], imgs: usize, bias: Option<&[T]>, z: &mut [T], out: Out) {
     #[cfg(target_arch = "x86_64")]
-    if s.c_out.is_multiple_of(16) && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && avx512::available() {
+    if s.c_out.is_multiple_of(16) && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && avx512::available()
+    {
         // SAFETY: T is f32 (checked just above).
         let m = unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), m.len()) };
         let z = unsafe { std::slice::from_raw_parts_mut(z.as_mut_ptr().cast::<f32>(), z.len()) };
@@ -365,6 +380,129 @@ pub(crate) fn conv<T: Real>(s: &Shape, batch: usize, terms: &[(&[T], &Filter<T>)
             #[inline(always)]
             || transform_output(s, &m, imgs, bias.as_deref(), zc, out),
         );
+    }
+}
+
+/// `dM = A dY A^T` of every tile of `imgs` images of `dz` (`[imgs * h * w, c]`), into `dm`
+/// (`[16, tiles, c]`): the adjoint of [`transform_output`], pixels outside the image being
+/// zero. `A y = [y0, y0 + y1, y0 - y1, -y1]` on each axis.
+#[inline(always)]
+fn transform_output_adjoint<T: Real>(s: &Shape, dz: &[T], imgs: usize, dm: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if s.c_out.is_multiple_of(16) && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && avx512::available()
+    {
+        // SAFETY: T is f32 (checked just above).
+        let dz = unsafe { std::slice::from_raw_parts(dz.as_ptr().cast::<f32>(), dz.len()) };
+        let dm = unsafe { std::slice::from_raw_parts_mut(dm.as_mut_ptr().cast::<f32>(), dm.len()) };
+        // SAFETY: AVX-512F was detected; the kernel checks its bounds.
+        return unsafe { avx512::transform_output_adjoint(s, dz, imgs, dm) };
+    }
+    let (h, w, c) = (s.h, s.w, s.c_out);
+    let (ty_n, tx_n) = (h.div_ceil(2), s.tiles_x());
+    let tiles = imgs * ty_n * tx_n;
+    let a = |[y0, y1]: [Lane<T>; 2]| [y0, add(&y0, &y1), sub(&y0, &y1), sub(&[T::default(); LANES], &y1)];
+    for img in 0..imgs {
+        for ty in 0..ty_n {
+            for tx in 0..tx_n {
+                let t = (img * ty_n + ty) * tx_n + tx;
+                for ch in (0..c).step_by(LANES) {
+                    let n = LANES.min(c - ch);
+                    let dy = |p: usize, q: usize| {
+                        let (y, xx) = (2 * ty + p, 2 * tx + q);
+                        if y < h && xx < w {
+                            load(&dz[((img * h + y) * w + xx) * c + ch..], n)
+                        } else {
+                            [T::default(); LANES]
+                        }
+                    };
+                    let cols = [a([dy(0, 0), dy(1, 0)]), a([dy(0, 1), dy(1, 1)])]; // [b][i]
+                    for i in 0..4 {
+                        for (j, lane) in a([cols[0][i], cols[1][i]]).iter().enumerate() {
+                            store(&mut dm[((i * 4 + j) * tiles + t) * c + ch..], lane, n, Out::Set);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `gw = sum over pixels of dz^T im2col(x)` (or `+=`): the weight gradient, `[c_out, 3, 3,
+/// c_in]`, of the forward convolution of `x` (`[batch, h, w, c_in]`) for the conv-output
+/// gradient `dz` (`[batch * h * w, c_out]`). By the adjoint of the forward's algorithm:
+/// `dU_p = sum_tiles dM_p^T V_p` (16 products with the tiles as their long inner dimension),
+/// then `dg = G^T dU G`; with the input centred as in [`Centring`], whose `conv(mu, w)` term
+/// contributes `mu_i` times the sum of `dz` over the pixels whose tap lies inside the image.
+#[inline(always)]
+pub(crate) fn weight_gradient<T: Real>(s: &Shape, batch: usize, x: &[T], dz: &[T], gw: &mut [T], out: Out) {
+    let (h, w, c_in, c_out) = (s.h, s.w, s.c_in, s.c_out);
+    let (px, tiles, plane) = (h * w, s.tiles(), c_in * c_out);
+    let mu = channel_means(&x[..batch * px * c_in], c_in);
+    let step = (CHUNK_VALUES / (POS * tiles * c_in.max(c_out))).max(1).min(batch);
+    let mut v = Buffer::scratch(POS * step * tiles * c_in);
+    let mut dm = Buffer::scratch(POS * step * tiles * c_out);
+    let mut du = Buffer::scratch(POS * plane); // [16, c_out, c_in]
+    for i0 in (0..batch).step_by(step) {
+        let imgs = step.min(batch - i0);
+        let rows = imgs * tiles;
+        let xc = &x[i0 * px * c_in..(i0 + imgs) * px * c_in];
+        let dzc = &dz[i0 * px * c_out..(i0 + imgs) * px * c_out];
+        timed(
+            Work::Im2col,
+            #[inline(always)]
+            || {
+                transform_input(s, xc, imgs, Some(&mu), &mut v);
+                transform_output_adjoint(s, dzc, imgs, &mut dm);
+            },
+        );
+        let first = if i0 == 0 { Out::Set } else { Out::Add };
+        for p in 0..POS {
+            matmul_tn(
+                &mut du[p * plane..(p + 1) * plane],
+                &dm[p * rows * c_out..(p + 1) * rows * c_out],
+                &v[p * rows * c_in..(p + 1) * rows * c_in],
+                [c_out, c_in, rows],
+                first,
+            );
+        }
+    }
+    // The centring's term: per output channel, the sums of dz over each border class's pixels.
+    let mut class_sums = vec![T::default(); 16 * c_out];
+    for img in 0..batch {
+        for y in 0..h {
+            for xx in 0..w {
+                let cls = border(y, h) * 4 + border(xx, w);
+                let row = &dz[((img * h + y) * w + xx) * c_out..][..c_out];
+                class_sums[cls * c_out..][..c_out].iter_mut().zip(row).for_each(|(s, d)| *s += *d);
+            }
+        }
+    }
+    // G^T on both axes: G^T u = [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3].
+    let half = T::from_f64(0.5);
+    let g_t = |u: [T; 4]| [u[0] + (u[1] + u[2]) * half, (u[1] - u[2]) * half, (u[1] + u[2]) * half + u[3]];
+    for o in 0..c_out {
+        // Sum of dz over the pixels whose tap (ky, kx) is inside the image.
+        let inside: [T; 9] = std::array::from_fn(|t| {
+            let (ky, kx) = (t / 3, t % 3);
+            (0..16)
+                .filter(|cls| !outside(ky, cls / 4) && !outside(kx, cls % 4))
+                .fold(T::default(), |acc, cls| acc + class_sums[cls * c_out + o])
+        });
+        for i in 0..c_in {
+            let u = |r: usize, q: usize| du[(r * 4 + q) * plane + o * c_in + i];
+            let rows: [[T; 3]; 4] = std::array::from_fn(|r| g_t([u(r, 0), u(r, 1), u(r, 2), u(r, 3)]));
+            for kx in 0..3 {
+                let col = g_t([rows[0][kx], rows[1][kx], rows[2][kx], rows[3][kx]]);
+                for ky in 0..3 {
+                    let value = col[ky] + mu[i] * inside[ky * 3 + kx];
+                    let dst = &mut gw[(o * 9 + ky * 3 + kx) * c_in + i];
+                    match out {
+                        Out::Set => *dst = value,
+                        Out::Add => *dst += value,
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -496,6 +634,48 @@ mod avx512 {
                                     // SAFETY: as above.
                                     unsafe { _mm512_storeu_ps(dst, p) };
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::transform_output_adjoint`] for f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transform_output_adjoint(s: &Shape, dz: &[f32], imgs: usize, dm: &mut [f32]) {
+        let (h, w, c) = (s.h, s.w, s.c_out);
+        let (ty_n, tx_n) = (h.div_ceil(2), s.tiles_x());
+        let tiles = imgs * ty_n * tx_n;
+        assert!(c % 16 == 0 && dz.len() >= imgs * h * w * c && dm.len() >= 16 * tiles * c);
+        let a = |y0: __m512, y1: __m512| {
+            [y0, _mm512_add_ps(y0, y1), _mm512_sub_ps(y0, y1), _mm512_sub_ps(_mm512_setzero_ps(), y1)]
+        };
+        for img in 0..imgs {
+            for ty in 0..ty_n {
+                for tx in 0..tx_n {
+                    let t = (img * ty_n + ty) * tx_n + tx;
+                    for ch in (0..c).step_by(16) {
+                        let dy = |p: usize, q: usize| {
+                            let (y, xx) = (2 * ty + p, 2 * tx + q);
+                            if y < h && xx < w {
+                                // SAFETY: a pixel inside the chunk: its 16 channels from ch are in dz.
+                                unsafe { _mm512_loadu_ps(dz.as_ptr().add(((img * h + y) * w + xx) * c + ch)) }
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        };
+                        let cols = [a(dy(0, 0), dy(1, 0)), a(dy(0, 1), dy(1, 1))];
+                        for i in 0..4 {
+                            for (j, lane) in a(cols[0][i], cols[1][i]).into_iter().enumerate() {
+                                // SAFETY: ((i * 4 + j) * tiles + t) * c + ch + 16 <= 16 * tiles * c.
+                                unsafe {
+                                    _mm512_storeu_ps(dm.as_mut_ptr().add(((i * 4 + j) * tiles + t) * c + ch), lane)
+                                };
                             }
                         }
                     }
