@@ -226,6 +226,20 @@ fn a_t<T: Real>([m0, m1, m2, m3]: &[Lane<T>; 4]) -> [Lane<T>; 2] {
     [add(&add(m0, m1), m2), sub(&sub(m1, m2), m3)]
 }
 
+/// The offsets in the input (`[imgs, h, w, c_in]`) of the 4x4 patch of tile `(ty, tx)` of
+/// image `img`, or `None` outside the image (zero padding).
+#[inline(always)]
+fn patch(s: &Shape, img: usize, ty: usize, tx: usize) -> [[Option<usize>; 4]; 4] {
+    let (h, w, c) = (s.h as isize, s.w as isize, s.c_in);
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let (y, xx) = ((2 * ty + i) as isize - 1, (2 * tx + j) as isize - 1);
+            let inside = y >= 0 && y < h && xx >= 0 && xx < w;
+            inside.then(|| ((img * s.h + y as usize) * s.w + xx as usize) * c)
+        })
+    })
+}
+
 /// `V = B^T d B` of every tile of `imgs` images of `x`, into `v` (`[16, tiles, c]`, `tiles`
 /// being the chunk's): per tile and run of [`LANES`] channels, 16 loads, the transform in
 /// registers, 16 stores.
@@ -237,12 +251,12 @@ fn transform_input<T: Real>(s: &Shape, x: &[T], imgs: usize, mu: Option<&[T]>, v
         // SAFETY: T is f32 (checked just above).
         let x = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) };
         let v = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) };
-        // SAFETY: AVX-512F was detected; the kernel checks its bounds.
+        // SAFETY: as above.
         let mu = mu.map(|m| unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), m.len()) });
         // SAFETY: AVX-512F was detected; the kernel checks its bounds.
         return unsafe { avx512::transform_input(s, x, imgs, mu, v) };
     }
-    let (h, w, c) = (s.h, s.w, s.c_in);
+    let (h, c) = (s.h, s.c_in);
     let (ty_n, tx_n) = (h.div_ceil(2), s.tiles_x());
     let tiles = imgs * ty_n * tx_n;
     let zeros = [T::default(); LANES];
@@ -250,14 +264,7 @@ fn transform_input<T: Real>(s: &Shape, x: &[T], imgs: usize, mu: Option<&[T]>, v
         for ty in 0..ty_n {
             for tx in 0..tx_n {
                 let t = (img * ty_n + ty) * tx_n + tx;
-                // The patch's pixels' offsets in x, or None outside the image (zero padding).
-                let at: [[Option<usize>; 4]; 4] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| {
-                        let (y, xx) = ((2 * ty + i) as isize - 1, (2 * tx + j) as isize - 1);
-                        let inside = y >= 0 && y < h as isize && xx >= 0 && xx < w as isize;
-                        inside.then(|| ((img * h + y as usize) * w + xx as usize) * c)
-                    })
-                });
+                let at = patch(s, img, ty, tx);
                 for ch in (0..c).step_by(LANES) {
                     let n = LANES.min(c - ch);
                     let d = |i: usize, j: usize| match at[i][j] {
@@ -292,7 +299,7 @@ fn transform_output<T: Real>(s: &Shape, m: &[T], imgs: usize, bias: Option<&[T]>
         // SAFETY: T is f32 (checked just above).
         let m = unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), m.len()) };
         let z = unsafe { std::slice::from_raw_parts_mut(z.as_mut_ptr().cast::<f32>(), z.len()) };
-        // SAFETY: AVX-512F was detected; the kernel checks its bounds.
+        // SAFETY: as above.
         let bias = bias.map(|b| unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()) });
         // SAFETY: AVX-512F was detected; the kernel checks its bounds.
         return unsafe { avx512::transform_output(s, m, imgs, bias, z, out) };
@@ -533,14 +540,7 @@ mod avx512 {
             for ty in 0..ty_n {
                 for tx in 0..tx_n {
                     let t = (img * ty_n + ty) * tx_n + tx;
-                    // The patch's pixels' offsets in x, or None outside the image (zero padding).
-                    let at: [[Option<usize>; 4]; 4] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| {
-                            let (y, xx) = ((2 * ty + i) as isize - 1, (2 * tx + j) as isize - 1);
-                            let inside = y >= 0 && y < h as isize && xx >= 0 && xx < w as isize;
-                            inside.then(|| ((img * h + y as usize) * w + xx as usize) * c)
-                        })
-                    });
+                    let at = super::patch(s, img, ty, tx);
                     for ch in (0..c).step_by(16) {
                         // SAFETY: ch + 16 <= c <= mu.len().
                         let centre = mu.map_or(_mm512_setzero_ps(), |m| unsafe { _mm512_loadu_ps(m.as_ptr().add(ch)) });
@@ -647,6 +647,7 @@ mod avx512 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // indices of a 4x4 tile
     pub unsafe fn transform_output_adjoint(s: &Shape, dz: &[f32], imgs: usize, dm: &mut [f32]) {
         let (h, w, c) = (s.h, s.w, s.c_out);
         let (ty_n, tx_n) = (h.div_ceil(2), s.tiles_x());
