@@ -92,24 +92,51 @@ fn for_each_expanded<T: Real>(bl: &Block, batch: usize, x: &[T], mut f: impl FnM
 /// weights, `z` `[batch * h * w, c_out]`.
 #[inline(always)]
 pub(crate) fn forward<T: Real>(bl: &Block, batch: usize, x: &[T], w: &[T], z: &mut [T], out: Out) {
+    forward_with(bl, batch, x, w, z, out, |_| {});
+}
+
+/// [`forward`], calling `on_chunk` with each chunk of images' finished rows of `z` (in order)
+/// while they are still in cache: the forward pass's batch-norm statistics.
+#[inline(always)]
+pub(crate) fn forward_with<T: Real>(
+    bl: &Block,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    z: &mut [T],
+    out: Out,
+    on_chunk: impl FnMut(&[T]),
+) {
     if winograd(bl) {
         let shape = winograd::Shape { h: bl.h, w: bl.w, c_in: bl.c_in, c_out: bl.c_out };
         let u = winograd::centred_filter(w, bl.c_out, bl.c_in, &x[..batch * bl.pixels() * bl.c_in]);
-        return winograd::conv(&shape, batch, &[(x, &u)], z, out);
+        return winograd::conv_with(&shape, batch, &[(x, &u)], z, out, on_chunk);
     }
-    forward_im2col(bl, batch, x, w, z, out)
+    forward_im2col(bl, batch, x, w, z, out, on_chunk)
 }
 
-/// [`forward`] by im2col.
+/// [`forward_with`] by im2col.
 #[inline(always)]
-fn forward_im2col<T: Real>(bl: &Block, batch: usize, x: &[T], w: &[T], z: &mut [T], out: Out) {
+fn forward_im2col<T: Real>(
+    bl: &Block,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    z: &mut [T],
+    out: Out,
+    mut on_chunk: impl FnMut(&[T]),
+) {
     let (k, c) = (bl.k(), bl.c_out);
     for_each_expanded(
         bl,
         batch,
         x,
         #[inline(always)]
-        |r0, rows, cols| matmul_nt(&mut z[r0 * c..(r0 + rows) * c], cols, w, [rows, c, k], out),
+        |r0, rows, cols| {
+            let zc = &mut z[r0 * c..(r0 + rows) * c];
+            matmul_nt(zc, cols, w, [rows, c, k], out);
+            on_chunk(zc);
+        },
     );
 }
 
@@ -233,7 +260,7 @@ mod tests {
             let start = random(batch * h * w * c_out, &mut rng);
             for out in [Out::Set, Out::Add] {
                 let (mut direct, mut fast) = (start.clone(), start.clone());
-                forward_im2col(&bl, batch, &x, &w1, &mut direct, out);
+                forward_im2col(&bl, batch, &x, &w1, &mut direct, out, |_| {});
                 let shape = winograd::Shape { h, w, c_in, c_out };
                 let u = winograd::centred_filter(&w1, c_out, c_in, &x);
                 winograd::conv(&shape, batch, &[(&x, &u)], &mut fast, out);
@@ -293,7 +320,7 @@ mod tests {
             let start = random(batch * h * w * c_out, &mut rng);
             for out in [Out::Set, Out::Add] {
                 let mut direct = start.clone();
-                forward_im2col(&bl, batch, &x, &wt, &mut direct, out);
+                forward_im2col(&bl, batch, &x, &wt, &mut direct, out, |_| {});
                 let mut fast = f32s(&start);
                 let u = winograd::centred_filter(&w32, c_out, c_in, &x32);
                 winograd::conv(&winograd::Shape { h, w, c_in, c_out }, batch, &[(&x32, &u)], &mut fast, out);

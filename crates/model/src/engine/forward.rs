@@ -4,7 +4,7 @@
 use super::buffer::Buffer;
 use super::conv;
 use super::gemm::{Out, matmul_nt};
-use super::kernels::{argmax, channel_centered_squares, channel_sums, normalize_pool};
+use super::kernels::{Moments, argmax, normalize_pool};
 use super::layout::Layout;
 use super::real::Real;
 use crate::net::BN_EPS;
@@ -93,16 +93,14 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
         let input: &[T] = if i == 0 { images } else { &blocks[i - 1].out };
         let (n, c) = (batch * bl.pixels(), bl.c_out);
         let mut z = Buffer::scratch(n * c); // [b * h * w, c]
-        conv::forward(bl, batch, input, &theta[bl.weight..], &mut z, Out::Set);
-        // Batch norm with the batch's statistics (biased variance), then max-pool of
-        // y = scale * xhat + shift and ReLU: two reading passes for the statistics, one that
-        // writes xhat over z and the pooled output.
+        // Batch norm with the batch's statistics (biased variance), gathered from each chunk
+        // of the conv output while it is in cache, then max-pool of y = scale * xhat + shift
+        // and ReLU: one pass that writes xhat over z and the pooled output.
+        let mut moments = Moments::new(c);
+        conv::forward_with(bl, batch, input, &theta[bl.weight..], &mut z, Out::Set, |zc| moments.add(zc));
+        debug_assert_eq!(moments.rows(), n);
         let inv_n = T::from_f64(1.0 / n as f64);
-        let mut mean = vec![T::default(); c];
-        channel_sums(&z, c, &mut mean);
-        mean.iter_mut().for_each(|m| *m = *m * inv_n);
-        let mut var = vec![T::default(); c];
-        channel_centered_squares(&z, &mean, c, &mut var);
+        let (mean, var) = moments.finish();
         let inv_std: Vec<T> = var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect();
         let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
         let mut arg = vec![0u8; batch * bl.pooled() * c];

@@ -132,29 +132,80 @@ pub fn channel_dots<T: Real>(x: &[T], y: &[T], c: usize, out: &mut [T]) {
     )
 }
 
-/// Per-channel sums of `(x - mean)^2`, by partial sums like [`channel_sums`]: the batch-norm
-/// variance's sum without writing the centred values (the same arithmetic as centring `x`
-/// and calling [`channel_dots`] on it, so the same values).
-#[inline(always)]
-pub fn channel_centered_squares<T: Real>(x: &[T], mean: &[T], c: usize, out: &mut [T]) {
-    timed(
-        Work::Elementwise,
-        #[inline(always)]
-        || {
-            out.fill(T::default());
-            let mut partial = vec![T::default(); c];
-            for block in x.chunks(PARTIAL_ROWS * c) {
-                partial.fill(T::default());
-                for row in block.chunks_exact(c) {
-                    for ((p, v), m) in partial.iter_mut().zip(row).zip(mean) {
-                        let d = *v - *m;
-                        *p += d * d;
+/// Per-channel mean and sum of squared deviations of rows of `c` values, added a chunk at a
+/// time (the forward pass feeds it each chunk of the conv output while the chunk is still in
+/// cache, so the batch-norm statistics cost no pass of their own over the block's largest
+/// buffer). Each block of [`PARTIAL_ROWS`] rows is summed, then its squared deviations from
+/// its own mean (the block stays in L1 between the two), and the blocks merge by Chan et al.'s
+/// pairwise update `M2 = M2_a + M2_b + delta^2 n_a n_b / n`: as accurate as summing the whole
+/// buffer by [`channel_sums`] and then its squared deviations from that mean, in one read.
+#[derive(Debug, Clone)]
+pub struct Moments<T: Real> {
+    c: usize,
+    n: usize,
+    mean: Vec<T>,
+    m2: Vec<T>,
+    block_mean: Vec<T>,
+    block_m2: Vec<T>,
+}
+
+impl<T: Real> Moments<T> {
+    /// No rows yet, `c` channels.
+    pub fn new(c: usize) -> Self {
+        let zeros = vec![T::default(); c];
+        Self { c, n: 0, mean: zeros.clone(), m2: zeros.clone(), block_mean: zeros.clone(), block_m2: zeros }
+    }
+
+    /// Adds the rows of `x` (`[rows, c]`).
+    #[inline(always)]
+    pub fn add(&mut self, x: &[T]) {
+        timed(
+            Work::Elementwise,
+            #[inline(always)]
+            || {
+                let c = self.c;
+                for block in x.chunks(PARTIAL_ROWS * c) {
+                    let nb = block.len() / c;
+                    if nb == 0 {
+                        continue;
                     }
+                    let (bm, bq) = (&mut self.block_mean, &mut self.block_m2);
+                    bm.fill(T::default());
+                    bq.fill(T::default());
+                    for row in block.chunks_exact(c) {
+                        bm.iter_mut().zip(row).for_each(|(m, v)| *m += *v);
+                    }
+                    let inv = T::from_f64(1.0 / nb as f64);
+                    bm.iter_mut().for_each(|m| *m = *m * inv);
+                    for row in block.chunks_exact(c) {
+                        for ((q, v), m) in bq.iter_mut().zip(row).zip(bm.iter()) {
+                            let d = *v - *m;
+                            *q += d * d;
+                        }
+                    }
+                    let n = self.n + nb;
+                    let (wb, wab) =
+                        (T::from_f64(nb as f64 / n as f64), T::from_f64(self.n as f64 * nb as f64 / n as f64));
+                    for (((m, q), m_b), q_b) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(bm.iter()).zip(bq.iter()) {
+                        let delta = *m_b - *m;
+                        *m += delta * wb;
+                        *q += *q_b + delta * delta * wab;
+                    }
+                    self.n = n;
                 }
-                out.iter_mut().zip(&partial).for_each(|(o, p)| *o += *p);
-            }
-        },
-    )
+            },
+        )
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// `(mean, sum of squared deviations from it)`, per channel.
+    pub fn finish(self) -> (Vec<T>, Vec<T>) {
+        (self.mean, self.m2)
+    }
 }
 
 /// The forward pass's batch norm, max-pool and ReLU in one pass over the conv output `z`
@@ -448,4 +499,56 @@ pub fn argmax<T: Real>(row: &[T]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values with a large common offset per channel (as a conv output has), so
+    /// a one-pass `sum x^2 - n mean^2` would lose most of its digits in f32.
+    fn values(rows: usize, c: usize) -> Vec<f64> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        (0..rows * c)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                50.0 + (i % c) as f64 + (u - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    /// Mean and sum of squared deviations by two passes in f64 over the whole buffer.
+    fn reference(x: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
+        let n = (x.len() / c) as f64;
+        let mean: Vec<f64> = (0..c).map(|ch| x.iter().skip(ch).step_by(c).sum::<f64>() / n).collect();
+        let m2 = (0..c).map(|ch| x.iter().skip(ch).step_by(c).map(|v| (v - mean[ch]).powi(2)).sum()).collect();
+        (mean, m2)
+    }
+
+    #[test]
+    fn moments_match_two_passes_whatever_the_chunks() {
+        let (rows, c) = (1000, 16);
+        let x = values(rows, c);
+        let (mean, m2) = reference(&x, c);
+        // Chunks that straddle the partial-sum blocks, a single row, and the whole buffer.
+        for chunk_rows in [1, 7, 128, 300, rows] {
+            let mut m = Moments::<f64>::new(c);
+            x.chunks(chunk_rows * c).for_each(|chunk| m.add(chunk));
+            assert_eq!(m.rows(), rows);
+            let (got_mean, got_m2) = m.finish();
+            for ch in 0..c {
+                assert!((got_mean[ch] - mean[ch]).abs() <= 1e-12 * mean[ch].abs(), "mean of channel {ch}");
+                assert!((got_m2[ch] - m2[ch]).abs() <= 1e-11 * m2[ch], "m2 of channel {ch}: {} vs {}", got_m2[ch], m2[ch]);
+            }
+        }
+        // In f32 the deviations survive the offset: within 1e-5 of the f64 figure.
+        let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+        let mut m = Moments::<f32>::new(c);
+        x32.chunks(300 * c).for_each(|chunk| m.add(chunk));
+        let (_, got_m2) = m.finish();
+        for ch in 0..c {
+            assert!((got_m2[ch] as f64 - m2[ch]).abs() <= 1e-5 * m2[ch], "f32 m2 of channel {ch}");
+        }
+    }
 }

@@ -344,6 +344,20 @@ fn transform_output<T: Real>(s: &Shape, m: &[T], imgs: usize, bias: Option<&[T]>
 /// add up in `M`, so the output transform runs once.
 #[inline(always)]
 pub(crate) fn conv<T: Real>(s: &Shape, batch: usize, terms: &[(&[T], &Filter<T>)], z: &mut [T], out: Out) {
+    conv_with(s, batch, terms, z, out, |_| {});
+}
+
+/// [`conv`], calling `on_chunk` with each chunk of images' finished output rows (`[imgs * h *
+/// w, c_out]`, in order) while they are still in cache.
+#[inline(always)]
+pub(crate) fn conv_with<T: Real>(
+    s: &Shape,
+    batch: usize,
+    terms: &[(&[T], &Filter<T>)],
+    z: &mut [T],
+    out: Out,
+    mut on_chunk: impl FnMut(&[T]),
+) {
     let (px, tiles) = (s.h * s.w, s.tiles());
     let step = (CHUNK_VALUES / (POS * tiles * s.c_in.max(s.c_out))).max(1).min(batch);
     let mut v = Buffer::scratch(POS * step * tiles * s.c_in);
@@ -387,6 +401,7 @@ pub(crate) fn conv<T: Real>(s: &Shape, batch: usize, terms: &[(&[T], &Filter<T>)
             #[inline(always)]
             || transform_output(s, &m, imgs, bias.as_deref(), zc, out),
         );
+        on_chunk(zc);
     }
 }
 
