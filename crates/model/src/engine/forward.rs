@@ -19,7 +19,7 @@ pub(crate) struct BlockCache<T: Real> {
     pub inv_std: Vec<T>,
     /// For each pooled output, which of its window's four rows (see
     /// [`super::kernels::windows`]) holds the maximum: `[b * oh * ow, c]`.
-    pub arg: Vec<u8>,
+    pub arg: Buffer<u8>,
     /// The block's output `relu(max-pool(bn(conv x)))`: `[b, oh, ow, c]`.
     pub out: Buffer<T>,
 }
@@ -95,15 +95,25 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
         let mut z = Buffer::scratch(n * c); // [b * h * w, c]
         // Batch norm with the batch's statistics (biased variance), gathered from each chunk
         // of the conv output while it is in cache, then max-pool of y = scale * xhat + shift
-        // and ReLU: one pass that writes xhat over z and the pooled output.
+        // and ReLU: one pass that writes xhat over z and the pooled output. (The closure is
+        // inline(always) so that it compiles inside the caller's SIMD level, see `simd`.)
         let mut moments = Moments::new(c);
-        conv::forward_with(bl, batch, input, &theta[bl.weight..], &mut z, Out::Set, |zc| moments.add(zc));
+        conv::forward_with(
+            bl,
+            batch,
+            input,
+            &theta[bl.weight..],
+            &mut z,
+            Out::Set,
+            #[inline(always)]
+            |zc| moments.add(zc),
+        );
         debug_assert_eq!(moments.rows(), n);
         let inv_n = T::from_f64(1.0 / n as f64);
         let (mean, var) = moments.finish();
         let inv_std: Vec<T> = var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect();
         let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
-        let mut arg = vec![0u8; batch * bl.pooled() * c];
+        let mut arg = Buffer::scratch(batch * bl.pooled() * c);
         let mut out = Buffer::scratch(batch * bl.pooled() * c); // [b, oh, ow, c]
         normalize_pool(bl, batch, &mut z, (&mean, &inv_std), (scale, shift), &mut arg, &mut out);
         let xhat = z;

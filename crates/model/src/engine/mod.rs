@@ -39,7 +39,7 @@ mod simd;
 mod winograd;
 
 pub use backward::{Backward, backward, gradient};
-pub use buffer::Buffer;
+pub use buffer::{Buffer, Pooled};
 pub use conv::{ConvAlgorithm, conv_algorithm, set_conv_algorithm};
 pub use forward::{Forward, forward};
 pub use gemm::{Out, matmul_nn, matmul_nt, matmul_tn};

@@ -5,6 +5,7 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub, SubAssign};
 
 use candle_core::{DType, Tensor};
 
+use super::buffer::Pooled;
 use crate::error::Result;
 
 /// A float type the engine computes in (`f32` or `f64`).
@@ -22,6 +23,7 @@ pub trait Real:
     + Neg<Output = Self>
     + AddAssign
     + SubAssign
+    + Pooled
     + 'static
 {
     /// The candle dtype of this type.
@@ -36,9 +38,6 @@ pub trait Real:
     fn exp(self) -> Self;
     /// Values of a CPU tensor of this dtype, flattened.
     fn tensor_values(t: &Tensor) -> Result<Vec<Self>>;
-    /// Run `f` on this thread's pool of recycled buffers of this type (see
-    /// [`super::buffer`]).
-    fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R;
 }
 
 macro_rules! real {
@@ -63,12 +62,6 @@ macro_rules! real {
             }
             fn tensor_values(t: &Tensor) -> Result<Vec<Self>> {
                 Ok(t.flatten_all()?.to_dtype($d)?.to_vec1::<$t>()?)
-            }
-            fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R {
-                thread_local! {
-                    static POOL: std::cell::RefCell<Vec<Vec<$t>>> = const { std::cell::RefCell::new(Vec::new()) };
-                }
-                POOL.with(|p| f(&mut p.borrow_mut()))
             }
         }
     };
