@@ -101,23 +101,46 @@ fn pass<T: Real>(
         let a: Vec<T> = (0..c).map(|ch| s[ch] * scale[ch]).collect();
         let b: Vec<T> = (0..c).map(|ch| -s[ch] * m1[ch]).collect();
         let e: Vec<T> = (0..c).map(|ch| -s[ch] * m2[ch]).collect();
-        let mut dz = Buffer::scratch(n * c);
-        match &dy {
-            Some(dy) => lincomb2(&mut dz, dy, &a, &cache.xhat, &e, &b, c),
-            None => unpool_lincomb(bl, batch, cache.pooled(), &da, &a, &cache.xhat, &e, &b, &mut dz),
-        }
         grad[bl.scale..bl.scale + c].copy_from_slice(&dscale);
         grad[bl.shift..bl.shift + c].copy_from_slice(&dshift);
         // Conv: dW = dz^T im2col(x); dx = col2im(dz W).
         let gw = &mut grad[bl.weight..bl.weight + c * bl.k()];
-        conv::weight_gradient(bl, batch, fwd.input(i), &dz, gw, Out::Set);
-        if i > 0 {
-            da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
-            conv::input_gradient(bl, batch, &[(&dz, &theta[bl.weight..])], &mut da);
-        }
-        if keep {
-            dys.push(dy.expect("kept above"));
-            dzs.push(dz);
+        let w = &theta[bl.weight..];
+        match dy {
+            Some(dy) => {
+                let mut dz = Buffer::scratch(n * c);
+                lincomb2(&mut dz, &dy, &a, &cache.xhat, &e, &b, c);
+                conv::weight_gradient(bl, batch, fwd.input(i), &dz, gw, Out::Set);
+                if i > 0 {
+                    da = Buffer::scratch(n * bl.c_in); // [b, h, w, c_in]
+                    conv::input_gradient(bl, batch, &[(&dz, w)], &mut da);
+                }
+                dys.push(dy);
+                dzs.push(dz);
+            }
+            None => {
+                // dz a chunk of images at a time, consumed by both gradients while in cache.
+                let mut dx = (i > 0).then(|| Buffer::scratch(n * bl.c_in)); // [b, h, w, c_in]
+                let (pp, p) = (bl.pooled() * c, bl.pixels() * c);
+                let (pooled, arg) = cache.pooled();
+                conv::gradients_chunked(
+                    bl,
+                    batch,
+                    fwd.input(i),
+                    w,
+                    gw,
+                    dx.as_deref_mut(),
+                    #[inline(always)]
+                    |i0, imgs, dzc| {
+                        let (po, pi) = (i0 * pp..(i0 + imgs) * pp, i0 * p..(i0 + imgs) * p);
+                        let at = (&pooled[po.clone()], &arg[po.clone()]);
+                        unpool_lincomb(bl, imgs, at, &da[po], &a, &cache.xhat[pi], &e, &b, dzc);
+                    },
+                );
+                if let Some(dx) = dx {
+                    da = dx;
+                }
+            }
         }
     }
     dys.reverse();

@@ -176,13 +176,7 @@ fn weight_gradient_im2col<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[T], 
                 matmul_tn(&mut gt, cols, &dz[r0 * c..(r0 + rows) * c], [k, c, rows], first);
             },
         );
-        for (o, g) in gw[..c * k].chunks_exact_mut(k).enumerate() {
-            let column = gt.iter().skip(o).step_by(c);
-            match out {
-                Out::Set => g.iter_mut().zip(column).for_each(|(g, t)| *g = *t),
-                Out::Add => g.iter_mut().zip(column).for_each(|(g, t)| *g += *t),
-            }
-        }
+        transpose_into(&gt, gw, [c, k], out);
         return;
     }
     for_each_expanded(
@@ -195,6 +189,89 @@ fn weight_gradient_im2col<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[T], 
             matmul_tn(gw, &dz[r0 * c..(r0 + rows) * c], cols, [c, k, rows], first);
         },
     );
+}
+
+/// `gw = gt^T` (or `+=`): `gt` is `[k, c]`, `gw` `[c, k]`.
+#[inline(always)]
+fn transpose_into<T: Real>(gt: &[T], gw: &mut [T], [c, k]: [usize; 2], out: Out) {
+    for (o, g) in gw[..c * k].chunks_exact_mut(k).enumerate() {
+        let column = gt.iter().skip(o).step_by(c);
+        match out {
+            Out::Set => g.iter_mut().zip(column).for_each(|(g, t)| *g = *t),
+            Out::Add => g.iter_mut().zip(column).for_each(|(g, t)| *g += *t),
+        }
+    }
+}
+
+/// The weight gradient `gw` (overwritten) and, with `dx`, the input gradient of block `bl`
+/// for a conv-output gradient that `produce(first_image, images, dz)` writes a chunk of
+/// images at a time (`dz`: `[images * h * w, c_out]`): each chunk is consumed by both while it
+/// is in cache, so the gradient pass's `dz` never goes through memory whole (it was written
+/// once and read two or three times: by the weight gradient, the input gradient and the
+/// centring's border sums). The same values as [`weight_gradient`] and [`input_gradient`] of
+/// the whole `dz`, whose chunks these are.
+#[inline(always)]
+pub(crate) fn gradients_chunked<T: Real>(
+    bl: &Block,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    gw: &mut [T],
+    mut dx: Option<&mut [T]>,
+    mut produce: impl FnMut(usize, usize, &mut [T]),
+) {
+    let (px, c, c_in) = (bl.pixels(), bl.c_out, bl.c_in);
+    if winograd(bl) {
+        let shape = winograd::Shape { h: bl.h, w: bl.w, c_in, c_out: c };
+        let adjoint = winograd::Shape { h: bl.h, w: bl.w, c_in: c, c_out: c_in };
+        let step = winograd::chunk_images(&shape, batch);
+        let mut g = winograd::WeightGradient::new(&shape, batch, x);
+        let u = dx.is_some().then(|| winograd::filter(w, c, c_in, true));
+        let mut dz = Buffer::scratch(step * px * c);
+        for i0 in (0..batch).step_by(step) {
+            let imgs = step.min(batch - i0);
+            let dzc = &mut dz[..imgs * px * c];
+            produce(i0, imgs, dzc);
+            g.add(&x[i0 * px * c_in..(i0 + imgs) * px * c_in], dzc, imgs);
+            if let (Some(dx), Some(u)) = (dx.as_deref_mut(), &u) {
+                let dxc = &mut dx[i0 * px * c_in..(i0 + imgs) * px * c_in];
+                winograd::conv(&adjoint, imgs, &[(&dzc[..], u)], dxc, Out::Set);
+            }
+        }
+        g.finish(gw, Out::Set);
+        return;
+    }
+    let k = bl.k();
+    let transposed = c_in > 1 && batch * px >= TRANSPOSED_ROWS;
+    let mut gt = if transposed { Buffer::scratch(k * c) } else { Buffer::empty() }; // [k, c_out]
+    let most = chunk_images(bl).min(batch) * px;
+    let mut dz = Buffer::scratch(most * c);
+    let mut dcols = if dx.is_some() { Buffer::scratch(most * k) } else { Buffer::empty() };
+    for_each_expanded(
+        bl,
+        batch,
+        x,
+        #[inline(always)]
+        |r0, rows, cols| {
+            let (i0, imgs) = (r0 / px, rows / px);
+            let dzc = &mut dz[..rows * c];
+            produce(i0, imgs, dzc);
+            let first = if r0 == 0 { Out::Set } else { Out::Add };
+            if transposed {
+                matmul_tn(&mut gt, cols, dzc, [k, c, rows], first);
+            } else {
+                matmul_tn(gw, dzc, cols, [c, k, rows], first);
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                matmul_nn(&mut dcols[..rows * k], dzc, w, [rows, k, c], Out::Set);
+                let dxc = &mut dx[i0 * px * c_in..(i0 + imgs) * px * c_in];
+                col2im(&dcols[..rows * k], imgs, bl.h, bl.w, c_in, dxc);
+            }
+        },
+    );
+    if transposed {
+        transpose_into(&gt, gw, [c, k], Out::Set);
+    }
 }
 
 /// `dx = col2im(sum_j dz_j w_j)`: the input gradient, `[batch, h, w, c_in]`, of one or more

@@ -186,7 +186,9 @@ impl<T: Real> Moments<T> {
                     let n = self.n + nb;
                     let (wb, wab) =
                         (T::from_f64(nb as f64 / n as f64), T::from_f64(self.n as f64 * nb as f64 / n as f64));
-                    for (((m, q), m_b), q_b) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(bm.iter()).zip(bq.iter()) {
+                    for (((m, q), m_b), q_b) in
+                        self.mean.iter_mut().zip(self.m2.iter_mut()).zip(bm.iter()).zip(bq.iter())
+                    {
                         let delta = *m_b - *m;
                         *m += delta * wb;
                         *q += *q_b + delta * delta * wab;
@@ -415,7 +417,7 @@ pub fn unpool_lincomb<T: Real>(
                 // SAFETY: T is f32 (checked just above).
                 let f = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) };
                 let dz = unsafe { std::slice::from_raw_parts_mut(dz.as_mut_ptr().cast::<f32>(), dz.len()) };
-                let args = (f(out), f(d), f(c_dy), f(xhat), f(c_x), f(bias));
+                let args = [f(out), f(d), f(c_dy), f(xhat), f(c_x), f(bias)];
                 // SAFETY: AVX-512F was detected; the kernel checks its bounds.
                 return unsafe { avx512::unpool_lincomb(bl, batch, arg, args, dz) };
             }
@@ -540,7 +542,7 @@ mod avx512 {
     use super::{Block, windows};
     use std::arch::x86_64::*;
 
-    /// [`super::unpool_lincomb`] for f32; `(out, d, c_dy, xhat, c_x, bias)`.
+    /// [`super::unpool_lincomb`] for f32; `[out, d, c_dy, xhat, c_x, bias]`.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
@@ -549,12 +551,12 @@ mod avx512 {
         bl: &Block,
         batch: usize,
         arg: &[u8],
-        (out, d, c_dy, xhat, c_x, bias): (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+        [out, d, c_dy, xhat, c_x, bias]: [&[f32]; 6],
         dz: &mut [f32],
     ) {
         let c = bl.c_out;
         let (rows_n, pooled_n) = (batch * bl.pixels() * c, batch * bl.pooled() * c);
-        assert!(c % 16 == 0 && c_dy.len() >= c && c_x.len() >= c && bias.len() >= c);
+        assert!(c.is_multiple_of(16) && c_dy.len() >= c && c_x.len() >= c && bias.len() >= c);
         assert!(xhat.len() >= rows_n && dz.len() >= rows_n);
         assert!(out.len() >= pooled_n && d.len() >= pooled_n && arg.len() >= pooled_n);
         // SAFETY (every load and store below): `ch + 16 <= c`, window rows are below
@@ -621,7 +623,9 @@ mod tests {
             let (batch, c) = (3, 32);
             let bl = Block { h, w, c_in: 1, c_out: c, oh: h / 2, ow: w / 2, weight: 0, scale: 0, shift: 0 };
             let (rows, pooled) = (batch * h * w * c, batch * bl.pooled() * c);
-            let v = |n: usize, seed: usize| -> Vec<f32> { values(n / 16 + 1, 16).iter().skip(seed).take(n).map(|x| (*x as f32 - 58.0) / 7.0).collect() };
+            let v = |n: usize, seed: usize| -> Vec<f32> {
+                values(n / 16 + 1, 16).iter().skip(seed).take(n).map(|x| (*x as f32 - 58.0) / 7.0).collect()
+            };
             let (xhat, d, out) = (v(rows, 0), v(pooled, 1), v(pooled, 2));
             let arg: Vec<u8> = (0..pooled).map(|i| ((i * 7 + i / 5) % 4) as u8).collect();
             let (c_dy, c_x, bias) = (v(c, 3), v(c, 4), v(c, 5));
@@ -648,7 +652,12 @@ mod tests {
             let (got_mean, got_m2) = m.finish();
             for ch in 0..c {
                 assert!((got_mean[ch] - mean[ch]).abs() <= 1e-12 * mean[ch].abs(), "mean of channel {ch}");
-                assert!((got_m2[ch] - m2[ch]).abs() <= 1e-11 * m2[ch], "m2 of channel {ch}: {} vs {}", got_m2[ch], m2[ch]);
+                assert!(
+                    (got_m2[ch] - m2[ch]).abs() <= 1e-11 * m2[ch],
+                    "m2 of channel {ch}: {} vs {}",
+                    got_m2[ch],
+                    m2[ch]
+                );
             }
         }
         // In f32 the deviations survive the offset: within 1e-5 of the f64 figure.

@@ -368,7 +368,7 @@ pub(crate) fn conv_with<T: Real>(
     mut on_chunk: impl FnMut(&[T]),
 ) {
     let (px, tiles) = (s.h * s.w, s.tiles());
-    let step = (CHUNK_VALUES / (POS * tiles * s.c_in.max(s.c_out))).max(1).min(batch);
+    let step = chunk_images(s, batch);
     let mut v = Buffer::scratch(POS * step * tiles * s.c_in);
     let mut m = Buffer::scratch(POS * step * tiles * s.c_out);
     // The centred terms' conv(mu, w), added in the output transform.
@@ -460,76 +460,142 @@ fn transform_output_adjoint<T: Real>(s: &Shape, dz: &[T], imgs: usize, dm: &mut 
 
 /// `gw = sum over pixels of dz^T im2col(x)` (or `+=`): the weight gradient, `[c_out, 3, 3,
 /// c_in]`, of the forward convolution of `x` (`[batch, h, w, c_in]`) for the conv-output
-/// gradient `dz` (`[batch * h * w, c_out]`). By the adjoint of the forward's algorithm:
-/// `dU_p = sum_tiles dM_p^T V_p` (16 products with the tiles as their long inner dimension),
-/// then `dg = G^T dU G`; with the input centred as in [`Centring`], whose `conv(mu, w)` term
-/// contributes `mu_i` times the sum of `dz` over the pixels whose tap lies inside the image.
+/// gradient `dz` (`[batch * h * w, c_out]`); see [`WeightGradient`].
 #[inline(always)]
 pub(crate) fn weight_gradient<T: Real>(s: &Shape, batch: usize, x: &[T], dz: &[T], gw: &mut [T], out: Out) {
-    let (h, w, c_in, c_out) = (s.h, s.w, s.c_in, s.c_out);
-    let (px, tiles, plane) = (h * w, s.tiles(), c_in * c_out);
-    let mu = channel_means(&x[..batch * px * c_in], c_in);
-    let step = (CHUNK_VALUES / (POS * tiles * c_in.max(c_out))).max(1).min(batch);
-    let mut v = Buffer::scratch(POS * step * tiles * c_in);
-    let mut dm = Buffer::scratch(POS * step * tiles * c_out);
-    let mut du = Buffer::scratch(POS * plane); // [16, c_out, c_in]
-    for i0 in (0..batch).step_by(step) {
-        let imgs = step.min(batch - i0);
-        let rows = imgs * tiles;
-        let xc = &x[i0 * px * c_in..(i0 + imgs) * px * c_in];
-        let dzc = &dz[i0 * px * c_out..(i0 + imgs) * px * c_out];
-        timed(
-            Work::Im2col,
-            #[inline(always)]
-            || {
-                transform_input(s, xc, imgs, Some(&mu), &mut v);
-                transform_output_adjoint(s, dzc, imgs, &mut dm);
-            },
-        );
-        let first = if i0 == 0 { Out::Set } else { Out::Add };
-        for p in 0..POS {
-            matmul_tn(
-                &mut du[p * plane..(p + 1) * plane],
-                &dm[p * rows * c_out..(p + 1) * rows * c_out],
-                &v[p * rows * c_in..(p + 1) * rows * c_in],
-                [c_out, c_in, rows],
-                first,
-            );
+    let px = s.h * s.w;
+    let mut g = WeightGradient::new(s, batch, x);
+    g.add(&x[..batch * px * s.c_in], &dz[..batch * px * s.c_out], batch);
+    g.finish(gw, out);
+}
+
+/// Images per chunk of [`conv`] and [`WeightGradient`] for shape `s` (at most `batch`, at
+/// least one).
+#[inline(always)]
+pub(crate) fn chunk_images(s: &Shape, batch: usize) -> usize {
+    (CHUNK_VALUES / (POS * s.tiles() * s.c_in.max(s.c_out))).max(1).min(batch.max(1))
+}
+
+/// A weight gradient accumulated a chunk of images at a time (the gradient pass feeds it each
+/// chunk of `dz` as it produces it, while the chunk is in cache). By the adjoint of the
+/// forward's algorithm: `dU_p = sum_tiles dM_p^T V_p` (16 products with the tiles as their
+/// long inner dimension), then `dg = G^T dU G`; with the input centred as in [`Centring`],
+/// whose `conv(mu, w)` term contributes `mu_i` times the sum of `dz` over the pixels whose tap
+/// lies inside the image.
+pub(crate) struct WeightGradient<T: Real> {
+    s: Shape,
+    /// The whole batch's per-channel input means (the forward pass's centring).
+    mu: Vec<T>,
+    step: usize,
+    v: Buffer<T>,
+    dm: Buffer<T>,
+    /// `[16, c_out, c_in]`.
+    du: Buffer<T>,
+    /// Per border class and output channel, the sum of `dz` so far: `[16, c_out]`.
+    class_sums: Vec<T>,
+    started: bool,
+}
+
+impl<T: Real> WeightGradient<T> {
+    /// For the forward convolution of `x` (`[batch, h, w, c_in]`: the whole batch, whose
+    /// channel means centre the transforms).
+    #[inline(always)]
+    pub(crate) fn new(s: &Shape, batch: usize, x: &[T]) -> Self {
+        let (px, tiles) = (s.h * s.w, s.tiles());
+        let step = chunk_images(s, batch);
+        WeightGradient {
+            s: *s,
+            mu: channel_means(&x[..batch * px * s.c_in], s.c_in),
+            step,
+            v: Buffer::scratch(POS * step * tiles * s.c_in),
+            dm: Buffer::scratch(POS * step * tiles * s.c_out),
+            du: Buffer::scratch(POS * s.c_in * s.c_out),
+            class_sums: vec![T::default(); 16 * s.c_out],
+            started: false,
         }
     }
-    // The centring's term: per output channel, the sums of dz over each border class's pixels.
-    let mut class_sums = vec![T::default(); 16 * c_out];
-    for img in 0..batch {
-        for y in 0..h {
-            for xx in 0..w {
-                let cls = border(y, h) * 4 + border(xx, w);
-                let row = &dz[((img * h + y) * w + xx) * c_out..][..c_out];
-                class_sums[cls * c_out..][..c_out].iter_mut().zip(row).for_each(|(s, d)| *s += *d);
+
+    /// Adds `imgs` images: their input `x` (`[imgs, h, w, c_in]`) and conv-output gradient
+    /// `dz` (`[imgs * h * w, c_out]`).
+    #[inline(always)]
+    pub(crate) fn add(&mut self, x: &[T], dz: &[T], imgs: usize) {
+        let s = self.s;
+        let (h, w, c_in, c_out) = (s.h, s.w, s.c_in, s.c_out);
+        let (px, tiles, plane) = (h * w, s.tiles(), c_in * c_out);
+        for i0 in (0..imgs).step_by(self.step) {
+            let n = self.step.min(imgs - i0);
+            let rows = n * tiles;
+            let xc = &x[i0 * px * c_in..(i0 + n) * px * c_in];
+            let dzc = &dz[i0 * px * c_out..(i0 + n) * px * c_out];
+            let (v, dm, mu) = (&mut self.v, &mut self.dm, &self.mu);
+            timed(
+                Work::Im2col,
+                #[inline(always)]
+                || {
+                    transform_input(&s, xc, n, Some(mu), v);
+                    transform_output_adjoint(&s, dzc, n, dm);
+                },
+            );
+            let first = if self.started { Out::Add } else { Out::Set };
+            self.started = true;
+            for p in 0..POS {
+                matmul_tn(
+                    &mut self.du[p * plane..(p + 1) * plane],
+                    &self.dm[p * rows * c_out..(p + 1) * rows * c_out],
+                    &self.v[p * rows * c_in..(p + 1) * rows * c_in],
+                    [c_out, c_in, rows],
+                    first,
+                );
+            }
+            // The centring's term: per output channel, the sums of dz over each border
+            // class's pixels.
+            for img in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let cls = border(y, h) * 4 + border(xx, w);
+                        let row = &dzc[((img * h + y) * w + xx) * c_out..][..c_out];
+                        self.class_sums[cls * c_out..][..c_out].iter_mut().zip(row).for_each(|(s, d)| *s += *d);
+                    }
+                }
             }
         }
     }
-    // G^T on both axes: G^T u = [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3].
-    let half = T::from_f64(0.5);
-    let g_t = |u: [T; 4]| [u[0] + (u[1] + u[2]) * half, (u[1] - u[2]) * half, (u[1] + u[2]) * half + u[3]];
-    for o in 0..c_out {
-        // Sum of dz over the pixels whose tap (ky, kx) is inside the image.
-        let inside: [T; 9] = std::array::from_fn(|t| {
-            let (ky, kx) = (t / 3, t % 3);
-            (0..16)
-                .filter(|cls| !outside(ky, cls / 4) && !outside(kx, cls % 4))
-                .fold(T::default(), |acc, cls| acc + class_sums[cls * c_out + o])
-        });
-        for i in 0..c_in {
-            let u = |r: usize, q: usize| du[(r * 4 + q) * plane + o * c_in + i];
-            let rows: [[T; 3]; 4] = std::array::from_fn(|r| g_t([u(r, 0), u(r, 1), u(r, 2), u(r, 3)]));
-            for kx in 0..3 {
-                let col = g_t([rows[0][kx], rows[1][kx], rows[2][kx], rows[3][kx]]);
-                for ky in 0..3 {
-                    let value = col[ky] + mu[i] * inside[ky * 3 + kx];
-                    let dst = &mut gw[(o * 9 + ky * 3 + kx) * c_in + i];
-                    match out {
-                        Out::Set => *dst = value,
-                        Out::Add => *dst += value,
+
+    /// Writes (or adds) the gradient into `gw` (`[c_out, 3, 3, c_in]`).
+    #[inline(always)]
+    pub(crate) fn finish(self, gw: &mut [T], out: Out) {
+        let (c_in, c_out) = (self.s.c_in, self.s.c_out);
+        let plane = c_in * c_out;
+        let (du, mu, class_sums) = (&self.du, &self.mu, &self.class_sums);
+        if !self.started {
+            if out == Out::Set {
+                gw[..9 * plane].fill(T::default());
+            }
+            return;
+        }
+        // G^T on both axes: G^T u = [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3].
+        let half = T::from_f64(0.5);
+        let g_t = |u: [T; 4]| [u[0] + (u[1] + u[2]) * half, (u[1] - u[2]) * half, (u[1] + u[2]) * half + u[3]];
+        for o in 0..c_out {
+            // Sum of dz over the pixels whose tap (ky, kx) is inside the image.
+            let inside: [T; 9] = std::array::from_fn(|t| {
+                let (ky, kx) = (t / 3, t % 3);
+                (0..16)
+                    .filter(|cls| !outside(ky, cls / 4) && !outside(kx, cls % 4))
+                    .fold(T::default(), |acc, cls| acc + class_sums[cls * c_out + o])
+            });
+            for i in 0..c_in {
+                let u = |r: usize, q: usize| du[(r * 4 + q) * plane + o * c_in + i];
+                let rows: [[T; 3]; 4] = std::array::from_fn(|r| g_t([u(r, 0), u(r, 1), u(r, 2), u(r, 3)]));
+                for kx in 0..3 {
+                    let col = g_t([rows[0][kx], rows[1][kx], rows[2][kx], rows[3][kx]]);
+                    for ky in 0..3 {
+                        let value = col[ky] + mu[i] * inside[ky * 3 + kx];
+                        let dst = &mut gw[(o * 9 + ky * 3 + kx) * c_in + i];
+                        match out {
+                            Out::Set => *dst = value,
+                            Out::Add => *dst += value,
+                        }
                     }
                 }
             }
