@@ -192,6 +192,7 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
             "name": name,
             "run": dir.display().to_string(),
             "steps": lines.last().map(|l| l["step"].clone()),
+            "configured_steps": configured_steps(&dir),
             "wall_s": lines.last().map(|l| l["wall_s"].clone()),
             "validations": validations,
             "test": test,
@@ -200,6 +201,24 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
         }));
     }
     Ok(out)
+}
+
+/// `train.steps` of the config a run saved (`<run>/config.toml`, as `fewshot train` writes
+/// it: a `[train]` table with a `steps = N` line), if it can be read.
+fn configured_steps(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let mut table = "";
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            table = line;
+        } else if table == "[train]"
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "steps"
+        {
+            return value.trim().parse().ok();
+        }
+    }
+    None
 }
 
 /// `fewshot eval --checkpoint <checkpoint> --json` on its default test set: the JSON it prints.
@@ -298,10 +317,14 @@ fn report(all: &Value) -> String {
             .flatten()
             .filter_map(|v| v["val_acc"].as_f64())
             .fold(f64::NAN, f64::max);
+        // A run still training (it resumes with --resume) says how far it is.
+        let steps = match (p["steps"].as_u64(), p["configured_steps"].as_u64()) {
+            (Some(done), Some(all)) if done < all => format!("{done} of {all} (still training)"),
+            _ => p["steps"].to_string(),
+        };
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {best:.4} | {:.4} ± {:.4} | {} ({}-way) | {:.0} | {} |",
-            p["steps"],
+            "| `{name}` | {steps} | {best:.4} | {:.4} ± {:.4} | {} ({}-way) | {:.0} | {} |",
             p["test"]["accuracy"].as_f64().unwrap_or(f64::NAN),
             p["test"]["ci95"].as_f64().unwrap_or(f64::NAN),
             p["test"]["episodes"],
