@@ -7,18 +7,25 @@
 //! reading a stored copy. At 20 images the second block's matrix is 9 MB: written once and read
 //! three or four times per pass, it went through memory; a chunk is at most
 //! [`CHUNK_VALUES`] values. Images are independent in im2col and col2im, so chunks are too.
+//!
+//! Where they apply, two other algorithms replace im2col: Winograd's F(2x2, 3x3) for the
+//! multi-channel blocks ([`winograd`]) and, for the first block (one input channel) in f32 on
+//! AVX-512, kernels that compute the convolution and its weight gradient straight from the
+//! images ([`direct`]).
 
 use super::buffer::Buffer;
 use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
 use super::kernels::{col2im, im2col};
 use super::layout::Block;
 use super::real::Real;
+use super::profile::{Work, timed};
 use super::winograd;
+use super::direct;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How the engine computes the convolutions of blocks with more than one input channel (the
-/// forward convolution, the input gradient and the weight gradient; the first block's are
-/// always im2col products).
+/// forward convolution, the input gradient and the weight gradient). The first block's (one
+/// input channel) are [`direct`] kernels in f32 on AVX-512, im2col products otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvAlgorithm {
     /// im2col and one matrix product per chunk of images.
@@ -112,7 +119,33 @@ pub(crate) fn forward_with<T: Real>(
         let u = winograd::centred_filter(w, bl.c_out, bl.c_in, &x[..batch * bl.pixels() * bl.c_in]);
         return winograd::conv_with(&shape, batch, &[(x, &u)], z, out, on_chunk);
     }
+    if direct::applies::<T>(bl.c_in, bl.c_out) {
+        return forward_direct(bl, batch, x, w, z, out, on_chunk);
+    }
     forward_im2col(bl, batch, x, w, z, out, on_chunk)
+}
+
+/// [`forward_with`] by [`direct`] (the first block, f32 on AVX-512), an image at a time.
+#[inline(always)]
+fn forward_direct<T: Real>(
+    bl: &Block,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    z: &mut [T],
+    out: Out,
+    mut on_chunk: impl FnMut(&[T]),
+) {
+    let (px, c) = (bl.pixels(), bl.c_out);
+    for i0 in 0..batch {
+        let zc = &mut z[i0 * px * c..(i0 + 1) * px * c];
+        timed(
+            Work::Gemm,
+            #[inline(always)]
+            || direct::conv(&x[i0 * px..(i0 + 1) * px], 1, [bl.h, bl.w], w, c, zc, out),
+        );
+        on_chunk(zc);
+    }
 }
 
 /// [`forward_with`] by im2col.
@@ -156,6 +189,13 @@ pub(crate) fn weight_gradient<T: Real>(bl: &Block, batch: usize, x: &[T], dz: &[
     if winograd(bl) {
         let shape = winograd::Shape { h: bl.h, w: bl.w, c_in: bl.c_in, c_out: bl.c_out };
         return winograd::weight_gradient(&shape, batch, x, dz, gw, out);
+    }
+    if direct::applies::<T>(bl.c_in, bl.c_out) {
+        return timed(
+            Work::Gemm,
+            #[inline(always)]
+            || direct::weight_gradient(x, batch, [bl.h, bl.w], dz, bl.c_out, gw, out),
+        );
     }
     weight_gradient_im2col(bl, batch, x, dz, gw, out)
 }
@@ -239,6 +279,24 @@ pub(crate) fn gradients_chunked<T: Real>(
             }
         }
         g.finish(gw, Out::Set);
+        return;
+    }
+    if dx.is_none() && direct::applies::<T>(c_in, c) {
+        // The first block: no input gradient, and the weight gradient reads the images.
+        let step = chunk_images(bl).min(batch);
+        let mut dz = Buffer::scratch(step * px * c);
+        for i0 in (0..batch).step_by(step) {
+            let imgs = step.min(batch - i0);
+            let dzc = &mut dz[..imgs * px * c];
+            produce(i0, imgs, dzc);
+            let first = if i0 == 0 { Out::Set } else { Out::Add };
+            let xc = &x[i0 * px..(i0 + imgs) * px];
+            timed(
+                Work::Gemm,
+                #[inline(always)]
+                || direct::weight_gradient(xc, imgs, [bl.h, bl.w], dzc, c, gw, first),
+            );
+        }
         return;
     }
     let k = bl.k();
@@ -377,6 +435,48 @@ mod tests {
         }
     }
 
+    /// The first block's direct kernels (f32, AVX-512) equal the im2col path in f64 to f32
+    /// rounding: forward (Set and Add) and weight gradient, at the net's 28x28 and at sides
+    /// shorter than, equal to and not a multiple of the forward kernel's group of 8 outputs,
+    /// with blocks of rows that span several images in the weight gradient.
+    #[test]
+    fn direct_first_block_equals_im2col() {
+        if !direct::applies::<f32>(1, 16) {
+            eprintln!("no AVX-512F: the direct kernels do not run on this CPU");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for (h, w, c_out, batch) in [(28, 28, 64, 3), (5, 7, 16, 9), (8, 8, 32, 2), (3, 17, 16, 4), (1, 1, 16, 5), (9, 3, 48, 1)] {
+            let bl = Block { h, w, c_in: 1, c_out, oh: h / 2, ow: w / 2, weight: 0, scale: 0, shift: 0 };
+            let x: Vec<f64> = random(batch * h * w, &mut rng).iter().map(|v| v + 0.5).collect();
+            let wt = random(9 * c_out, &mut rng);
+            let dz = random(batch * h * w * c_out, &mut rng);
+            let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let (x32, w32, dz32) = (f32s(&x), f32s(&wt), f32s(&dz));
+            let close = |exact: &[f64], got: &[f32], tol: f64, what: &str| {
+                let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let diff = exact.iter().zip(got).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+                assert!(diff <= tol * scale, "{what} {h}x{w} -> {c_out}, {batch} images: {diff} of {scale}");
+            };
+            for out in [Out::Set, Out::Add] {
+                let start = random(batch * h * w * c_out, &mut rng);
+                let mut exact = start.clone();
+                forward_im2col(&bl, batch, &x, &wt, &mut exact, out, |_| {});
+                let mut got = f32s(&start);
+                let mut rows = 0;
+                forward_with(&bl, batch, &x32, &w32, &mut got, out, |zc| rows += zc.len() / c_out);
+                assert_eq!(rows, batch * h * w, "every row handed to on_chunk once");
+                close(&exact, &got, 1e-6, &format!("forward {out:?}"));
+                let start = random(9 * c_out, &mut rng);
+                let mut exact = start.clone();
+                weight_gradient_im2col(&bl, batch, &x, &dz, &mut exact, out);
+                let mut got = f32s(&start);
+                weight_gradient(&bl, batch, &x32, &dz32, &mut got, out);
+                close(&exact, &got, 1e-5, &format!("weight gradient {out:?}"));
+            }
+        }
+    }
+
     /// In f32 at the net's channel counts (multiples of 16, so the AVX-512 transforms run where
     /// the CPU has them), Winograd stays within f32 rounding of the f64 convolution.
     #[test]
@@ -421,5 +521,39 @@ mod tests {
             );
             close(&direct, &fast, "input gradient");
         }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Not a test: times the first block's direct kernels against im2col + gemm at a 5w1s15q
+    /// task's 80 images (`cargo test --release -p fewshot-model --lib -- --ignored first_block_timing --nocapture`).
+    #[test]
+    #[ignore]
+    fn first_block_timing() {
+        let (h, w, c, batch) = (28, 28, 64, 80);
+        let bl = Block { h, w, c_in: 1, c_out: c, oh: 14, ow: 14, weight: 0, scale: 0, shift: 0 };
+        let x: Vec<f32> = (0..batch * h * w).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+        let wt: Vec<f32> = (0..9 * c).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+        let dz: Vec<f32> = (0..batch * h * w * c).map(|i| ((i * 13) % 101) as f32 / 101.0 - 0.5).collect();
+        let mut z = vec![0f32; batch * h * w * c];
+        let mut gw = vec![0f32; 9 * c];
+        let time = |f: &mut dyn FnMut()| {
+            let mut best = f64::MAX;
+            for _ in 0..20 {
+                let t = std::time::Instant::now();
+                f();
+                best = best.min(t.elapsed().as_secs_f64() * 1e3);
+            }
+            best
+        };
+        use crate::engine::with_best_simd as simd;
+        let a = time(&mut || simd(#[inline(always)] || forward_im2col(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {})));
+        let b = time(&mut || simd(#[inline(always)] || forward_direct(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {})));
+        let c2 = time(&mut || simd(#[inline(always)] || weight_gradient_im2col(&bl, batch, &x, &dz, &mut gw, Out::Set)));
+        let d = time(&mut || simd(#[inline(always)] || weight_gradient(&bl, batch, &x, &dz, &mut gw, Out::Set)));
+        eprintln!("forward: im2col {a:.3} ms, direct {b:.3} ms; weight gradient: im2col {c2:.3} ms, direct {d:.3} ms");
     }
 }

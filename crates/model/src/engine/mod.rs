@@ -22,12 +22,14 @@
 //! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
 //!
 //! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its derivatives, a few images
-//! at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks' forward convolution and input gradient), `layout`,
+//! at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks' convolutions and their derivatives), `direct` (the
+//! first block's convolution and weight gradient in AVX-512 registers), `layout`,
 //! `kernels` (elementwise passes), `forward`, `backward`, `hvp`, `simd` (the dispatcher).
 
 mod backward;
 mod buffer;
 mod conv;
+mod direct;
 mod forward;
 mod gemm;
 mod hvp;
