@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, Order, Scope, TaskBatch};
+use fewshot_model::engine::{self, Layout, Real, with_best_simd};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -221,20 +222,45 @@ fn softmax_last(t: &Tensor) -> Tensor {
     e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap()
 }
 
+/// The max-pool routing of every block in the two passes that fix the routes of a one-step
+/// MAML meta-gradient of one task: the support pass at `params` and the query pass at the
+/// parameters after one SGD step of `lr` on the support set, computed as the native engine's
+/// inner loop computes them (`fewshot_meta`'s `native::task::adapt`).
+fn routings<T: Real>(config: &ConvNetConfig, params: &ParamMap, b: &TaskBatch, lr: f64) -> Vec<Vec<u8>> {
+    let layout = Layout::new(config).unwrap();
+    let images = |t: &Tensor| layout.images_to_channels_last(&T::tensor_values(t).unwrap());
+    let (support, query) = (images(&b.support_images), images(&b.query_images));
+    let labels = b.support_labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let theta: Vec<T> = layout.pack(params).unwrap();
+    with_best_simd(
+        #[inline(always)]
+        || {
+            let fwd = engine::forward(&layout, &theta, &support, labels.len());
+            let mut grad = vec![T::default(); layout.len()];
+            let _pullback = engine::backward(&layout, &theta, &fwd, &labels, &mut grad);
+            let lr = T::from_f64(lr);
+            let fast: Vec<T> = theta.iter().zip(&grad).map(|(w, g)| *w - lr * *g).collect();
+            let query_fwd = engine::forward(&layout, &fast, &query, query.len() / layout.image_len());
+            (0..config.depth).flat_map(|i| [fwd.routing(i).to_vec(), query_fwd.routing(i).to_vec()]).collect()
+        },
+    )
+}
+
 #[test]
 fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
     // 5-way 1-shot with 15 queries per class (the paper protocol's training shape): the
     // per-channel reductions run over 75 x 784 rows in the first block, where a sequential f32
     // sum loses digits. The f32 meta-gradient must stay close to the f64 one in every tensor.
     //
-    // Three draws of parameters and images: among the query pass's million max-pool windows a
-    // near tie (two values within f32 rounding) is a matter of chance, and where one flips
-    // between f32 and f64 the gradient takes another route, a discontinuity of about 1e-4 that
-    // says nothing about the reductions (a change of the first block's rounding flipped one
-    // window of the second block at the first draw). A loss of precision shows at every draw.
+    // Among the query pass's million max-pool windows, a near tie (two values within f32
+    // rounding) is a matter of chance; where one breaks the other way in f32 than in f64, the
+    // gradient takes another route, a jump of about 1e-4 that says nothing about the
+    // arithmetic. So each draw first compares the f32 and f64 routing of every pass: draws
+    // whose routing agrees everywhere must meet the strict bound, the others only a loose one,
+    // and at least two of the draws must be of the first kind.
     let config = ConvNetConfig::omniglot(5);
-    let mut errors = Vec::new();
-    for (param_seed, data_seed) in [(27, 13), (28, 14), (29, 15)] {
+    let (mut strict, mut loose) = (Vec::new(), Vec::new());
+    for (param_seed, data_seed) in [(27, 13), (28, 14), (29, 15), (30, 16)] {
         let params64 = init(&config, param_seed, DType::F64, &Device::Cpu).unwrap();
         let params32: ParamMap = params64.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
         let b64 = batch(&config, 1, 1, 15, DType::F64, data_seed);
@@ -259,14 +285,16 @@ fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
                 worst = (err, name.clone());
             }
         }
-        println!("draw {param_seed}/{data_seed}: worst norm-relative f32 error {:.2e} in {}", worst.0, worst.1);
-        errors.push(worst.0);
+        let (r64, r32) =
+            (routings::<f64>(&config, &params64, &b64, 0.4), routings::<f32>(&config, &params32, &b32, 0.4));
+        let flips: usize = r64.iter().zip(&r32).map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count()).sum();
+        println!(
+            "draw {param_seed}/{data_seed}: worst norm-relative f32 error {:.2e} in {}, {flips} max-pool routes differ",
+            worst.0, worst.1
+        );
+        if flips == 0 { strict.push(worst.0) } else { loose.push(worst.0) }
     }
-    let close = errors.iter().filter(|&&e| e < 1e-5).count();
-    assert!(
-        close >= 2,
-        "f32 meta-gradient off by more than 1e-5 (norm-relative) at {} of 3 draws: {errors:?}",
-        3 - close
-    );
-    assert!(errors.iter().all(|&e| e < 1e-3), "f32 meta-gradient far off at some draw: {errors:?}");
+    assert!(strict.len() >= 2, "only {} of the draws route alike in f32 and f64: choose other seeds", strict.len());
+    assert!(strict.iter().all(|&e| e < 1e-5), "f32 meta-gradient off by more than 1e-5 (norm-relative): {strict:?}");
+    assert!(loose.iter().all(|&e| e < 1e-3), "f32 meta-gradient far off at a draw with a routing flip: {loose:?}");
 }

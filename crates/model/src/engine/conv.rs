@@ -14,13 +14,13 @@
 //! images ([`direct`]).
 
 use super::buffer::Buffer;
+use super::direct;
 use super::gemm::{Out, matmul_nn, matmul_nt, matmul_tn};
 use super::kernels::{col2im, im2col};
 use super::layout::Block;
-use super::real::Real;
 use super::profile::{Work, timed};
+use super::real::Real;
 use super::winograd;
-use super::direct;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How the engine computes the convolutions of blocks with more than one input channel (the
@@ -446,7 +446,9 @@ mod tests {
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-        for (h, w, c_out, batch) in [(28, 28, 64, 3), (5, 7, 16, 9), (8, 8, 32, 2), (3, 17, 16, 4), (1, 1, 16, 5), (9, 3, 48, 1)] {
+        for (h, w, c_out, batch) in
+            [(28, 28, 64, 3), (5, 7, 16, 9), (8, 8, 32, 2), (3, 17, 16, 4), (1, 1, 16, 5), (9, 3, 48, 1)]
+        {
             let bl = Block { h, w, c_in: 1, c_out, oh: h / 2, ow: w / 2, weight: 0, scale: 0, shift: 0 };
             let x: Vec<f64> = random(batch * h * w, &mut rng).iter().map(|v| v + 0.5).collect();
             let wt = random(9 * c_out, &mut rng);
@@ -550,10 +552,30 @@ mod timing {
             best
         };
         use crate::engine::with_best_simd as simd;
-        let a = time(&mut || simd(#[inline(always)] || forward_im2col(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {})));
-        let b = time(&mut || simd(#[inline(always)] || forward_direct(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {})));
-        let c2 = time(&mut || simd(#[inline(always)] || weight_gradient_im2col(&bl, batch, &x, &dz, &mut gw, Out::Set)));
-        let d = time(&mut || simd(#[inline(always)] || weight_gradient(&bl, batch, &x, &dz, &mut gw, Out::Set)));
+        let a = time(&mut || {
+            simd(
+                #[inline(always)]
+                || forward_im2col(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {}),
+            )
+        });
+        let b = time(&mut || {
+            simd(
+                #[inline(always)]
+                || forward_direct(&bl, batch, &x, &wt, &mut z, Out::Set, |_| {}),
+            )
+        });
+        let c2 = time(&mut || {
+            simd(
+                #[inline(always)]
+                || weight_gradient_im2col(&bl, batch, &x, &dz, &mut gw, Out::Set),
+            )
+        });
+        let d = time(&mut || {
+            simd(
+                #[inline(always)]
+                || weight_gradient(&bl, batch, &x, &dz, &mut gw, Out::Set),
+            )
+        });
         eprintln!("forward: im2col {a:.3} ms, direct {b:.3} ms; weight gradient: im2col {c2:.3} ms, direct {d:.3} ms");
     }
 }

@@ -26,7 +26,7 @@ pub(crate) fn applies<T: Real>(c_in: usize, c_out: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         c_in == 1
-            && c_out % 16 == 0
+            && c_out.is_multiple_of(16)
             && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
             && std::arch::is_x86_feature_detected!("avx512f")
     }
@@ -118,11 +118,21 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has AVX-512F; `planes` holds `imgs` planes of `(h + 2) x (w + 2)`, `wts` at
-    /// least `9 * c_out` values, `z` at least `imgs * h * w * c_out`; `c_out % 16 == 0`.
+    /// least `9 * c_out` values, `z` at least `imgs * h * w * c_out`; `c_out.is_multiple_of(16)`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn conv(planes: &[f32], imgs: usize, [h, w]: [usize; 2], wts: &[f32], c: usize, z: &mut [f32], out: Out) {
+    pub unsafe fn conv(
+        planes: &[f32],
+        imgs: usize,
+        [h, w]: [usize; 2],
+        wts: &[f32],
+        c: usize,
+        z: &mut [f32],
+        out: Out,
+    ) {
         let (ph, pw) = (h + 2, w + 2);
-        assert!(c % 16 == 0 && planes.len() >= imgs * ph * pw && wts.len() >= 9 * c && z.len() >= imgs * h * w * c);
+        assert!(
+            c.is_multiple_of(16) && planes.len() >= imgs * ph * pw && wts.len() >= 9 * c && z.len() >= imgs * h * w * c
+        );
         // The weights tap-major, `[9, c]`: one register load per tap and 16 channels.
         let mut wt = vec![0f32; 9 * c];
         for o in 0..c {
@@ -213,7 +223,7 @@ mod avx512 {
     ) {
         let (ph, pw) = (h + 2, w + 2);
         let rows = imgs * h * w;
-        assert!(c % 16 == 0 && planes.len() >= imgs * ph * pw && dz.len() >= rows * c && gw.len() >= 9 * c);
+        assert!(c.is_multiple_of(16) && planes.len() >= imgs * ph * pw && dz.len() >= rows * c && gw.len() >= 9 * c);
         let mut total = vec![0f32; 9 * c]; // [9, c]
         for r_start in (0..rows).step_by(PARTIAL_ROWS) {
             let r_end = (r_start + PARTIAL_ROWS).min(rows);

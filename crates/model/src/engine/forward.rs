@@ -52,6 +52,14 @@ impl<T: Real> Forward<T> {
         self.batch
     }
 
+    /// Block `i`'s max-pool routing: for each pooled output and channel, which of its window's
+    /// four rows held the maximum (`[batch * oh * ow, c]`, rows in the order of
+    /// [`super::kernels::windows`]). The backward pass and the Hessian-vector product send
+    /// gradients along it, so two passes with equal routing differ only by rounding.
+    pub fn routing(&self, i: usize) -> &[u8] {
+        &self.blocks[i].arg
+    }
+
     /// Block `i`'s input: the images for the first block, else the previous block's output.
     pub(crate) fn input(&self, i: usize) -> &[T] {
         if i == 0 { &self.images } else { &self.blocks[i - 1].out }
