@@ -259,7 +259,7 @@ fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
     // whose routing agrees everywhere must meet the strict bound, the others only a loose one,
     // and at least two of the draws must be of the first kind.
     let config = ConvNetConfig::omniglot(5);
-    let (mut strict, mut loose) = (Vec::new(), Vec::new());
+    let (mut strict, mut loose, mut routes) = (Vec::new(), Vec::new(), Vec::new());
     for (param_seed, data_seed) in [(27, 13), (28, 14), (29, 15), (30, 16)] {
         let params64 = init(&config, param_seed, DType::F64, &Device::Cpu).unwrap();
         let params32: ParamMap = params64.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
@@ -292,9 +292,17 @@ fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
             "draw {param_seed}/{data_seed}: worst norm-relative f32 error {:.2e} in {}, {flips} max-pool routes differ",
             worst.0, worst.1
         );
+        routes.push(flips);
         if flips == 0 { strict.push(worst.0) } else { loose.push(worst.0) }
     }
-    assert!(strict.len() >= 2, "only {} of the draws route alike in f32 and f64: choose other seeds", strict.len());
+    // Rounding that drifts (a sequential f32 sum of the batch-norm statistics, say) makes
+    // flips common: with every draw routed alike but one, the draws alone cannot tell.
+    assert!(
+        strict.len() >= 2,
+        "only {} of 4 draws route alike in f32 and f64 (routes that differ per draw: {routes:?}); lost precision \
+         makes flips common, so look for it before choosing other seeds",
+        strict.len()
+    );
     assert!(strict.iter().all(|&e| e < 1e-5), "f32 meta-gradient off by more than 1e-5 (norm-relative): {strict:?}");
     assert!(loose.iter().all(|&e| e < 1e-3), "f32 meta-gradient far off at a draw with a routing flip: {loose:?}");
 }
