@@ -26,6 +26,11 @@ pub struct Args {
     /// Timed meta-steps per measurement (after 3 warm-up steps).
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Measure each case this many times, ours and the others alternating round by round, and
+    /// report the median round (and the median of the per-round ratios): on a shared machine
+    /// one measurement can be 20-40% off, and ratios of neighbouring runs less so.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// A Python with torch installed: also run the PyTorch reference and print ratios.
     #[arg(long)]
     against_torch: Option<PathBuf>,
@@ -60,6 +65,19 @@ const CASES: [Case; 4] = [
     Case { name: "5w1s15q", n_way: 5, q_query: 15, meta_batch: 32, train_steps: 1, eval_steps: 3 },
     Case { name: "20w1s5q", n_way: 20, q_query: 5, meta_batch: 16, train_steps: 5, eval_steps: 5 },
 ];
+
+/// The median of `v` (the lower middle one for an even count); `None` when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied()
+}
+
+/// The run with the median tasks per second (the lower middle one for an even count).
+fn median_run(runs: &[Value]) -> Option<Value> {
+    let tps = |v: &Value| v["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
+    let mid = median(runs.iter().map(tps).collect())?;
+    runs.iter().find(|r| tps(r).total_cmp(&mid).is_eq()).cloned()
+}
 
 fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -123,19 +141,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "--steps".into(),
                     args.steps.to_string(),
                 ];
-                let ours = run_json(
-                    Command::new("target/release/fewshot-bench")
-                        .args(["--mode", mode, "--threads", &threads.to_string()])
-                        .args(&common),
-                )?;
-                let baseline = match &args.baseline {
-                    Some(bin) => Some(run_json(
-                        Command::new(bin).args(["--mode", mode, "--threads", &threads.to_string()]).args(&common),
-                    )?),
-                    None => None,
-                };
-                let torch = match &args.against_torch {
-                    Some(python) => {
+                let (mut ours_runs, mut base_runs, mut torch_runs) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..args.rounds.max(1) {
+                    ours_runs.push(run_json(
+                        Command::new("target/release/fewshot-bench")
+                            .args(["--mode", mode, "--threads", &threads.to_string()])
+                            .args(&common),
+                    )?);
+                    if let Some(bin) = &args.baseline {
+                        base_runs.push(run_json(
+                            Command::new(bin).args(["--mode", mode, "--threads", &threads.to_string()]).args(&common),
+                        )?);
+                    }
+                    if let Some(python) = &args.against_torch {
                         let mut cmd = Command::new(python);
                         cmd.arg(&args.torch_script).args(["--threads", &threads.to_string(), "--json"]).args(&common);
                         match mode.as_str() {
@@ -147,10 +165,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             }
                             _ => {}
                         }
-                        Some(run_json(&mut cmd)?)
+                        torch_runs.push(run_json(&mut cmd)?);
                     }
-                    None => None,
+                }
+                let ours = median_run(&ours_runs).expect("at least one round");
+                let baseline = median_run(&base_runs);
+                let torch = median_run(&torch_runs);
+                let per_round = |others: &[Value]| -> Option<f64> {
+                    let tps = |v: &Value| v["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
+                    median(ours_runs.iter().zip(others).map(|(o, t)| tps(o) / tps(t)).collect())
                 };
+                let (ratio, vs_baseline) = (per_round(&torch_runs), per_round(&base_runs));
                 let ours_tps = ours["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
                 let torch_tps = torch.as_ref().and_then(|t| t["tasks_per_sec"].as_f64());
                 let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
@@ -173,18 +198,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "| {} | {mode} | {threads} | {ours_tps:.1} | {} | {} | {:.0} | {} | {gflops:.1} | {:.0}% | {split} | {} | {} |\n",
                     case.name,
                     fmt(torch_tps, 1),
-                    fmt(torch_tps.map(|t| ours_tps / t), 2),
+                    fmt(ratio, 2),
                     ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
                     fmt(torch.as_ref().and_then(|t| t["peak_rss_mb"].as_f64()), 0),
                     100.0 * gflops / peak_gflops,
                     fmt(base_tps, 1),
-                    fmt(base_tps.map(|b| ours_tps / b), 3),
+                    fmt(vs_baseline, 3),
                 );
                 eprint!("{row}");
                 table += &row;
                 results.push(serde_json::json!({
                     "case": case.name, "mode": mode, "threads": threads,
-                    "fewshot": ours, "torch": torch, "baseline": baseline,
+                    "fewshot": ours, "torch": torch, "baseline": baseline, "ratio": ratio,
+                    "rounds": { "fewshot": ours_runs, "torch": torch_runs, "baseline": base_runs },
                 }));
             }
         }
@@ -203,4 +229,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{table}");
     println!("results: {}", args.out.join("results.jsonl").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_round() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.0), "the lower middle of an even count");
+        assert_eq!(median(vec![]), None);
+        let runs: Vec<Value> =
+            [9.0, 30.0, 12.0].iter().map(|t| serde_json::json!({ "tasks_per_sec": t, "round": *t as u32 })).collect();
+        assert_eq!(median_run(&runs).unwrap()["round"], 12);
+        assert!(median_run(&[]).is_none());
+    }
 }
