@@ -72,9 +72,13 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
+/// A measurement's tasks per second (NaN where it has none).
+fn tps(run: &Value) -> f64 {
+    run["tasks_per_sec"].as_f64().unwrap_or(f64::NAN)
+}
+
 /// The run with the median tasks per second (the lower middle one for an even count).
 fn median_run(runs: &[Value]) -> Option<Value> {
-    let tps = |v: &Value| v["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
     let mid = median(runs.iter().map(tps).collect())?;
     runs.iter().find(|r| tps(r).total_cmp(&mid).is_eq()).cloned()
 }
@@ -172,11 +176,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let baseline = median_run(&base_runs);
                 let torch = median_run(&torch_runs);
                 let per_round = |others: &[Value]| -> Option<f64> {
-                    let tps = |v: &Value| v["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
                     median(ours_runs.iter().zip(others).map(|(o, t)| tps(o) / tps(t)).collect())
                 };
                 let (ratio, vs_baseline) = (per_round(&torch_runs), per_round(&base_runs));
-                let ours_tps = ours["tasks_per_sec"].as_f64().unwrap_or(f64::NAN);
+                let ours_tps = tps(&ours);
                 let torch_tps = torch.as_ref().and_then(|t| t["tasks_per_sec"].as_f64());
                 let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
                 let base_tps = baseline.as_ref().and_then(|b| b["tasks_per_sec"].as_f64());
