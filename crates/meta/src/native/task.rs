@@ -189,19 +189,22 @@ fn adapt<T: Real>(
             bn.apply(step, &mut fast);
         }
         let fwd = engine::forward(layout, &fast, task.support, n_support);
-        let mut next = fast.clone();
         let pullback = if keep == Keep::Pullbacks {
             let bwd = engine::backward(layout, &fast, &fwd, task.support_labels, &mut grad);
-            Some((fwd, bwd))
+            Some(Pullback { fwd, bwd })
         } else {
             engine::gradient(layout, &fast, &fwd, task.support_labels, &mut grad);
             None
         };
-        sizes.descend(step, &mut next, &grad, from);
-        let theta = std::mem::replace(&mut fast, next);
-        if keep != Keep::Nothing {
-            let pullback = pullback.map(|(fwd, bwd)| Pullback { fwd, bwd });
-            kept.push(InnerStep { theta, grad: grad.clone(), pullback });
+        if keep == Keep::Nothing {
+            // Nothing refers to the step's parameters afterwards: update them in place.
+            sizes.descend(step, &mut fast, &grad, from);
+        } else {
+            let mut next = fast.clone();
+            sizes.descend(step, &mut next, &grad, from);
+            let theta = std::mem::replace(&mut fast, next);
+            let grad = std::mem::replace(&mut grad, vec![T::default(); layout.len()]);
+            kept.push(InnerStep { theta, grad, pullback });
         }
     }
     if let Some(bn) = bn {
