@@ -97,25 +97,11 @@ pub(crate) fn filter<T: Real>(w: &[T], c_out_w: usize, c_in_w: usize, adjoint: b
     // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] on the rows (gg: [4, 3]
     // planes), then on the columns (u: [4, 4] planes).
     let half = T::from_f64(0.5);
-    // inline(always): perf showed this closure as a function of its own at the baseline
-    // SIMD level.
-    let rows = #[inline(always)]
-    |out: &mut [T], p0: &[T], p1: &[T], p2: &[T]| {
-        let (o0, rest) = out.split_at_mut(plane);
-        let (o1, rest) = rest.split_at_mut(plane);
-        let (o2, o3) = rest.split_at_mut(plane);
-        o0.copy_from_slice(p0);
-        o3.copy_from_slice(p2);
-        for ((((a, b), x), y), z) in o1.iter_mut().zip(o2.iter_mut()).zip(p0).zip(p1).zip(p2) {
-            *a = (*x + *y + *z) * half;
-            *b = (*x - *y + *z) * half;
-        }
-    };
     let mut gg = Buffer::scratch(12 * plane);
     let mut col = Buffer::scratch(4 * plane);
     for kx in 0..3 {
         let p = |ky: usize| &g[(ky * 3 + kx) * plane..][..plane];
-        rows(&mut col, p(0), p(1), p(2));
+        g_planes(&mut col, [p(0), p(1), p(2)], plane, half);
         for r in 0..4 {
             gg[(r * 3 + kx) * plane..][..plane].copy_from_slice(&col[r * plane..][..plane]);
         }
@@ -123,12 +109,29 @@ pub(crate) fn filter<T: Real>(w: &[T], c_out_w: usize, c_in_w: usize, adjoint: b
     let mut u = Buffer::scratch(POS * plane);
     for r in 0..4 {
         let p = |kx: usize| &gg[(r * 3 + kx) * plane..][..plane];
-        rows(&mut col, p(0), p(1), p(2));
+        g_planes(&mut col, [p(0), p(1), p(2)], plane, half);
         for s in 0..4 {
             u[(r * 4 + s) * plane..][..plane].copy_from_slice(&col[s * plane..][..plane]);
         }
     }
     Filter { u, adjoint, centring: None }
+}
+
+/// `G g = [g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2]` elementwise over three planes of
+/// `plane` values, into the four planes of `out` (`[4, plane]`). A function with
+/// `#[inline(always)]`, not a closure: as a closure perf showed it compiled on its own at the
+/// baseline SIMD level.
+#[inline(always)]
+fn g_planes<T: Real>(out: &mut [T], [p0, p1, p2]: [&[T]; 3], plane: usize, half: T) {
+    let (o0, rest) = out[..4 * plane].split_at_mut(plane);
+    let (o1, rest) = rest.split_at_mut(plane);
+    let (o2, o3) = rest.split_at_mut(plane);
+    o0.copy_from_slice(p0);
+    o3.copy_from_slice(p2);
+    for ((((a, b), x), y), z) in o1.iter_mut().zip(o2.iter_mut()).zip(p0).zip(p1).zip(p2) {
+        *a = (*x + *y + *z) * half;
+        *b = (*x - *y + *z) * half;
+    }
 }
 
 /// Per-channel means of `x` (`[rows, c]`): the centre of [`Centring`] (any value gives the
