@@ -607,20 +607,17 @@ impl<T: Real> WeightGradient<T> {
         }
         let half = T::from_f64(0.5);
         // G^T along each row r of positions (over q): rows[r * 3 + kx], then along the columns
-        // (over r): taps[ky * 3 + kx].
+        // (over r): taps[kx * 3 + ky] (column-major, so each column's pass writes its three
+        // planes in place).
         let mut rows = Buffer::scratch(12 * plane);
         for (r, dst) in rows.chunks_exact_mut(3 * plane).enumerate() {
             let u = |q: usize| &du[(r * 4 + q) * plane..][..plane];
             g_t_planes([u(0), u(1), u(2), u(3)], dst, plane, half);
         }
         let mut taps = Buffer::scratch(9 * plane);
-        let mut col = Buffer::scratch(3 * plane);
-        for kx in 0..3 {
+        for (kx, dst) in taps.chunks_exact_mut(3 * plane).enumerate() {
             let r = |r: usize| &rows[(r * 3 + kx) * plane..][..plane];
-            g_t_planes([r(0), r(1), r(2), r(3)], &mut col, plane, half);
-            for ky in 0..3 {
-                taps[(ky * 3 + kx) * plane..][..plane].copy_from_slice(&col[ky * plane..][..plane]);
-            }
+            g_t_planes([r(0), r(1), r(2), r(3)], dst, plane, half);
         }
         for o in 0..c_out {
             for t in 0..9 {
@@ -632,7 +629,7 @@ impl<T: Real> WeightGradient<T> {
                         inside += class_sums[cls * c_out + o];
                     }
                 }
-                let src = &taps[t * plane + o * c_in..][..c_in];
+                let src = &taps[(kx * 3 + ky) * plane + o * c_in..][..c_in];
                 let dst = &mut gw[(o * 9 + t) * c_in..][..c_in];
                 match out {
                     Out::Set => dst.iter_mut().zip(src).zip(mu).for_each(|((d, s), m)| *d = *s + *m * inside),
