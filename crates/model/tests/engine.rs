@@ -259,3 +259,54 @@ fn first_block_weight_gradient_matches_f64() {
         }
     }
 }
+
+#[test]
+fn forward_for_gradient_gives_the_full_passes_logits_and_gradient() {
+    // `forward_for_gradient` keeps no conv output of the one-channel first block: its
+    // batch-norm statistics and its weight gradient's `xhat` term come from closed forms of
+    // the input patches' moments. Against `forward` + `gradient` at the Omniglot shape (28x28,
+    // 64 channels: in f32 the direct AVX-512 kernels), an odd size with rows outside every
+    // pooling window, and several input channels (where nothing changes), in f64 and f32.
+    let configs = [
+        ConvNetConfig::omniglot(5),
+        ConvNetConfig { in_channels: 1, image_size: 9, hidden: 16, depth: 2, n_way: 3 },
+        CONFIGS[0],
+        CONFIGS[1],
+    ];
+    for (k, config) in configs.into_iter().enumerate() {
+        let c = case(config, 21 + k as u64);
+        let theta = c.theta();
+        let (images, b) = (c.images_nhwc(), c.labels.len());
+        let full = engine::forward(&c.layout, &theta, &images, b);
+        let lean = engine::forward_for_gradient(&c.layout, &theta, &images, b);
+        let err = max_rel_diff(&lean.logits, &full.logits);
+        assert!(err < 1e-12, "config {k}: logits differ by {err:e} (relative)");
+        let (mut g_full, mut g_lean) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
+        engine::gradient(&c.layout, &theta, &full, &c.labels, &mut g_full);
+        engine::gradient(&c.layout, &theta, &lean, &c.labels, &mut g_lean);
+        let err = max_rel_diff(&g_lean, &g_full);
+        assert!(err < 1e-11, "config {k}: gradients differ by {err:e} (relative)");
+        // The first block's weights and batch-norm parameters have a gradient worth comparing.
+        let first = c.layout.range(ParamRole::ConvWeight(0)).unwrap();
+        assert!(g_full[first].iter().any(|g| g.abs() > 1e-6));
+
+        let theta32: Vec<f32> = theta.iter().map(|&x| x as f32).collect();
+        let images32: Vec<f32> = images.iter().map(|&x| x as f32).collect();
+        let lean = engine::forward_for_gradient(&c.layout, &theta32, &images32, b);
+        let mut g32 = vec![0f32; theta.len()];
+        engine::gradient(&c.layout, &theta32, &lean, &c.labels, &mut g32);
+        let g32: Vec<f64> = g32.iter().map(|&x| x as f64).collect();
+        let err = max_rel_diff(&g32, &g_full);
+        assert!(err < 1e-4, "config {k}: the f32 lean gradient is off the f64 one by {err:e} (relative)");
+    }
+}
+
+#[test]
+#[should_panic(expected = "forward_for_gradient")]
+fn backward_refuses_a_lean_forward_pass() {
+    let c = case(ConvNetConfig::omniglot(5), 3);
+    let theta = c.theta();
+    let fwd = engine::forward_for_gradient(&c.layout, &theta, &c.images_nhwc(), c.labels.len());
+    let mut g = vec![0.0; theta.len()];
+    let _ = engine::backward(&c.layout, &theta, &fwd, &c.labels, &mut g);
+}

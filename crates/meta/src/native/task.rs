@@ -188,7 +188,12 @@ fn adapt<T: Real>(
         if let Some(bn) = bn {
             bn.apply(step, &mut fast);
         }
-        let fwd = engine::forward(layout, &fast, task.support, n_support);
+        // Only a pass kept for the Hessian-vector product needs the whole forward cache.
+        let fwd = if keep == Keep::Pullbacks {
+            engine::forward(layout, &fast, task.support, n_support)
+        } else {
+            engine::forward_for_gradient(layout, &fast, task.support, n_support)
+        };
         let pullback = if keep == Keep::Pullbacks {
             let bwd = engine::backward(layout, &fast, &fwd, task.support_labels, &mut grad);
             Some(Pullback { fwd, bwd })
@@ -257,7 +262,7 @@ fn meta_gradient_body<T: Real>(
         (Order::First, false) => Keep::Nothing,
     };
     let adapted = adapt(layout, theta, task, (inner.steps, sizes, bn), 0, keep);
-    let fwd = engine::forward(layout, &adapted.fast, task.query, task.n_query);
+    let fwd = engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query);
     let mut grad = vec![T::default(); layout.len()];
     engine::gradient(layout, &adapted.fast, &fwd, task.query_labels, &mut grad);
     if let Some(&last) = weights.last()
@@ -337,7 +342,7 @@ fn add_rate_gradients<T: Real>(
 /// Add `weight` times the query loss's gradient at `theta_i` into `v`.
 #[inline(always)]
 fn add_query_gradient<T: Real>(layout: &Layout, task: &TaskData<'_, T>, v: &mut [T], theta_i: &[T], weight: f64) {
-    let fwd = engine::forward(layout, theta_i, task.query, task.n_query);
+    let fwd = engine::forward_for_gradient(layout, theta_i, task.query, task.n_query);
     let mut g = vec![T::default(); layout.len()];
     engine::gradient(layout, theta_i, &fwd, task.query_labels, &mut g);
     let w = T::from_f64(weight);
@@ -362,7 +367,7 @@ pub(crate) fn task_adapted_logits<T: Real>(
                 Scope::Head => layout.head_start(),
             };
             let adapted = adapt(layout, theta, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
-            engine::forward(layout, &adapted.fast, task.query, task.n_query).logits
+            engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query).logits
         },
     )
 }

@@ -4,8 +4,9 @@
 use super::buffer::Buffer;
 use super::conv;
 use super::gemm::{Out, matmul_nt};
-use super::kernels::{Moments, argmax, normalize_pool};
-use super::layout::Layout;
+use super::kernels::{Moments, argmax, normalize_pool, normalize_pool_keep_max};
+use super::layout::{Block, Layout};
+use super::patches::PatchMoments;
 use super::real::Real;
 use crate::net::BN_EPS;
 
@@ -13,8 +14,11 @@ use crate::net::BN_EPS;
 /// product.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockCache<T: Real> {
-    /// Normalised conv output: `[b * h * w, c]`.
+    /// Normalised conv output: `[b * h * w, c]`; empty where `lean` holds what the gradient
+    /// needs instead.
     pub xhat: Buffer<T>,
+    /// For the first block of a [`forward_for_gradient`] pass: in place of `xhat`.
+    pub lean: Option<Lean<T>>,
     /// Per-channel `1 / sqrt(var + eps)`: `[c]`.
     pub inv_std: Vec<T>,
     /// For each pooled output, which of its window's four rows (see
@@ -22,6 +26,17 @@ pub(crate) struct BlockCache<T: Real> {
     pub arg: Buffer<u8>,
     /// The block's output `relu(max-pool(bn(conv x)))`: `[b, oh, ow, c]`.
     pub out: Buffer<T>,
+}
+
+/// What the gradient needs of a one-channel first block whose normalised output was not kept:
+/// `xhat` at each pooled output's arg-max row, and the moments of the block's input patches
+/// (the closed forms of its batch-norm statistics and of its weight gradient's `xhat` term,
+/// see [`super::patches`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Lean<T: Real> {
+    /// `xhat` at each window's arg-max row: `[b * oh * ow, c]`.
+    pub xm: Buffer<T>,
+    pub patches: PatchMoments,
 }
 
 impl<T: Real> BlockCache<T> {
@@ -90,9 +105,36 @@ impl<T: Real> Forward<T> {
     }
 }
 
-/// The forward pass of `images` (`[batch, h, w, c_in]`, channels last) at `theta`.
+/// The forward pass of `images` (`[batch, h, w, c_in]`, channels last) at `theta`, keeping
+/// everything [`super::backward`] and [`super::hvp`] need.
 #[inline(always)]
 pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize) -> Forward<T> {
+    pass(layout, theta, images, batch, false)
+}
+
+/// [`forward`] for a pass that only feeds [`super::gradient`] (or only its logits are read):
+/// a one-channel first block keeps neither its conv output nor its normalised output (12.8x
+/// the images; 15 MB at 75 images in f32, written and read back twice by [`forward`]), but
+/// each chunk of images is normalised and pooled while in cache, from batch-norm statistics
+/// that the input patches' moments give in closed form (see [`super::patches`]). The same
+/// logits and gradient as [`forward`], to rounding; [`super::backward`] and [`super::hvp`]
+/// need [`forward`]'s pass and panic on this one.
+#[inline(always)]
+pub fn forward_for_gradient<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize) -> Forward<T> {
+    pass(layout, theta, images, batch, true)
+}
+
+/// Whether block `i` of a lean pass keeps [`Lean`] instead of `xhat`.
+#[inline(always)]
+fn lean_block(i: usize, bl: &Block) -> bool {
+    i == 0 && bl.c_in == 1
+}
+
+/// Images per chunk of a lean first block: its conv output stays under 256 KB in f32.
+const LEAN_CHUNK_VALUES: usize = 1 << 16;
+
+#[inline(always)]
+fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean: bool) -> Forward<T> {
     assert_eq!(theta.len(), layout.len(), "parameter vector of the wrong length");
     assert_eq!(images.len(), batch * layout.image_len(), "images of the wrong size");
     let eps = T::from_f64(BN_EPS);
@@ -100,6 +142,32 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
     for (i, bl) in layout.blocks.iter().enumerate() {
         let input: &[T] = if i == 0 { images } else { &blocks[i - 1].out };
         let (n, c) = (batch * bl.pixels(), bl.c_out);
+        let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
+        let inv_n = T::from_f64(1.0 / n as f64);
+        let std_of = |var: &[T]| -> Vec<T> { var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect() };
+        if lean && lean_block(i, bl) {
+            let patches = PatchMoments::of(input, batch, bl.h, bl.w);
+            let w = &theta[bl.weight..bl.weight + c * 9];
+            let (mean, var) = patches.conv_moments(w, c);
+            let inv_std = std_of(&var);
+            let (px, pp) = (bl.pixels(), bl.pooled());
+            let step = (LEAN_CHUNK_VALUES / (px * c)).max(1).min(batch);
+            let mut z = Buffer::scratch(step * px * c);
+            let mut arg = Buffer::scratch(batch * pp * c);
+            let mut out = Buffer::scratch(batch * pp * c); // [b, oh, ow, c]
+            let mut xm = Buffer::scratch(batch * pp * c);
+            for i0 in (0..batch).step_by(step) {
+                let imgs = step.min(batch - i0);
+                let zc = &mut z[..imgs * px * c];
+                conv::forward(bl, imgs, &input[i0 * px..(i0 + imgs) * px], w, zc, Out::Set);
+                let po = i0 * pp * c..(i0 + imgs) * pp * c;
+                let (a, o, m) = (&mut arg[po.clone()], &mut out[po.clone()], &mut xm[po]);
+                normalize_pool_keep_max(bl, imgs, zc, (&mean, &inv_std), (scale, shift), a, o, m);
+            }
+            let lean = Some(Lean { xm, patches });
+            blocks.push(BlockCache { xhat: Buffer::empty(), lean, inv_std, arg, out });
+            continue;
+        }
         let mut z = Buffer::scratch(n * c); // [b * h * w, c]
         // Batch norm with the batch's statistics (biased variance), gathered from each chunk
         // of the conv output while it is in cache, then max-pool of y = scale * xhat + shift
@@ -117,15 +185,13 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
             |zc| moments.add(zc),
         );
         debug_assert_eq!(moments.rows(), n);
-        let inv_n = T::from_f64(1.0 / n as f64);
         let (mean, var) = moments.finish();
-        let inv_std: Vec<T> = var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect();
-        let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
+        let inv_std = std_of(&var);
         let mut arg = Buffer::scratch(batch * bl.pooled() * c);
         let mut out = Buffer::scratch(batch * bl.pooled() * c); // [b, oh, ow, c]
         normalize_pool(bl, batch, &mut z, (&mean, &inv_std), (scale, shift), &mut arg, &mut out);
         let xhat = z;
-        blocks.push(BlockCache { xhat, inv_std, arg, out });
+        blocks.push(BlockCache { xhat, lean: None, inv_std, arg, out });
     }
     // Head: logits = features · W^T + b, then a stable softmax.
     let n_way = layout.config().n_way;

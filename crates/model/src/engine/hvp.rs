@@ -28,6 +28,7 @@ pub fn hvp<T: Real>(
 ) {
     let len = layout.len();
     assert!(theta.len() == len && v.len() == len && out.len() == len && grad.len() == len);
+    assert!(fwd.blocks.iter().all(|b| b.lean.is_none()), "hvp() needs forward()'s pass, not forward_for_gradient()'s");
     let batch = fwd.batch;
     let depth = layout.blocks.len();
     let zero = T::default();

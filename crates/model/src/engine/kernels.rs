@@ -225,6 +225,42 @@ pub fn normalize_pool<T: Real>(
     arg: &mut [u8],
     out: &mut [T],
 ) {
+    let mut unused = vec![T::default(); bl.c_out];
+    normalize_pool_impl::<T, false>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, &mut unused);
+}
+
+/// [`normalize_pool`], also writing each pooled output's `xhat` at its arg-max row into `xm`
+/// (`[b * oh * ow, c]`): what the gradient needs of `xhat` when the block's `z` is not kept
+/// (see [`super::forward::forward_for_gradient`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn normalize_pool_keep_max<T: Real>(
+    bl: &Block,
+    batch: usize,
+    z: &mut [T],
+    (mean, inv_std): (&[T], &[T]),
+    (scale, shift): (&[T], &[T]),
+    arg: &mut [u8],
+    out: &mut [T],
+    xm: &mut [T],
+) {
+    normalize_pool_impl::<T, true>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, xm);
+}
+
+/// [`normalize_pool`] and, with `XM`, [`normalize_pool_keep_max`]'s `xm` (without it, `xm` is
+/// one row of scratch, never written).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_pool_impl<T: Real, const XM: bool>(
+    bl: &Block,
+    batch: usize,
+    z: &mut [T],
+    (mean, inv_std): (&[T], &[T]),
+    (scale, shift): (&[T], &[T]),
+    arg: &mut [u8],
+    out: &mut [T],
+    xm: &mut [T],
+) {
     timed(
         Work::Elementwise,
         #[inline(always)]
@@ -250,21 +286,28 @@ pub fn normalize_pool<T: Real>(
                 }
                 let x: [&[T]; 4] = std::array::from_fn(|j| &z[rows[j] * c..rows[j] * c + c]);
                 let (o_arg, o_out) = (&mut arg[o * c..o * c + c], &mut out[o * c..o * c + c]);
+                let o_xm = if XM { &mut xm[o * c..o * c + c] } else { &mut xm[..c] };
                 let xs = x[0].iter().zip(x[1]).zip(x[2]).zip(x[3]);
-                for (((a, y), (sc, sh)), (((x0, x1), x2), x3)) in
-                    o_arg.iter_mut().zip(o_out.iter_mut()).zip(scale.iter().zip(shift)).zip(xs)
+                for ((((a, y), m), (sc, sh)), (((x0, x1), x2), x3)) in
+                    o_arg.iter_mut().zip(o_out.iter_mut()).zip(o_xm.iter_mut()).zip(scale.iter().zip(shift)).zip(xs)
                 {
                     // First maximum wins, like the candle op; branch-free selects.
                     let (y0, y1, y2, y3) = (*sc * *x0 + *sh, *sc * *x1 + *sh, *sc * *x2 + *sh, *sc * *x3 + *sh);
-                    let (mut best, mut k) = (y0, 0u8);
+                    let (mut best, mut k, mut xb) = (y0, 0u8, *x0);
                     k = if y1 > best { 1 } else { k };
+                    xb = if y1 > best { *x1 } else { xb };
                     best = if y1 > best { y1 } else { best };
                     k = if y2 > best { 2 } else { k };
+                    xb = if y2 > best { *x2 } else { xb };
                     best = if y2 > best { y2 } else { best };
                     k = if y3 > best { 3 } else { k };
+                    xb = if y3 > best { *x3 } else { xb };
                     best = if y3 > best { y3 } else { best };
                     *a = k;
                     *y = if best > zero { best } else { zero };
+                    if XM {
+                        *m = xb;
+                    }
                 }
             }
         },
@@ -385,6 +428,35 @@ pub fn unpool_sums<T: Real>(
                 }
             }
             flush(&mut ps, &mut pt);
+        },
+    )
+}
+
+/// [`unpool_sums`] from [`normalize_pool_keep_max`]'s `xm` (`xhat` at each window's arg-max
+/// row, the only row where `dy` is not zero): `sum dy * xhat` and `sum dy` per channel over
+/// the pooled outputs, in partials of [`PARTIAL_ROWS`]; the same terms as `unpool_sums`'.
+#[inline(always)]
+pub fn pooled_sums<T: Real>(c: usize, out: &[T], d: &[T], xm: &[T], (dscale, dshift): (&mut [T], &mut [T])) {
+    timed(
+        Work::Elementwise,
+        #[inline(always)]
+        || {
+            let zero = T::default();
+            dscale.fill(zero);
+            dshift.fill(zero);
+            let (mut ps, mut pt) = (vec![zero; c], vec![zero; c]);
+            let blocks = out.chunks(PARTIAL_ROWS * c).zip(d.chunks(PARTIAL_ROWS * c)).zip(xm.chunks(PARTIAL_ROWS * c));
+            for ((bo, bd), bx) in blocks {
+                for ((ro, rd), rx) in bo.chunks_exact(c).zip(bd.chunks_exact(c)).zip(bx.chunks_exact(c)) {
+                    for ((((ps, pt), a), d), x) in ps.iter_mut().zip(pt.iter_mut()).zip(ro).zip(rd).zip(rx) {
+                        let g = if *a > zero { *d } else { zero };
+                        *ps += g * *x;
+                        *pt += g;
+                    }
+                }
+                dscale.iter_mut().zip(ps.iter_mut()).for_each(|(t, p)| *t += std::mem::take(p));
+                dshift.iter_mut().zip(pt.iter_mut()).for_each(|(t, p)| *t += std::mem::take(p));
+            }
         },
     )
 }
