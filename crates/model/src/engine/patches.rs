@@ -12,9 +12,34 @@
 //! sums they replace (the tests in `tests/engine.rs` compare the two paths).
 
 use super::real::Real;
+use super::simd::with_best_simd;
 
-/// Independent partial sums per product in [`PatchMoments::of`].
-const LANES: usize = 8;
+/// Independent partial sums per product in [`PatchMoments::of`] (four AVX-512 registers of
+/// f64, so a dot product's chain of additions is a quarter as long).
+const LANES: usize = 32;
+
+/// `sum a * b` (`product`) or `sum a`, over lengths that are multiples of [`LANES`], in that
+/// many partial sums.
+#[inline(always)]
+fn lanes_sum(a: &[f64], b: &[f64], product: bool) -> f64 {
+    // Index loops over ranges, not iterator adaptors: their `fold` can stay out of line, and
+    // then out of the caller's SIMD level.
+    let n = a.len() / LANES * LANES;
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; LANES];
+    let mut j = 0;
+    while j < n {
+        for l in 0..LANES {
+            acc[l] += if product { a[j + l] * b[j + l] } else { a[j + l] };
+        }
+        j += LANES;
+    }
+    let mut total = 0.0;
+    for v in &acc {
+        total += *v;
+    }
+    total
+}
 
 /// Moments of the 3x3 patches (pad 1) of one-channel images. Patch entries are ordered as
 /// im2col orders them: `ky * 3 + kx`.
@@ -30,41 +55,51 @@ pub(crate) struct PatchMoments {
 
 impl PatchMoments {
     /// The moments of `images` (`[batch, h, w]`, one channel), in f64: each image's patch
-    /// entries laid out as nine columns, then their sums and the 45 distinct sums of products
-    /// in [`LANES`] independent lanes (for the vectoriser).
-    #[inline(always)]
+    /// entries laid out as nine columns (from a zero-bordered copy), then their sums and the 45
+    /// distinct dot products, each in [`LANES`] independent partial sums (plain indexed loops,
+    /// which the vectoriser turns into a few wide multiply-adds per step; `perf` found an
+    /// iterator form of this compiled as scalar code outside the SIMD closure, 9% of a step).
+    ///
+    /// Out of line, with its own [`with_best_simd`]: its fully unrolled loops inlined at every
+    /// forward pass of every caller made `fewshot-meta` take minutes longer to compile.
+    #[inline(never)]
     pub fn of<T: Real>(images: &[T], batch: usize, h: usize, w: usize) -> PatchMoments {
-        let px = h * w;
+        with_best_simd(
+            #[inline(always)]
+            || Self::of_here(images, batch, h, w),
+        )
+    }
+
+    /// [`Self::of`] at the caller's SIMD level.
+    #[inline(always)]
+    fn of_here<T: Real>(images: &[T], batch: usize, h: usize, w: usize) -> PatchMoments {
+        let (px, pw) = (h * w, w + 2);
         let len = px.div_ceil(LANES) * LANES;
+        let mut plane = vec![0f64; (h + 2) * pw];
         let mut cols = vec![0f64; 9 * len]; // [9, len], zero past px
         let (mut sum, mut prod) = ([0f64; 9], [0f64; 45]);
         for img in images[..batch * px].chunks_exact(px) {
+            for y in 0..h {
+                for x in 0..w {
+                    plane[(y + 1) * pw + x + 1] = img[y * w + x].to_f64();
+                }
+            }
             for t in 0..9 {
-                let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
-                let col = &mut cols[t * len..][..px];
+                let (ky, kx) = (t / 3, t % 3);
                 for y in 0..h {
-                    for x in 0..w {
-                        let (sy, sx) = (y as isize + dy, x as isize + dx);
-                        let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
-                        col[y * w + x] = if inside { img[sy as usize * w + sx as usize].to_f64() } else { 0.0 };
-                    }
+                    let src = (y + ky) * pw + kx;
+                    cols[t * len + y * w..t * len + (y + 1) * w].copy_from_slice(&plane[src..src + w]);
                 }
             }
-            let (mut s, mut q) = ([[0f64; LANES]; 9], [[0f64; LANES]; 45]);
-            for j in (0..len).step_by(LANES) {
-                let v: [[f64; LANES]; 9] =
-                    std::array::from_fn(|t| cols[t * len + j..][..LANES].try_into().expect("LANES values"));
-                let mut k = 0;
-                for t in 0..9 {
-                    (0..LANES).for_each(|l| s[t][l] += v[t][l]);
-                    for u in t..9 {
-                        (0..LANES).for_each(|l| q[k][l] += v[t][l] * v[u][l]);
-                        k += 1;
-                    }
+            let mut k = 0;
+            for t in 0..9 {
+                let ct = &cols[t * len..(t + 1) * len];
+                sum[t] += lanes_sum(ct, ct, false);
+                for u in t..9 {
+                    prod[k] += lanes_sum(ct, &cols[u * len..(u + 1) * len], true);
+                    k += 1;
                 }
             }
-            sum.iter_mut().zip(&s).for_each(|(a, s)| *a += s.iter().sum::<f64>());
-            prod.iter_mut().zip(&q).for_each(|(a, q)| *a += q.iter().sum::<f64>());
         }
         let n = batch * px;
         let inv = 1.0 / n as f64;
