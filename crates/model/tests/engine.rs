@@ -310,3 +310,26 @@ fn backward_refuses_a_lean_forward_pass() {
     let mut g = vec![0.0; theta.len()];
     let _ = engine::backward(&c.layout, &theta, &fwd, &c.labels, &mut g);
 }
+
+#[test]
+fn forward_for_gradient_overflows_like_the_full_pass() {
+    // First-block weights so large that the f32 conv output's variance overflows: the closed
+    // forms (in f64) would still be finite and hide it, so the lean pass must fall back to the
+    // full one, whose overflow reaches the gradient (a diverged run stops on it).
+    let c = case(ConvNetConfig::omniglot(5), 5);
+    let mut theta32: Vec<f32> = c.theta().iter().map(|&x| x as f32).collect();
+    for w in &mut theta32[c.layout.range(ParamRole::ConvWeight(0)).unwrap()] {
+        *w *= 1e37;
+    }
+    let images32: Vec<f32> = c.images_nhwc().iter().map(|&x| x as f32).collect();
+    let b = c.labels.len();
+    let grad = |fwd: &engine::Forward<f32>| {
+        let mut g = vec![0f32; theta32.len()];
+        engine::gradient(&c.layout, &theta32, fwd, &c.labels, &mut g);
+        g
+    };
+    let full = grad(&engine::forward(&c.layout, &theta32, &images32, b));
+    let lean = grad(&engine::forward_for_gradient(&c.layout, &theta32, &images32, b));
+    assert!(full.iter().any(|g| !g.is_finite()), "the full pass no longer overflows: pick larger weights");
+    assert!(full.iter().zip(&lean).all(|(a, b)| a.to_bits() == b.to_bits()), "the lean pass did not fall back");
+}

@@ -145,10 +145,18 @@ fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean:
         let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
         let inv_n = T::from_f64(1.0 / n as f64);
         let std_of = |var: &[T]| -> Vec<T> { var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect() };
-        if lean && lean_block(i, bl) {
-            let patches = PatchMoments::of(input, batch, bl.h, bl.w);
+        // The closed-form statistics, unless they overflow `T`: then the streaming ones would
+        // too, and the full pass lets the overflow reach the loss and the gradient as it always
+        // did (a diverged run must stop with a non-finite loss, not train on at inv_std = 0).
+        let closed = (lean && lean_block(i, bl))
+            .then(|| {
+                let patches = PatchMoments::of(input, batch, bl.h, bl.w);
+                let (mean, var) = patches.conv_moments(&theta[bl.weight..bl.weight + c * 9], c);
+                (patches, mean, var)
+            })
+            .filter(|(_, mean, var)| mean.iter().chain(var).all(|v| v.to_f64().is_finite()));
+        if let Some((patches, mean, var)) = closed {
             let w = &theta[bl.weight..bl.weight + c * 9];
-            let (mean, var) = patches.conv_moments(w, c);
             let inv_std = std_of(&var);
             let (px, pp) = (bl.pixels(), bl.pooled());
             let step = (LEAN_CHUNK_VALUES / (px * c)).max(1).min(batch);
