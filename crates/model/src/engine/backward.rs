@@ -82,13 +82,12 @@ fn pass<T: Real>(
         // itself: without `keep`, its sums and dz are computed from the pooled gradient and
         // `dy` is never built (three fewer passes over the block's largest buffers).
         let (mut dscale, mut dshift) = (vec![T::default(); c], vec![T::default(); c]);
-        if let Some(lean) = &cache.lean {
-            assert!(!keep, "backward() needs forward()'s pass; this one is forward_for_gradient()'s");
+        let lean_needs_full = keep && cache.lean.is_some();
+        assert!(!lean_needs_full, "backward() needs forward()'s pass; this one is forward_for_gradient()'s");
+        let dy = if let Some(lean) = &cache.lean {
             pooled_sums(c, &cache.out, &da, &lean.xm, (&mut dscale, &mut dshift));
-            first_block_lean(bl, batch, theta, fwd.input(i), cache, lean, &da, (&dscale, &dshift), grad);
-            continue;
-        }
-        let dy = if keep {
+            None
+        } else if keep {
             let mut dy = Buffer::scratch(n * c); // [b * h * w, c]
             unpool(bl, batch, cache.pooled(), &da, &mut dy);
             channel_dots(&dy, &cache.xhat, c, &mut dscale);
@@ -112,6 +111,10 @@ fn pass<T: Real>(
         // Conv: dW = dz^T im2col(x); dx = col2im(dz W).
         let gw = &mut grad[bl.weight..bl.weight + c * bl.k()];
         let w = &theta[bl.weight..];
+        if let Some(lean) = &cache.lean {
+            first_block_lean(bl, batch, w, fwd.input(i), cache, lean, &da, (&a, &e, &b), gw);
+            continue;
+        }
         match dy {
             Some(dy) => {
                 let mut dz = Buffer::scratch(n * c);
@@ -154,33 +157,27 @@ fn pass<T: Real>(
     Backward { dlogits, dy: dys, dz: dzs }
 }
 
-/// The gradient of a lean first block (see [`super::forward::forward_for_gradient`]) from its
-/// pooled output gradient `da` and its sums `(dscale, dshift)`. With
-/// `dz = a dy + e xhat + b` per channel (as in [`pass`]), its weight gradient is
-/// `a (dy^T P) + e (xhat^T P) + b (1^T P)` over the patch matrix `P`: the first term is the
-/// conv weight gradient of the routed `dy` (built a chunk of images at a time, in cache), the
-/// other two are closed forms of the patches' moments, `xhat_c^T P = n inv_std_c C w_c` and
-/// `1^T P = n mu`.
+/// The weight gradient `gw` of a lean first block (see
+/// [`super::forward::forward_for_gradient`]) from its pooled output gradient `da` and the
+/// coefficients of `dz = a dy + e xhat + b` that [`pass`] computed: over the patch matrix `P`
+/// it is `a (dy^T P) + e (xhat^T P) + b (1^T P)`, the first term the conv weight gradient of
+/// the routed `dy` (built a chunk of images at a time, in cache), the other two closed forms
+/// of the patches' moments, `xhat_c^T P = n inv_std_c C w_c` and `1^T P = n mu`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn first_block_lean<T: Real>(
     bl: &super::layout::Block,
     batch: usize,
-    theta: &[T],
+    w: &[T],
     x: &[T],
     cache: &super::forward::BlockCache<T>,
     lean: &super::forward::Lean<T>,
     da: &[T],
-    (dscale, dshift): (&[T], &[T]),
-    grad: &mut [T],
+    (a, e, b): (&[T], &[T], &[T]),
+    gw: &mut [T],
 ) {
     let c = bl.c_out;
-    let scale = &theta[bl.scale..bl.scale + c];
     let n = (batch * bl.pixels()) as f64;
-    grad[bl.scale..bl.scale + c].copy_from_slice(dscale);
-    grad[bl.shift..bl.shift + c].copy_from_slice(dshift);
-    let w = &theta[bl.weight..bl.weight + c * 9];
-    let gw = &mut grad[bl.weight..bl.weight + c * 9];
     let pp = bl.pooled() * c;
     let (pooled, arg) = cache.pooled();
     conv::gradients_chunked(
@@ -198,10 +195,7 @@ fn first_block_lean<T: Real>(
     );
     let mu = &lean.patches.mean;
     for ch in 0..c {
-        // a, e, b of `pass`, in f64: dz = s (scale dy - m1 - xhat m2).
-        let (s, sc) = (cache.inv_std[ch].to_f64(), scale[ch].to_f64());
-        let (m1, m2) = (sc * dshift[ch].to_f64() / n, sc * dscale[ch].to_f64() / n);
-        let (a, e, b) = (s * sc, -s * m2, -s * m1);
+        let (s, a, e, b) = (cache.inv_std[ch].to_f64(), a[ch].to_f64(), e[ch].to_f64(), b[ch].to_f64());
         let wc: [f64; 9] = std::array::from_fn(|t| w[ch * 9 + t].to_f64());
         let cw = lean.patches.cov_times(&wc);
         for t in 0..9 {

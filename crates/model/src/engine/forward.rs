@@ -4,7 +4,7 @@
 use super::buffer::Buffer;
 use super::conv;
 use super::gemm::{Out, matmul_nt};
-use super::kernels::{Moments, argmax, normalize_pool, normalize_pool_keep_max};
+use super::kernels::{Moments, argmax, normalize_pool};
 use super::layout::{Block, Layout};
 use super::patches::PatchMoments;
 use super::real::Real;
@@ -144,7 +144,8 @@ fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean:
         let (n, c) = (batch * bl.pixels(), bl.c_out);
         let (scale, shift) = (&theta[bl.scale..bl.scale + c], &theta[bl.shift..bl.shift + c]);
         let inv_n = T::from_f64(1.0 / n as f64);
-        let std_of = |var: &[T]| -> Vec<T> { var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect() };
+        let std_of =
+            |var: &[T]| -> Vec<T> { var.iter().map(|v| T::from_f64(1.0) / (*v * inv_n + eps).sqrt()).collect() };
         // The closed-form statistics, unless they overflow `T`: then the streaming ones would
         // too, and the full pass lets the overflow reach the loss and the gradient as it always
         // did (a diverged run must stop with a non-finite loss, not train on at inv_std = 0).
@@ -170,7 +171,7 @@ fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean:
                 conv::forward(bl, imgs, &input[i0 * px..(i0 + imgs) * px], w, zc, Out::Set);
                 let po = i0 * pp * c..(i0 + imgs) * pp * c;
                 let (a, o, m) = (&mut arg[po.clone()], &mut out[po.clone()], &mut xm[po]);
-                normalize_pool_keep_max(bl, imgs, zc, (&mean, &inv_std), (scale, shift), a, o, m);
+                normalize_pool(bl, imgs, zc, (&mean, &inv_std), (scale, shift), a, o, Some(m));
             }
             let lean = Some(Lean { xm, patches });
             blocks.push(BlockCache { xhat: Buffer::empty(), lean, inv_std, arg, out });
@@ -197,7 +198,7 @@ fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean:
         let inv_std = std_of(&var);
         let mut arg = Buffer::scratch(batch * bl.pooled() * c);
         let mut out = Buffer::scratch(batch * bl.pooled() * c); // [b, oh, ow, c]
-        normalize_pool(bl, batch, &mut z, (&mean, &inv_std), (scale, shift), &mut arg, &mut out);
+        normalize_pool(bl, batch, &mut z, (&mean, &inv_std), (scale, shift), &mut arg, &mut out, None);
         let xhat = z;
         blocks.push(BlockCache { xhat, lean: None, inv_std, arg, out });
     }

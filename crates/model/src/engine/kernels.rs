@@ -213,7 +213,10 @@ impl<T: Real> Moments<T> {
 /// The forward pass's batch norm, max-pool and ReLU in one pass over the conv output `z`
 /// (`[b * h * w, c]`): `z` becomes `xhat = (z - mean) * inv_std` in place, and each pooled
 /// output is `relu(max_j(scale * xhat_j + shift))` over its window (the first maximum wins;
-/// `arg` records which row). Rows outside every window (odd sizes) are normalised too.
+/// `arg` records which row). Rows outside every window (odd sizes) are normalised too. With
+/// `xm` (`[b * oh * ow, c]`), also each pooled output's `xhat` at its arg-max row: what the
+/// gradient needs of `xhat` when the block's `z` is not kept (see
+/// [`super::forward::forward_for_gradient`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn normalize_pool<T: Real>(
@@ -224,31 +227,19 @@ pub fn normalize_pool<T: Real>(
     (scale, shift): (&[T], &[T]),
     arg: &mut [u8],
     out: &mut [T],
+    xm: Option<&mut [T]>,
 ) {
-    let mut unused = vec![T::default(); bl.c_out];
-    normalize_pool_impl::<T, false>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, &mut unused);
+    match xm {
+        Some(xm) => normalize_pool_impl::<T, true>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, xm),
+        None => {
+            let mut unused = vec![T::default(); bl.c_out];
+            normalize_pool_impl::<T, false>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, &mut unused)
+        }
+    }
 }
 
-/// [`normalize_pool`], also writing each pooled output's `xhat` at its arg-max row into `xm`
-/// (`[b * oh * ow, c]`): what the gradient needs of `xhat` when the block's `z` is not kept
-/// (see [`super::forward::forward_for_gradient`]).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub fn normalize_pool_keep_max<T: Real>(
-    bl: &Block,
-    batch: usize,
-    z: &mut [T],
-    (mean, inv_std): (&[T], &[T]),
-    (scale, shift): (&[T], &[T]),
-    arg: &mut [u8],
-    out: &mut [T],
-    xm: &mut [T],
-) {
-    normalize_pool_impl::<T, true>(bl, batch, z, (mean, inv_std), (scale, shift), arg, out, xm);
-}
-
-/// [`normalize_pool`] and, with `XM`, [`normalize_pool_keep_max`]'s `xm` (without it, `xm` is
-/// one row of scratch, never written).
+/// [`normalize_pool`], writing `xm` with `XM` (without it, `xm` is one row of scratch, never
+/// written).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn normalize_pool_impl<T: Real, const XM: bool>(
@@ -432,7 +423,7 @@ pub fn unpool_sums<T: Real>(
     )
 }
 
-/// [`unpool_sums`] from [`normalize_pool_keep_max`]'s `xm` (`xhat` at each window's arg-max
+/// [`unpool_sums`] from [`normalize_pool`]'s `xm` (`xhat` at each window's arg-max
 /// row, the only row where `dy` is not zero): `sum dy * xhat` and `sum dy` per channel over
 /// the pooled outputs, in partials of [`PARTIAL_ROWS`]; the same terms as `unpool_sums`'.
 #[inline(always)]
