@@ -110,6 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building fewshot-bench failed");
     }
+    // Where cargo put it: CARGO_TARGET_DIR when set (so a profiled build can live beside the
+    // plain one, e.g. `CARGO_TARGET_DIR=target/prof cargo xtask bench --time-split`).
+    let bench_bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("release/fewshot-bench");
     if let Some(unknown) = args.cases.iter().find(|n| !CASES.iter().any(|c| c.name == n.as_str())) {
         let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
         bail!("--cases {unknown}: unknown case; the cases are {}", known.join(", "));
@@ -121,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
-        let peak = run_json(Command::new("target/release/fewshot-bench").args([
+        let peak = run_json(Command::new(&bench_bin).args([
             "--mode",
             "gemm-peak",
             "--threads",
@@ -148,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let (mut ours_runs, mut base_runs, mut torch_runs) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.rounds.max(1) {
                     ours_runs.push(run_json(
-                        Command::new("target/release/fewshot-bench")
+                        Command::new(&bench_bin)
                             .args(["--mode", mode, "--threads", &threads.to_string()])
                             .args(&common),
                     )?);
