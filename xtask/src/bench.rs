@@ -126,12 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for &threads in &args.threads {
-        let peak = run_json(Command::new(&bench_bin).args([
-            "--mode",
-            "gemm-peak",
-            "--threads",
-            &threads.to_string(),
-        ]))?;
+        let peak = run_json(Command::new(&bench_bin).args(["--mode", "gemm-peak", "--threads", &threads.to_string()]))?;
         let peak_gflops = peak["gflops_per_sec"].as_f64().unwrap_or(f64::NAN);
         eprintln!("gemm peak, {threads} thread(s): {peak_gflops:.1} GFLOP/s");
         results.push(serde_json::json!({ "case": "gemm-peak", "threads": threads, "fewshot": peak }));
