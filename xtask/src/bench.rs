@@ -110,11 +110,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building fewshot-bench failed");
     }
-    // Where cargo put it: CARGO_TARGET_DIR when set (so a profiled build can live beside the
-    // plain one, e.g. `CARGO_TARGET_DIR=target/prof cargo xtask bench --time-split`).
-    let bench_bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-        .join("release/fewshot-bench");
+    // Where cargo put it (a profiled build can live beside the plain one:
+    // `CARGO_TARGET_DIR=target/prof cargo xtask bench --time-split`).
+    let bench_bin = crate::release_binary("fewshot-bench");
     if let Some(unknown) = args.cases.iter().find(|n| !CASES.iter().any(|c| c.name == n.as_str())) {
         let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
         bail!("--cases {unknown}: unknown case; the cases are {}", known.join(", "));

@@ -162,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `given`, or target/release/fewshot built now.
+/// `given`, or the release `fewshot` built now (under `CARGO_TARGET_DIR` when set).
 fn fewshot_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_owned());
@@ -171,7 +171,7 @@ fn fewshot_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("building fewshot failed");
     }
-    Ok(PathBuf::from("target/release/fewshot"))
+    Ok(crate::release_binary("fewshot"))
 }
 
 /// Every run of `budget`: train (or reuse, or resume), evaluate (or reuse), collect.

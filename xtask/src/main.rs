@@ -6,6 +6,7 @@ mod download;
 mod experiment;
 mod report;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,15 @@ enum Command {
     ///
     /// Example: cargo xtask experiment hw15 --budget course
     Experiment(experiment::Args),
+}
+
+/// Where `cargo build --release` puts the binary `name`: under `CARGO_TARGET_DIR` when set
+/// (relative to the repository root, where xtask runs), else under `target/`.
+fn release_binary(name: &str) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("release")
+        .join(name)
 }
 
 fn main() -> ExitCode {
