@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, Order, Scope, TaskBatch};
-use fewshot_model::engine::{self, Layout, Real, with_best_simd};
+use fewshot_model::engine::{self, Layout, Real};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -232,18 +232,13 @@ fn routings<T: Real>(config: &ConvNetConfig, params: &ParamMap, b: &TaskBatch, l
     let (support, query) = (images(&b.support_images), images(&b.query_images));
     let labels = b.support_labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
     let theta: Vec<T> = layout.pack(params).unwrap();
-    with_best_simd(
-        #[inline(always)]
-        || {
-            let fwd = engine::forward(&layout, &theta, &support, labels.len());
-            let mut grad = vec![T::default(); layout.len()];
-            let _pullback = engine::backward(&layout, &theta, &fwd, &labels, &mut grad);
-            let lr = T::from_f64(lr);
-            let fast: Vec<T> = theta.iter().zip(&grad).map(|(w, g)| *w - lr * *g).collect();
-            let query_fwd = engine::forward(&layout, &fast, &query, query.len() / layout.image_len());
-            (0..config.depth).flat_map(|i| [fwd.routing(i).to_vec(), query_fwd.routing(i).to_vec()]).collect()
-        },
-    )
+    let fwd = engine::forward(&layout, &theta, &support, labels.len());
+    let mut grad = vec![T::default(); layout.len()];
+    let _pullback = engine::backward(&layout, &theta, &fwd, &labels, &mut grad);
+    let lr = T::from_f64(lr);
+    let fast: Vec<T> = theta.iter().zip(&grad).map(|(w, g)| *w - lr * *g).collect();
+    let query_fwd = engine::forward(&layout, &fast, &query, query.len() / layout.image_len());
+    (0..config.depth).flat_map(|i| [fwd.routing(i).to_vec(), query_fwd.routing(i).to_vec()]).collect()
 }
 
 #[test]

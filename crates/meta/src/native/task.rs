@@ -1,10 +1,11 @@
 //! MAML for one task on the native engine: the inner loop ([`adapt`]), the task's
 //! meta-gradient ([`task_meta_gradient`]) and its adapted query logits
-//! ([`task_adapted_logits`]), each compiled for the CPU's best vector extension.
+//! ([`task_adapted_logits`]). The passes they call are compiled in `fewshot-model`, each for
+//! the CPU's best vector extension (see `fewshot_model::engine`); this file only orders them.
 
 use std::ops::Range;
 
-use fewshot_model::engine::{self, Backward, Forward, Layout, Real, with_best_simd};
+use fewshot_model::engine::{self, Backward, Forward, Layout, Real};
 
 use crate::settings::{Adaptation, InnerLoop, Order, Scope};
 
@@ -171,7 +172,6 @@ enum Keep {
 /// parameters from set `s` of `bn`, when given), updating the parameters `from..` of the flat
 /// layout (0: all; [`Layout::head_start`]: the head only, the rest frozen), keeping what
 /// `keep` says of each step.
-#[inline(always)]
 fn adapt<T: Real>(
     layout: &Layout,
     theta: &[T],
@@ -228,21 +228,6 @@ fn adapt<T: Real>(
 /// that tensor, `v` the gradient with respect to `theta_{i+1}` and `g_i` the step's support
 /// gradient (exact in second order; in first order `v` is first order too).
 pub(crate) fn task_meta_gradient<T: Real>(
-    layout: &Layout,
-    theta: &[T],
-    task: &TaskData<'_, T>,
-    inner: &InnerLoop,
-    sizes: &StepSizes<T>,
-    bn: Option<&BnSets<T>>,
-) -> TaskOutcome<T> {
-    with_best_simd(
-        #[inline(always)]
-        || meta_gradient_body(layout, theta, task, inner, sizes, bn),
-    )
-}
-
-#[inline(always)]
-fn meta_gradient_body<T: Real>(
     layout: &Layout,
     theta: &[T],
     task: &TaskData<'_, T>,
@@ -321,7 +306,6 @@ fn meta_gradient_body<T: Real>(
 /// Step `step`'s learned rates' gradients into `out` (`[tensor * k + step]`): `-<v, g>` over
 /// each tensor's range, `v` the gradient with respect to the step's result and `g` its
 /// support gradient (accumulated in f64: a conv weight has tens of thousands of terms).
-#[inline(always)]
 fn add_rate_gradients<T: Real>(
     ranges: &[Option<Range<usize>>],
     k: usize,
@@ -340,7 +324,6 @@ fn add_rate_gradients<T: Real>(
 }
 
 /// Add `weight` times the query loss's gradient at `theta_i` into `v`.
-#[inline(always)]
 fn add_query_gradient<T: Real>(layout: &Layout, task: &TaskData<'_, T>, v: &mut [T], theta_i: &[T], weight: f64) {
     let fwd = engine::forward_for_gradient(layout, theta_i, task.query, task.n_query);
     let mut g = vec![T::default(); layout.len()];
@@ -359,15 +342,10 @@ pub(crate) fn task_adapted_logits<T: Real>(
     sizes: &StepSizes<T>,
     bn: Option<&BnSets<T>>,
 ) -> Vec<T> {
-    with_best_simd(
-        #[inline(always)]
-        || {
-            let from = match adaptation.scope {
-                Scope::All => 0,
-                Scope::Head => layout.head_start(),
-            };
-            let adapted = adapt(layout, theta, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
-            engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query).logits
-        },
-    )
+    let from = match adaptation.scope {
+        Scope::All => 0,
+        Scope::Head => layout.head_start(),
+    };
+    let adapted = adapt(layout, theta, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
+    engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query).logits
 }

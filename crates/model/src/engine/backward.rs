@@ -23,13 +23,13 @@ pub struct Backward<T: Real> {
 
 /// The gradient of the mean cross-entropy against `labels` at `theta`, written into `grad`
 /// (overwritten), from a forward pass at the same `theta`.
-#[inline(always)]
+#[inline]
 pub fn gradient<T: Real>(layout: &Layout, theta: &[T], fwd: &Forward<T>, labels: &[u32], grad: &mut [T]) {
-    pass(layout, theta, fwd, labels, grad, false);
+    T::backward_pass(layout, theta, fwd, labels, grad, false);
 }
 
 /// [`gradient`], also returning what [`super::hvp`] needs at `theta`.
-#[inline(always)]
+#[inline]
 pub fn backward<T: Real>(
     layout: &Layout,
     theta: &[T],
@@ -37,13 +37,14 @@ pub fn backward<T: Real>(
     labels: &[u32],
     grad: &mut [T],
 ) -> Backward<T> {
-    pass(layout, theta, fwd, labels, grad, true)
+    T::backward_pass(layout, theta, fwd, labels, grad, true)
 }
 
 /// The reverse pass; with `keep`, each block's `dy` and `dz` are kept for the Hessian-vector
-/// product, otherwise they go back to the pool as soon as the block is done.
+/// product, otherwise they go back to the pool as soon as the block is done. Instantiated only
+/// by [`Real::backward_pass`], inside its SIMD dispatch.
 #[inline(always)]
-fn pass<T: Real>(
+pub(crate) fn pass<T: Real>(
     layout: &Layout,
     theta: &[T],
     fwd: &Forward<T>,

@@ -107,9 +107,9 @@ impl<T: Real> Forward<T> {
 
 /// The forward pass of `images` (`[batch, h, w, c_in]`, channels last) at `theta`, keeping
 /// everything [`super::backward`] and [`super::hvp`] need.
-#[inline(always)]
+#[inline]
 pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize) -> Forward<T> {
-    pass(layout, theta, images, batch, false)
+    T::forward_pass(layout, theta, images, batch, false)
 }
 
 /// [`forward`] for a pass that only feeds [`super::gradient`] (or only its logits are read):
@@ -119,9 +119,9 @@ pub fn forward<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize
 /// that the input patches' moments give in closed form (see [`super::patches`]). The same
 /// logits and gradient as [`forward`], to rounding; [`super::backward`] and [`super::hvp`]
 /// need [`forward`]'s pass and panic on this one.
-#[inline(always)]
+#[inline]
 pub fn forward_for_gradient<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize) -> Forward<T> {
-    pass(layout, theta, images, batch, true)
+    T::forward_pass(layout, theta, images, batch, true)
 }
 
 /// Whether block `i` of a lean pass keeps [`Lean`] instead of `xhat`.
@@ -133,8 +133,9 @@ fn lean_block(i: usize, bl: &Block) -> bool {
 /// Images per chunk of a lean first block: its conv output stays under 256 KB in f32.
 const LEAN_CHUNK_VALUES: usize = 1 << 16;
 
+/// Both passes; instantiated only by [`Real::forward_pass`], inside its SIMD dispatch.
 #[inline(always)]
-fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean: bool) -> Forward<T> {
+pub(crate) fn pass<T: Real>(layout: &Layout, theta: &[T], images: &[T], batch: usize, lean: bool) -> Forward<T> {
     assert_eq!(theta.len(), layout.len(), "parameter vector of the wrong length");
     assert_eq!(images.len(), batch * layout.image_len(), "images of the wrong size");
     let eps = T::from_f64(BN_EPS);

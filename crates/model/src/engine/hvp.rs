@@ -16,8 +16,23 @@ use super::real::Real;
 /// at `theta`, and `grad` is the gradient the latter wrote there. The result is written into
 /// `out`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline]
 pub fn hvp<T: Real>(
+    layout: &Layout,
+    theta: &[T],
+    fwd: &Forward<T>,
+    bwd: &Backward<T>,
+    grad: &[T],
+    v: &[T],
+    out: &mut [T],
+) {
+    T::hvp_pass(layout, theta, fwd, bwd, grad, v, out);
+}
+
+/// [`hvp`]; instantiated only by [`Real::hvp_pass`], inside its SIMD dispatch.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn pass<T: Real>(
     layout: &Layout,
     theta: &[T],
     fwd: &Forward<T>,

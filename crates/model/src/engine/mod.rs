@@ -17,8 +17,11 @@
 //!   [`Layout::pack`] and [`Layout::unpack`] convert to and from the PyTorch-layout
 //!   [`crate::ParamMap`].
 //! - Everything is generic over [`Real`] (`f32` for speed, `f64` for finite-difference
-//!   tests) and `#[inline(always)]`, so a caller compiles a whole task's work for the CPU's
-//!   best vector extension with [`with_best_simd`].
+//!   tests), but each pass is instantiated once, here, behind [`Real`]'s per-type hooks: `f32`
+//!   compiled for the CPU's best vector extension (chosen at run time per pass, see
+//!   [`with_best_simd`]), `f64` at the baseline. Inside a pass everything is
+//!   `#[inline(always)]`; across passes nothing is, so callers in other crates link the passes
+//!   instead of compiling them.
 //! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
 //!
 //! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its derivatives, a few images
