@@ -12,6 +12,7 @@ pub mod predict;
 pub mod run_dir;
 pub mod seeds;
 pub mod signals;
+pub mod stdout;
 pub mod train;
 
 /// Use `n` threads: `n` tasks in parallel, each on single-threaded kernels (measured fastest

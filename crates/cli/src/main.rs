@@ -15,6 +15,7 @@ use fewshot_cli::config::{Config, HeadInitKind, Method};
 use fewshot_cli::episodes::{test_episodes, validation_episodes};
 use fewshot_cli::evaluate::{Member, eval_params, evaluate, evaluate_ensemble};
 use fewshot_cli::signals::StopSignal;
+use fewshot_cli::stdout::{self, ClosedPipe};
 use fewshot_cli::train::{TrainOptions, stderr_is_terminal, train};
 use fewshot_tasks::{EpisodeSet, Protocol};
 
@@ -175,6 +176,8 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): it has what it wanted.
+        Err(e) if e.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -260,6 +263,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let data = config.data.load()?;
             let n_fresh = n.unwrap_or(600);
+            let set_origin = match (&episodes, protocol) {
+                _ if validation => None,
+                (Some(path), _) => Some(path.display().to_string()),
+                (None, None) if shipped => Some(DEFAULT_EPISODES.to_owned()),
+                _ => None,
+            };
             let set = match (episodes, protocol) {
                 _ if validation => validation_episodes(&config, &data, n)?,
                 (Some(path), _) => read_episodes(&path)?,
@@ -272,6 +281,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (path, ckpt, model_config) in &models {
                 check_n_way(model_config, n_way, path, "the episodes are")?;
                 params.push(eval_params(model_config, &ckpt.params, n_way)?);
+            }
+            // A file's characters must exist in the data (drawn sets' do by construction).
+            if let Some(origin) = &set_origin {
+                set.check_characters(data.n_background() + data.n_evaluation(), origin)?;
             }
             let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
             for steps in steps {
@@ -302,24 +315,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     // One checkpoint: its path, as before ensembles; several: the list.
                     let checkpoint =
                         if paths.len() == 1 { serde_json::json!(paths[0]) } else { serde_json::json!(paths) };
-                    println!(
-                        "{}",
-                        serde_json::json!({
+                    stdout::line(
+                        &serde_json::json!({
                             "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
                             "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot,
                             "description": set.description, "members": members,
                         })
-                    );
+                        .to_string(),
+                    )?;
                 } else if models.len() == 1 {
-                    println!("accuracy {acc} with {steps} inner steps ({})", set.description);
+                    stdout::line(&format!("accuracy {acc} with {steps} inner steps ({})", set.description))?;
                 } else {
-                    println!(
+                    stdout::line(&format!(
                         "accuracy {acc} with {steps} inner steps ({}), an ensemble of {} checkpoints",
                         set.description,
                         models.len()
-                    );
+                    ))?;
                     for (p, a) in paths.iter().zip(&each) {
-                        println!("  member {}: {a}", p.display());
+                        stdout::line(&format!("  member {}: {a}", p.display()))?;
                     }
                 }
             }
@@ -336,7 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 let purpose: Vec<&str> =
                     text.lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim()).collect();
-                println!("{:<28} {}", path.display(), purpose.join(" "));
+                stdout::line(&format!("{:<28} {}", path.display(), purpose.join(" ")))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -346,7 +359,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 PathBuf::from("configs").join(format!("{name}.toml"))
             };
-            print!("{}", Config::load(&path, &overrides)?.to_toml());
+            stdout::write(Config::load(&path, &overrides)?.to_toml().as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, out } => {

@@ -189,8 +189,7 @@ pub fn csv_field(s: &str) -> String {
 pub fn write_output(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     if out.as_os_str() == "-" {
-        let mut stdout = std::io::stdout().lock();
-        return stdout.write_all(bytes).and_then(|()| stdout.flush()).context("writing to standard output");
+        return crate::stdout::write(bytes);
     }
     let target = match std::fs::canonicalize(out) {
         Ok(resolved) => resolved, // through symlinks

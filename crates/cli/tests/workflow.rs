@@ -30,6 +30,32 @@ fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Where a run of `fewshot` sends its standard output.
+enum Stdout {
+    /// `/dev/full`: every write fails with "no space left".
+    Full,
+    /// A pipe whose reader closed its end before anything was written.
+    ClosedPipe,
+}
+
+fn with_stdout(args: &[&str], data: &Path, stdout: Stdout) -> Output {
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fewshot"));
+    cmd.args(args).env("OMNIGLOT_DATA_DIR", data).env_remove("OMNIGLOT_SOURCE").env("RUST_LOG", "warn");
+    cmd.stderr(Stdio::piped());
+    match stdout {
+        Stdout::Full => {
+            cmd.stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full"));
+        }
+        Stdout::ClosedPipe => {
+            cmd.stdout(Stdio::piped());
+        }
+    }
+    let mut child = cmd.spawn().expect("running fewshot");
+    drop(child.stdout.take()); // the reader goes away at once
+    child.wait_with_output().expect("waiting for fewshot")
+}
+
 /// A small synthetic Omniglot: 30 background characters, 10 evaluation ones.
 fn dataset(dir: &Path) {
     synthetic::write_archive(dir, Subset::Background, Spec { alphabets: 3, characters_per_alphabet: 10 }).unwrap();
@@ -515,6 +541,15 @@ fn damaged_checkpoints_are_refused() {
     let args = ["eval", "--checkpoint", best.to_str().unwrap(), "--episodes", set.to_str().unwrap(), "--n", "5"];
     let err = fails(fewshot(&args, &data));
     assert!(err.contains("--protocol or --validation"), "{err}");
+    // An episode file whose characters are not in the data (the real set's 640 tasks on these 40
+    // characters) is refused, naming the file, the episode, the value and the range (it
+    // panicked in the data crate with an internal index).
+    let args = ["eval", "--checkpoint", best.to_str().unwrap(), "--episodes", set.to_str().unwrap()];
+    let out = fewshot(&args, &data);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set.json: episode 0: character ") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("is out of range: the data have 40 characters, 0 to 39"), "{err}");
 }
 
 #[test]
@@ -541,6 +576,11 @@ fn predict_output_paths() {
     let stdout = String::from_utf8(predict("-").stdout).unwrap();
     assert_eq!(stdout.lines().next(), Some("id,class"));
     assert!(stdout.lines().nth(1).unwrap().starts_with("\"00,02_0\","), "{stdout}");
+    // `-` on a full disk: an error, not a success that wrote nothing.
+    let args = ["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", tasks.to_str().unwrap(), "--out", "-"];
+    let out = with_stdout(&args, &data, Stdout::Full);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writing to standard output"));
     // A symlink is written through: it stays a link and its target gets the CSV.
     let target = tmp.path().join("target.csv");
     std::fs::write(&target, "old").unwrap();
@@ -673,4 +713,20 @@ fn messages_name_what_to_change() {
     std::fs::rename(&recorded, &moved).unwrap();
     let ckpt = run.join("checkpoints/last.safetensors");
     ok(fewshot(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--protocol", "course", "--n", "4"], &moved));
+}
+
+#[test]
+fn standard_output_that_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "fomaml");
+    let args = ["config", "show", cfg.to_str().unwrap()];
+    // A full disk: exit 1 with a message, no panic.
+    let out = with_stdout(&args, tmp.path(), Stdout::Full);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing to standard output") && err.contains("No space left"), "{err}");
+    // A reader that went away (`| head -c 10`): quiet, as Unix tools are.
+    let out = with_stdout(&args, tmp.path(), Stdout::ClosedPipe);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{:?}: {err}", out.status);
 }

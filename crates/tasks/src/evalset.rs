@@ -83,8 +83,42 @@ impl EpisodeSet {
             {
                 return Err(bad(format!("example {ex:?} has a label >= {n_way} or a drawing >= {DRAWINGS}")));
             }
+            // Every class once per shot in the support set and once per query in the query
+            // set: a support set with label 0 twice and no label 1 cannot be learned from.
+            for (part, examples, per_class) in [("support", &ep.support, k_shot), ("query", &ep.query, n_query)] {
+                let mut count = vec![0usize; n_way];
+                examples.iter().for_each(|e| count[e.label as usize] += 1);
+                if let Some(label) = count.iter().position(|&c| c != per_class) {
+                    return Err(bad(format!(
+                        "its {part} set has {} example(s) of label {label}; a {n_way}-way {k_shot}-shot \
+                         {n_query}-query episode has {per_class} of each label 0..{n_way}",
+                        count[label]
+                    )));
+                }
+            }
         }
         Ok(set)
+    }
+
+    /// Check that every class of the set is one of `n_characters` characters (global indices
+    /// `0..n_characters`, see [`crate::split`]): the data the episodes will be drawn from.
+    /// `origin` (a file name) appears in the error, with the episode, the value and the range.
+    pub fn check_characters(&self, n_characters: u32, origin: &str) -> Result<()> {
+        for (i, ep) in self.episodes.iter().enumerate() {
+            if let Some(ex) = ep.support.iter().chain(&ep.query).find(|e| e.class.character >= n_characters) {
+                return Err(Error::InconsistentEpisode {
+                    origin: origin.to_owned(),
+                    episode: i,
+                    problem: format!(
+                        "character {} is out of range: the data have {n_characters} characters, \
+                         0 to {}",
+                        ex.class.character,
+                        n_characters.saturating_sub(1)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -114,5 +148,32 @@ mod tests {
         broken.episodes[2].support.pop();
         let err = EpisodeSet::from_json(&broken.to_json(), "eps.json").unwrap_err().to_string();
         assert!(err.starts_with("eps.json: episode 2: has 5-way, 4 support"), "{err}");
+    }
+
+    #[test]
+    fn a_label_twice_and_another_missing_is_refused() {
+        let set = EpisodeSet::generate((0..20).map(Class::plain).collect(), spec(), 3, 9, "test").unwrap();
+        let mut broken = set.clone();
+        let other = broken.episodes[1].support.iter().position(|e| e.label == 1).unwrap();
+        broken.episodes[1].support[other].label = 0;
+        let err = EpisodeSet::from_json(&broken.to_json(), "eps.json").unwrap_err().to_string();
+        assert!(err.starts_with("eps.json: episode 1: its support set has 2 example(s) of label 0"), "{err}");
+        let mut broken = set.clone();
+        broken.episodes[2].query[0].label = (broken.episodes[2].query[0].label + 1) % 5;
+        let err = EpisodeSet::from_json(&broken.to_json(), "eps.json").unwrap_err().to_string();
+        assert!(err.starts_with("eps.json: episode 2: its query set has"), "{err}");
+    }
+
+    #[test]
+    fn characters_out_of_range_are_named() {
+        let set = EpisodeSet::generate((0..20).map(Class::plain).collect(), spec(), 3, 9, "test").unwrap();
+        assert!(set.check_characters(20, "eps.json").is_ok());
+        let mut broken = set.clone();
+        broken.episodes[2].query[0].class.character = 1623;
+        let err = broken.check_characters(1623, "eps.json").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "eps.json: episode 2: character 1623 is out of range: the data have 1623 characters, 0 to 1622"
+        );
     }
 }
