@@ -63,11 +63,13 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    /// The data directory: this config's `dir`, else `OMNIGLOT_DATA_DIR`, else `data/omniglot`.
+    /// The data directory: this config's `dir`, else `OMNIGLOT_DATA_DIR`, else `data/omniglot`
+    /// (an empty `OMNIGLOT_DATA_DIR` counts as unset, as an empty `OMNIGLOT_SOURCE` does: it
+    /// would put the archives in the current directory).
     pub fn resolved_dir(&self) -> PathBuf {
         self.dir
             .clone()
-            .or_else(|| std::env::var_os("OMNIGLOT_DATA_DIR").map(PathBuf::from))
+            .or_else(|| std::env::var_os("OMNIGLOT_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("data/omniglot"))
     }
 
@@ -365,8 +367,24 @@ fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
             .as_table_mut()
             .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
     }
-    node.insert(last.to_owned(), value);
+    merge(node, last, value);
     Ok(())
+}
+
+/// Set `key` of `table` to `value`; a table value is merged key by key into the table already
+/// there (so `--set 'augment={class_rotation=true}'` changes that key alone, as
+/// `--set augment.class_rotation=true` does, instead of dropping the section's other keys).
+fn merge(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match (table.get_mut(key), value) {
+        (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => {
+            for (k, v) in new {
+                merge(existing, &k, v);
+            }
+        }
+        (_, value) => {
+            table.insert(key.to_owned(), value);
+        }
+    }
 }
 
 /// The error of a config that does not deserialise, blamed on its source: a type error in the
@@ -666,6 +684,21 @@ mod tests {
     }
 
     #[test]
+    fn a_table_value_merges_into_its_section() {
+        let text = "name = \"x\"\n[augment]\ntask_rotation = \"angle\"\ntask_rotation_p = 0.6\n";
+        let sets = ["augment={class_rotation=true}".to_owned()];
+        let merged = Config::parse(text, "test.toml", &sets).unwrap();
+        let dotted = Config::parse(text, "test.toml", &["augment.class_rotation=true".to_owned()]).unwrap();
+        assert_eq!(merged, dotted);
+        assert!(merged.augment.class_rotation);
+        assert_eq!(merged.augment.task_rotation_p, 0.6);
+        // A table after dotted keys keeps them.
+        let sets = ["train.steps=7".to_owned(), "train={meta_batch_size=3}".to_owned()];
+        let c = Config::parse("name = \"x\"\n", "test.toml", &sets).unwrap();
+        assert_eq!((c.train.steps, c.train.meta_batch_size), (7, 3));
+    }
+
+    #[test]
     fn defaults_and_overrides() {
         let c = Config::parse("name = \"x\"", "t", &["train.steps=7".into(), "episodes.n_way=20".into()]).unwrap();
         assert_eq!((c.train.steps, c.episodes.n_way, c.train.inner_lr), (7, 20, 0.4));
@@ -685,6 +718,8 @@ mod tests {
         );
         check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
+        check_err("name = \"x\"\n", &["model.depth=64"], "2^depth = 18446744073709551616 for depth 64");
+        check_err("name = \"x\"\n", &["model.depth=1000"], "2^depth = 2^1000 for depth 1000");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "steps = \"many\"");

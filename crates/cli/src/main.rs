@@ -32,7 +32,7 @@ const DEFAULT_EPISODES_TEXT: &str = include_str!("../../../configs/episodes/cour
 )]
 struct Cli {
     /// Threads: tasks processed in parallel, each on single-threaded kernels (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true, value_parser = positive_count)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -61,7 +61,7 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
         /// The run's seed (the same as --set seed=N).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = seed_value)]
         seed: Option<u64>,
     },
     /// Accuracy with a 95% confidence interval on fixed or freshly seeded test episodes.
@@ -89,7 +89,7 @@ enum Command {
         n: Option<usize>,
         /// Inner steps on each support set, or a list swept in one call, e.g. 0,1,2,3,5,10
         /// (default: the config's eval_inner_steps).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = count)]
         inner_steps: Vec<usize>,
         /// Print one JSON object per inner-step count instead of sentences.
         #[arg(long)]
@@ -135,7 +135,7 @@ enum Command {
         #[arg(long)]
         tasks: PathBuf,
         /// Inner steps on each support set (default: the config's eval_inner_steps).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = one_count)]
         inner_steps: Option<usize>,
         /// Add one column per class with its probability (`p0`, `p1`, ...).
         #[arg(long)]
@@ -363,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, out } => {
+            refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it exports")], None)?;
             let mut ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
             ckpt.adam_m.clear();
             ckpt.adam_v.clear();
@@ -371,6 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict { checkpoint, tasks, inner_steps, probabilities, out } => {
+            refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it reads")], Some(&tasks))?;
             let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
             let config = ckpt.config(&checkpoint)?;
             let folder_tasks = fewshot_cli::predict::read_tasks(&tasks, config.data.image_size)?;
@@ -397,6 +399,83 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A whole number of something (0 allowed), with a message that says what was expected.
+fn count(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|_| format!("expected a whole number such as 3 (0 or more), got '{s}'"))
+}
+
+/// [`count`], at least 1.
+fn positive_count(s: &str) -> Result<usize, String> {
+    match count(s)? {
+        0 => Err("expected a whole number of 1 or more, got 0".into()),
+        n => Ok(n),
+    }
+}
+
+/// [`count`] where a list makes no sense (`predict` adapts once per task).
+fn one_count(s: &str) -> Result<usize, String> {
+    if s.contains(',') {
+        return Err(format!(
+            "predict adapts once per task: give one number of inner steps, not a list ('{s}'); \
+             `fewshot eval --inner-steps {s}` sweeps a list"
+        ));
+    }
+    count(s)
+}
+
+/// A seed: a whole number from 0 to 2^64 - 1.
+fn seed_value(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| format!("expected a seed, a whole number from 0 to {}, got '{s}'", u64::MAX))
+}
+
+/// Refuse an `--out` that is one of the command's inputs (the same file after resolving links,
+/// or the manifest `<input>.json` beside it) or lies among the images of its task folder
+/// `within` (`--tasks`: its `support` and `query` folders): writing it would replace or join
+/// what the command reads. `-` (standard output) is
+/// never an input.
+fn refuse_to_overwrite_inputs(
+    out: &std::path::Path,
+    inputs: &[(&std::path::Path, &str)],
+    within: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if out.as_os_str() == "-" {
+        return Ok(());
+    }
+    // The path `out` will be written at: through a symlink, under a resolved folder.
+    let resolve = |p: &std::path::Path| -> Option<PathBuf> {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+        })
+    };
+    let Some(target) = resolve(out) else { return Ok(()) };
+    for (input, what) in inputs {
+        let Some(input) = resolve(input) else { continue };
+        let mut manifest = input.clone().into_os_string();
+        manifest.push(".json");
+        if target == input || target == PathBuf::from(manifest) {
+            bail!(
+                "--out {} is {what} (or its manifest): writing there would replace it; give another file",
+                out.display()
+            );
+        }
+    }
+    if let Some(folder) = within.and_then(|f| std::fs::canonicalize(f).ok())
+        && ["support", "query"].iter().any(|part| target.starts_with(folder.join(part)))
+    {
+        bail!(
+            "--out {} is inside {}'s support or query folders: the predictions would land among \
+             (or over) the images it reads; write them elsewhere",
+            out.display(),
+            folder.display()
+        );
+    }
+    Ok(())
 }
 
 /// The checkpoint files named on the command line, a folder standing for the `*.safetensors`
@@ -440,10 +519,10 @@ fn check_n_way(config: &Config, n_way: usize, checkpoint: &std::path::Path, what
 }
 
 fn data_from_here(mut config: Config) -> Config {
-    if std::env::var_os("OMNIGLOT_DATA_DIR").is_some() {
+    if std::env::var_os("OMNIGLOT_DATA_DIR").is_some_and(|d| !d.is_empty()) {
         config.data.dir = None;
     }
-    if std::env::var_os("OMNIGLOT_SOURCE").is_some() {
+    if std::env::var_os("OMNIGLOT_SOURCE").is_some_and(|s| !s.is_empty()) {
         config.data.source = None;
     }
     config

@@ -281,6 +281,14 @@ impl<'a> Run<'a> {
                 self.out.join("config.toml").display()
             );
         }
+        if ckpt.state.step > 0 && ckpt.adam_m.is_empty() {
+            bail!(
+                "{} holds parameters only (an exported model, see `fewshot export`), without the optimiser \
+                 state a resume needs to continue the run exactly; evaluate it with `fewshot eval`, or train \
+                 with --overwrite (the old run is moved aside) or a new --out",
+                last.display()
+            );
+        }
         learner.set_params(&ckpt.params)?;
         let adam = learner.optimizer_mut();
         adam.m = ckpt.adam_m;

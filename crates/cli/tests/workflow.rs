@@ -325,6 +325,17 @@ fn clear_errors() {
     assert!(err.contains("n_way") && err.contains("6 classes"), "{err}");
     let err = fails(fewshot(&["train", "--config", "/no/such.toml"], &data));
     assert!(err.contains("/no/such.toml"), "{err}");
+    // Numbers on the command line: what was expected, not a parser's complaint.
+    let cfg_s = cfg.to_str().unwrap();
+    let err = fails(fewshot(&["train", "--config", cfg_s, "--threads", "-1"], &data));
+    assert!(err.contains("expected a whole number") && err.contains("'-1'"), "{err}");
+    let err = fails(fewshot(&["train", "--config", cfg_s, "--seed", "-1"], &data));
+    assert!(err.contains("expected a seed"), "{err}");
+    let err =
+        fails(fewshot(&["predict", "--checkpoint", "x", "--tasks", "t", "--out", "-", "--inner-steps", "1,2"], &data));
+    assert!(err.contains("give one number of inner steps"), "{err}");
+    let err = fails(fewshot(&["eval", "--checkpoint", "x", "--inner-steps", "1,-2"], &data));
+    assert!(err.contains("expected a whole number") && err.contains("'-2'"), "{err}");
     let out = tmp.path().join("run");
     let err = fails(fewshot(
         &["train", "--config", cfg.to_str().unwrap(), "--resume", "--out", out.to_str().unwrap()],
@@ -578,9 +589,9 @@ fn predict_output_paths() {
     assert!(stdout.lines().nth(1).unwrap().starts_with("\"00,02_0\","), "{stdout}");
     // `-` on a full disk: an error, not a success that wrote nothing.
     let args = ["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", tasks.to_str().unwrap(), "--out", "-"];
-    let out = with_stdout(&args, &data, Stdout::Full);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("writing to standard output"));
+    let full = with_stdout(&args, &data, Stdout::Full);
+    assert_eq!(full.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&full.stderr).contains("writing to standard output"));
     // A symlink is written through: it stays a link and its target gets the CSV.
     let target = tmp.path().join("target.csv");
     std::fs::write(&target, "old").unwrap();
@@ -628,6 +639,32 @@ fn predict_output_paths() {
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(diff < 0.01, "{diff}");
     assert!(b.iter().any(|&v| v > 0.5), "ink survives");
+
+    // An --out that is one of the command's inputs is refused, and the input is left as it was.
+    let before = std::fs::read(&ckpt).unwrap();
+    let err = fails(predict(ckpt.to_str().unwrap()));
+    assert!(err.contains("is the checkpoint it reads"), "{err}");
+    let image = tasks.join("query/00,02/image_0.png");
+    let image_bytes = std::fs::read(&image).unwrap();
+    let err = fails(predict(image.to_str().unwrap()));
+    assert!(err.contains("support or query folders"), "{err}");
+    assert_eq!(std::fs::read(&image).unwrap(), image_bytes);
+    let export =
+        |to: &Path| fewshot(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--out", to.to_str().unwrap()], &data);
+    let err = fails(export(&ckpt));
+    assert!(err.contains("is the checkpoint it exports"), "{err}");
+    let link = tmp.path().join("last-link.safetensors");
+    std::os::unix::fs::symlink(&ckpt, &link).unwrap();
+    let err = fails(export(&link));
+    assert!(err.contains("is the checkpoint it exports"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+    // A parameters-only file in place of `last` cannot resume the run: --resume says what it is.
+    let exported = tmp.path().join("exported.safetensors");
+    ok(export(&exported));
+    std::fs::copy(&exported, &ckpt).unwrap();
+    std::fs::copy(tmp.path().join("exported.safetensors.json"), out.join("checkpoints/last.safetensors.json")).unwrap();
+    let err = fails(fewshot(&train_args(&cfg, &out, &["--resume", "--set", "train.steps=2"]), &data));
+    assert!(err.contains("holds parameters only"), "{err}");
 }
 
 #[test]
@@ -729,4 +766,25 @@ fn standard_output_that_fails() {
     let out = with_stdout(&args, tmp.path(), Stdout::ClosedPipe);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.is_empty(), "{:?}: {err}", out.status);
+}
+
+#[test]
+fn an_empty_data_dir_variable_counts_as_unset() {
+    // OMNIGLOT_DATA_DIR="" looked for (and fetched) the archives in the current directory; now
+    // it means the default, data/omniglot under the current directory, like an empty
+    // OMNIGLOT_SOURCE.
+    let tmp = tempfile::tempdir().unwrap();
+    let here = tmp.path().join("here");
+    dataset(&here.join("data/omniglot"));
+    let cfg = config(tmp.path(), "fomaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_fewshot"))
+        .args(train_args(&cfg, &tmp.path().join("run"), &["--set", "train.steps=1"]))
+        .current_dir(&here)
+        .env("OMNIGLOT_DATA_DIR", "")
+        .env_remove("OMNIGLOT_SOURCE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    ok(out);
+    assert!(!here.join(Subset::Background.archive_name()).exists());
 }

@@ -32,7 +32,8 @@ impl ConvNetConfig {
 
     /// Side of the feature map after `depth` floor-mode 2x2 pools.
     pub fn final_size(&self) -> usize {
-        (0..self.depth).fold(self.image_size, |s, _| s / 2)
+        // Each block halves (rounding down): a shift, which a depth of 64 or more empties.
+        u32::try_from(self.depth).ok().and_then(|d| self.image_size.checked_shr(d)).unwrap_or(0)
     }
 
     /// Inputs to the linear head: `hidden * final_size^2`.
@@ -68,10 +69,13 @@ impl ConvNetConfig {
             return bad("n_way", self.n_way, "at least 2");
         }
         if self.final_size() == 0 {
+            // 2^depth as text: it overflows usize from depth 64 (and wrapped to 1 in this message).
+            let need = 1u128.checked_shl(self.depth as u32).filter(|_| self.depth < 128);
+            let need = need.map_or_else(|| format!("2^{}", self.depth), |n| n.to_string());
             return bad(
                 "image_size",
                 self.image_size,
-                &format!("at least 2^depth = {} for depth {}", 1usize << self.depth, self.depth),
+                &format!("at least 2^depth = {need} for depth {} (each block halves the image)", self.depth),
             );
         }
         Ok(())
