@@ -156,7 +156,7 @@ fn config_errors_name_the_field() {
     let c = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 4, n_way: 5 };
     assert_eq!(
         c.validate().unwrap_err().to_string(),
-        "invalid image_size = 8: expected at least 2^depth = 16 for depth 4"
+        "invalid image_size = 8: expected at least 2^depth = 16 for depth 4 (each block halves the image)"
     );
     let c = ConvNetConfig { n_way: 1, ..ConvNetConfig::omniglot(5) };
     assert!(c.validate().unwrap_err().to_string().starts_with("invalid n_way = 1"));
