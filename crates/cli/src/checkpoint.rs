@@ -1,5 +1,12 @@
 //! Checkpoints: parameters, Adam moments, step and run state in one safetensors file (the
 //! state as its metadata), written atomically, plus a small JSON manifest beside it.
+//!
+//! The file checks itself: its metadata holds the SHA-256 of its run state and tensor data
+//! (`sha256`), so one rename publishes the data and their checksum together. The manifest is
+//! written after it, for people and tools; a manifest of another write of the same path (a
+//! crash between the two renames, or a reader racing a rewrite) does not make a sound file
+//! unreadable. Files from before the embedded checksum are checked against their manifest
+//! alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,9 +69,15 @@ impl Checkpoint {
             }
         }
         let state = serde_json::to_string(&self.state)?;
-        let metadata = HashMap::from([("state".to_owned(), state)]);
-        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
-            .context("serialising checkpoint")?;
+        let serialize = |metadata: HashMap<String, String>| {
+            safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
+                .context("serialising checkpoint")
+        };
+        // The data section does not depend on the metadata: serialise once to digest it, then
+        // again with the digest beside the state.
+        let plain = serialize(HashMap::from([("state".to_owned(), state.clone())]))?;
+        let digest = content_digest(&state, data_section(&plain)?);
+        let bytes = serialize(HashMap::from([("state".to_owned(), state), ("sha256".to_owned(), digest)]))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         omniglot_data::write_atomic(path, &bytes)?;
@@ -80,36 +93,84 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Read a checkpoint file; errors name it. When its manifest `<path>.json` is there, the
-    /// file's SHA-256 must match it; parameters must be finite.
+    /// Read a checkpoint file; errors name it. Its run state and tensors must match the
+    /// checksum inside it (files written before it had one: the checksum in its manifest
+    /// `<path>.json`, when there is one); parameters must be finite.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
         let manifest = manifest_path(path);
-        if let Ok(text) = std::fs::read_to_string(&manifest) {
-            let recorded = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|m| m["sha256"].as_str().map(str::to_owned))
-                .with_context(|| format!("{}: unreadable manifest (no sha256)", manifest.display()))?;
-            let actual = omniglot_data::sha256_bytes(&bytes);
-            if actual != recorded {
-                bail!(
-                    "{} does not match its manifest {} (SHA-256 {actual}, recorded {recorded}): the checkpoint \
-                     was changed or damaged after it was written; use another checkpoint (e.g. best/last)",
-                    path.display(),
+        let recorded = match std::fs::read_to_string(&manifest) {
+            Ok(text) => Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|m| m["sha256"].as_str().map(str::to_owned))
+                    .with_context(|| format!("{}: unreadable manifest (no sha256)", manifest.display()))?,
+            ),
+            Err(_) => None,
+        };
+        let actual = omniglot_data::sha256_bytes(&bytes);
+        let damaged = |what: &str| {
+            anyhow::anyhow!(
+                "{} does not match {what}: the checkpoint was changed or damaged after it was written; use \
+                 another checkpoint (e.g. best/last)",
+                path.display()
+            )
+        };
+        let parsed = safetensors::SafeTensors::read_metadata(&bytes);
+        let Ok((_, meta)) = parsed else {
+            if let Some(recorded) = &recorded
+                && *recorded != actual
+            {
+                return Err(damaged(&format!(
+                    "its manifest {} (SHA-256 {actual}, recorded {recorded})",
                     manifest.display()
-                );
+                )));
             }
+            return Err(parsed.err().map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("unreadable")))
+                .with_context(|| format!("{} is not a safetensors checkpoint", path.display()));
+        };
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let state_text = metadata
+            .get("state")
+            .with_context(|| format!("{} has no run state: not a fewshot checkpoint", path.display()))?;
+        match (metadata.get("sha256"), &recorded) {
+            // The manifest of this very write: nothing more to check.
+            (_, Some(recorded)) if *recorded == actual => {}
+            (Some(inside), _) => {
+                let computed = content_digest(state_text, data_section(&bytes)?);
+                if computed != *inside {
+                    let manifest_too = match recorded {
+                        Some(_) => format!("its manifest {} nor ", manifest.display()),
+                        None => String::new(),
+                    };
+                    return Err(damaged(&format!(
+                        "{manifest_too}the checksum written into it (SHA-256 of its state and tensors \
+                         {computed}, recorded {inside})"
+                    )));
+                }
+                if recorded.is_some() {
+                    tracing::warn!(
+                        "{} is of another write of {} (a crash between writing the two, or a rewrite while \
+                         reading); the checkpoint matches the checksum inside it",
+                        manifest.display(),
+                        path.display()
+                    );
+                }
+            }
+            (None, Some(recorded)) => {
+                return Err(damaged(&format!(
+                    "its manifest {} (SHA-256 {actual}, recorded {recorded})",
+                    manifest.display()
+                )));
+            }
+            (None, None) => tracing::warn!(
+                "{} has no manifest and no checksum inside it (an older checkpoint, copied alone): its \
+                 integrity was not checked",
+                path.display()
+            ),
         }
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors checkpoint", path.display()))?;
-        let state: State = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("state"))
-            .with_context(|| format!("{} has no run state: not a fewshot checkpoint", path.display()))
-            .and_then(|s| {
-                serde_json::from_str(s).with_context(|| format!("{}: unreadable run state", path.display()))
-            })?;
+        let state: State =
+            serde_json::from_str(state_text).with_context(|| format!("{}: unreadable run state", path.display()))?;
         if state.format != CHECKPOINT_FORMAT {
             bail!("{}: checkpoint format `{}`, this build reads `{CHECKPOINT_FORMAT}`", path.display(), state.format);
         }
@@ -140,6 +201,24 @@ impl Checkpoint {
         }
         Ok(out)
     }
+}
+
+/// The tensor data of serialised safetensors bytes: what follows the 8-byte header length and
+/// the header.
+fn data_section(bytes: &[u8]) -> anyhow::Result<&[u8]> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    n.and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| n.checked_add(8))
+        .and_then(|start| bytes.get(start..))
+        .context("a safetensors header longer than the file")
+}
+
+/// The checksum a checkpoint carries: SHA-256 of its run state's JSON, then its tensor data.
+fn content_digest(state: &str, data: &[u8]) -> String {
+    let mut all = Vec::with_capacity(state.len() + data.len());
+    all.extend_from_slice(state.as_bytes());
+    all.extend_from_slice(data);
+    omniglot_data::sha256_bytes(&all)
 }
 
 /// `<checkpoint>.json`.

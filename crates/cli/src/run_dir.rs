@@ -37,7 +37,9 @@ pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunL
                 out.join("checkpoints").join("last.safetensors").display()
             );
         }
-        return lock(out);
+        let held = lock(out)?;
+        remove_stale_temporaries(out);
+        return Ok(held);
     }
     if holds_run(out) {
         if !overwrite {
@@ -56,6 +58,25 @@ pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunL
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating the run folder {}", out.display()))?;
     lock(out)
+}
+
+/// Remove the `.tmp-*` files that a writer killed mid-write (SIGKILL, power loss) left in the
+/// run folder and its checkpoint folders. Called with the run's lock held: no live writer owns
+/// them.
+fn remove_stale_temporaries(out: &Path) {
+    for dir in [out.to_path_buf(), out.join("checkpoints"), out.join("checkpoints").join("top")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if stale {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!("removed {}, left by an interrupted write", entry.path().display()),
+                    Err(e) => tracing::warn!("could not remove {}: {e}", entry.path().display()),
+                }
+            }
+        }
+    }
 }
 
 /// `<out>.old-N` for the first free N.

@@ -523,6 +523,33 @@ fn damaged_checkpoints_are_refused() {
         fails(fewshot(&["eval", "--checkpoint", damaged.to_str().unwrap(), "--protocol", "course", "--n", "4"], &data));
     assert!(err.contains("does not match its manifest") && err.contains("damaged.safetensors.json"), "{err}");
 
+    // A manifest of another write of the same path (SIGKILL between the two renames, or eval
+    // reading `last` while training rewrites it) does not make a sound checkpoint unreadable:
+    // the file carries its own checksum.
+    use fewshot_cli::checkpoint::{Checkpoint, manifest_path};
+    let pair = tmp.path().join("pair.safetensors");
+    ckpt.save(&pair).unwrap();
+    let old_manifest = std::fs::read(manifest_path(&pair)).unwrap();
+    let mut newer = ckpt.clone();
+    newer.state.step += 1;
+    newer.save(&pair).unwrap();
+    std::fs::write(manifest_path(&pair), &old_manifest).unwrap();
+    assert_eq!(Checkpoint::load(&pair, &candle_core::Device::Cpu).unwrap().state.step, ckpt.state.step + 1);
+    // Without a manifest it still checks itself, and a flipped byte is still caught.
+    std::fs::remove_file(manifest_path(&pair)).unwrap();
+    Checkpoint::load(&pair, &candle_core::Device::Cpu).unwrap();
+    let mut bytes = std::fs::read(&pair).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&pair, &bytes).unwrap();
+    let err = format!("{:#}", Checkpoint::load(&pair, &candle_core::Device::Cpu).unwrap_err());
+    assert!(err.contains("does not match the checksum written into it"), "{err}");
+    // A temporary file that a killed writer left in the run is removed when the run resumes.
+    let stale = out.join("checkpoints/.tmp-killed");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    ok(fewshot(&train_args(&cfg, &out, &["--resume", "--set", "train.steps=3"]), &data));
+    assert!(!stale.exists());
+
     // NaN parameters with a consistent manifest: refused on load, not evaluated to 0.2.
     let mut nan = ckpt.clone();
     let w = &nan.params["head.weight"];
