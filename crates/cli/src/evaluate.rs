@@ -10,7 +10,7 @@ use crate::config::{Config, Method};
 use crate::omniglot::Omniglot;
 
 /// Episodes evaluated per batched computation.
-const EVAL_BATCH: usize = 32;
+pub const EVAL_BATCH: usize = 32;
 
 /// Parameters to adapt at evaluation: the meta-learned ones, or for the transfer baseline the
 /// trained feature extractor with a fresh, zero `n_way` head (a random head's logits are noise

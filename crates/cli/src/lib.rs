@@ -3,6 +3,7 @@
 //! (`fewshot-meta`). The binary in `main.rs` is a thin shell over it.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod episodes;

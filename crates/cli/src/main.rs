@@ -186,7 +186,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match cli.threads {
+        // More threads than cores only time-slice the same cores (100x slower at 10000).
+        Some(t) if t > cores => {
+            tracing::warn!("--threads {t}: this machine has {cores} cores; using {cores}");
+            cores
+        }
+        Some(t) => t,
+        None => cores,
+    };
     // SAFETY: `run` is called from `main` before anything starts a thread (parsing the
     // command line and installing the log subscriber start none).
     unsafe { fewshot_cli::set_threads(threads)? };
@@ -196,6 +205,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides.push(format!("seed={seed}"));
             }
             let config = Config::load(&config, &overrides)?;
+            fewshot_cli::budget::check(
+                &fewshot_cli::budget::training(&config, threads),
+                fewshot_cli::budget::available(),
+            )?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
             let stop = StopSignal::install()?;
             let data = config.data.load()?;
@@ -269,6 +282,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) if shipped => Some(DEFAULT_EPISODES.to_owned()),
                 _ => None,
             };
+            // Refuse what cannot fit before drawing the episodes (`--n` of a billion).
+            let drawn = if validation { n.unwrap_or(config.train.val_episodes) } else { n_fresh };
+            let needs = fewshot_cli::budget::evaluation(
+                &config,
+                threads,
+                drawn,
+                config.episodes.n_way,
+                fewshot_cli::evaluate::EVAL_BATCH,
+            );
+            fewshot_cli::budget::check(&needs, fewshot_cli::budget::available())?;
             let set = match (episodes, protocol) {
                 _ if validation => validation_episodes(&config, &data, n)?,
                 (Some(path), _) => read_episodes(&path)?,
@@ -458,7 +481,7 @@ fn refuse_to_overwrite_inputs(
         let Some(input) = resolve(input) else { continue };
         let mut manifest = input.clone().into_os_string();
         manifest.push(".json");
-        if target == input || target == PathBuf::from(manifest) {
+        if target == input || target.as_os_str() == manifest {
             bail!(
                 "--out {} is {what} (or its manifest): writing there would replace it; give another file",
                 out.display()

@@ -325,6 +325,13 @@ fn clear_errors() {
     assert!(err.contains("n_way") && err.contains("6 classes"), "{err}");
     let err = fails(fewshot(&["train", "--config", "/no/such.toml"], &data));
     assert!(err.contains("/no/such.toml"), "{err}");
+    // Sizes that cannot fit in memory are refused at once, naming the key (they grew until the
+    // kernel killed the process).
+    let err = fails(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--set", "model.hidden=100000"], &data));
+    assert!(err.contains("model.hidden = 100000") && err.contains("available"), "{err}");
+    let sets = ["--set", "train.meta_batch_size=100000000000"];
+    let err = fails(fewshot(&[&["train", "--config", cfg.to_str().unwrap()][..], &sets[..]].concat(), &data));
+    assert!(err.contains("train.meta_batch_size = 100000000000"), "{err}");
     // Numbers on the command line: what was expected, not a parser's complaint.
     let cfg_s = cfg.to_str().unwrap();
     let err = fails(fewshot(&["train", "--config", cfg_s, "--threads", "-1"], &data));
@@ -572,6 +579,9 @@ fn damaged_checkpoints_are_refused() {
     let err =
         fails(fewshot(&["eval", "--checkpoint", best.to_str().unwrap(), "--protocol", "course", "--n", "0"], &data));
     assert!(err.contains("--n 0"), "{err}");
+    let huge = ["eval", "--checkpoint", best.to_str().unwrap(), "--protocol", "course", "--n", "1000000000"];
+    let err = fails(fewshot(&huge, &data));
+    assert!(err.contains("--n 1000000000") && err.contains("available"), "{err}");
     let set = tmp.path().join("set.json");
     let shipped =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/episodes/course-test-5w1s1q-640.json");
