@@ -353,6 +353,12 @@ impl Default for AugmentConfig {
 fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
     let (key, value) =
         o.split_once('=').with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
+    // A whole number TOML cannot hold would otherwise fall through to a string and be
+    // reported as "invalid type: string".
+    let digits = value.trim().strip_prefix(['-', '+']).unwrap_or(value.trim());
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.trim().parse::<i64>().is_err() {
+        bail!("--set {o}: {} is out of range (a config number is at most {})", value.trim(), i64::MAX);
+    }
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -719,6 +725,7 @@ mod tests {
         check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
         check_err("name = \"x\"\n", &["model.depth=64"], "2^depth = 18446744073709551616 for depth 64");
+        check_err("name = \"x\"\n", &["train.steps=18446744073709551615"], "out of range (a config number is at most");
         check_err("name = \"x\"\n", &["model.depth=1000"], "2^depth = 2^1000 for depth 1000");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");

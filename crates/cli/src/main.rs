@@ -224,6 +224,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(signal.exit_code()));
             }
+            if resume && summary.trained == 0 {
+                eprintln!(
+                    "nothing to train: the run in {} is at step {}, and train.steps = {}; raise train.steps \
+                     (--set train.steps=N) to continue it; best validation accuracy {best}",
+                    out.display(),
+                    summary.steps,
+                    config.train.steps
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!("trained {} steps; best validation accuracy {best}; outputs in {}", summary.steps, out.display());
             Ok(ExitCode::SUCCESS)
         }

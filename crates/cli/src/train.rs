@@ -37,6 +37,8 @@ pub struct TrainOptions {
 pub struct TrainSummary {
     /// Steps completed.
     pub steps: usize,
+    /// Steps this call trained (0 when a resumed run was already at or past `train.steps`).
+    pub trained: usize,
     /// Best validation accuracy.
     pub best_val: Option<f64>,
     /// The signal that stopped it early, if one did.
@@ -153,7 +155,7 @@ pub fn train(
     } else {
         bar.finish();
     }
-    Ok(TrainSummary { steps: run.step, best_val: run.best_val, interrupted })
+    Ok(TrainSummary { steps: run.step, trained: run.step - first_step, best_val: run.best_val, interrupted })
 }
 
 /// The meta-train episode sampler, with the config's augmentation.

@@ -556,6 +556,9 @@ fn damaged_checkpoints_are_refused() {
     std::fs::write(&stale, b"half a checkpoint").unwrap();
     ok(fewshot(&train_args(&cfg, &out, &["--resume", "--set", "train.steps=3"]), &data));
     assert!(!stale.exists());
+    // A resume with fewer steps than the run has says that nothing was trained, and why.
+    let log = ok(fewshot(&train_args(&cfg, &out, &["--resume", "--set", "train.steps=2"]), &data));
+    assert!(log.contains("nothing to train") && log.contains("at step 3"), "{log}");
 
     // NaN parameters with a consistent manifest: refused on load, not evaluated to 0.2.
     let mut nan = ckpt.clone();
