@@ -254,8 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                          needs checkpoints of one protocol and net",
                         first.display(),
                         path.display(),
-                        other
-                            .differences(&trained)
+                        trained
+                            .differences(other)
                             .into_iter()
                             .filter(|d| !d.starts_with("train.") && !d.starts_with("seed"))
                             .collect::<Vec<_>>()
@@ -313,7 +313,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut params = Vec::with_capacity(models.len());
             for (path, ckpt, model_config) in &models {
                 check_n_way(model_config, n_way, path, "the episodes are")?;
-                params.push(eval_params(model_config, &ckpt.params, n_way)?);
+                params.push(
+                    eval_params(model_config, &ckpt.params, n_way)
+                        .with_context(|| format!("the parameters of {}", path.display()))?,
+                );
             }
             // A file's characters must exist in the data (drawn sets' do by construction).
             if let Some(origin) = &set_origin {

@@ -310,7 +310,8 @@ fn keep_best_keeps_the_top_validations_across_resume_and_they_evaluate_as_an_ens
         &["eval", "--n", "4", "--checkpoint", one.to_str().unwrap(), "--checkpoint", last.to_str().unwrap()],
         &data,
     ));
-    assert!(err.contains("model.hidden"), "{err}");
+    // The values in the order of the files: the first's (hidden = 8), then the other's (4).
+    assert!(err.contains("model.hidden: 8 -> 4"), "{err}");
 }
 
 #[test]
