@@ -14,8 +14,10 @@ use fewshot_model::{ConvNetConfig, ParamMap};
 /// One task read from disk.
 #[derive(Debug)]
 pub struct FolderTask {
-    /// The folder name `NNNN`.
+    /// The folder name `NNNN` (lossily, where it is not UTF-8).
     pub id: String,
+    /// The folder name as the file system has it.
+    pub folder: std::ffi::OsString,
     /// `(class, pixels)` of each support image, ink = 1.
     pub support: Vec<(u32, Vec<f32>)>,
     /// `(J, pixels)` of each query image.
@@ -62,6 +64,14 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Read every task under `dir`.
 pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
+    // The folder itself first: a file, a missing path or a symlink cycle is named as such.
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            bail!("--tasks {} is a file, not a folder: give the folder that holds support/ and query/", dir.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("--tasks {}: cannot open it as a folder", dir.display())),
+    }
     let support_root = dir.join("support");
     let query_root = dir.join("query");
     for d in [&support_root, &query_root] {
@@ -69,34 +79,41 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
             bail!("{} is missing: expected DIR/support/NNNN/image_C.png and DIR/query/NNNN/image_J.png", d.display());
         }
     }
-    let mut ids: Vec<String> = std::fs::read_dir(&support_root)
-        .with_context(|| format!("reading {}", support_root.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    ids.sort();
-    for entry in std::fs::read_dir(&query_root).with_context(|| format!("reading {}", query_root.display()))?.flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !ids.contains(&name) {
+    // Folder names as the file system has them (not every name is UTF-8); the CSV shows them
+    // lossily.
+    let folders = |root: &Path| -> anyhow::Result<Vec<std::ffi::OsString>> {
+        let mut names: Vec<_> = std::fs::read_dir(root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let (support_ids, query_ids) = (folders(&support_root)?, folders(&query_root)?);
+    // One rule for a task folder on one side only: skipped, with a warning that names it.
+    for (ids, other_ids, root, other_root, side) in [
+        (&query_ids, &support_ids, &query_root, &support_root, "support"),
+        (&support_ids, &query_ids, &support_root, &query_root, "query"),
+    ] {
+        for id in ids.iter().filter(|id| !other_ids.contains(id)) {
             tracing::warn!(
-                "skipping {}: no support folder {} for it",
-                entry.path().display(),
-                support_root.join(&name).display()
+                "skipping {}: no {side} folder {} for it",
+                root.join(id).display(),
+                other_root.join(id).display()
             );
         }
     }
+    let ids: Vec<_> = support_ids.into_iter().filter(|id| query_ids.contains(id)).collect();
     if ids.is_empty() {
-        bail!("{} holds no task folders", support_root.display());
+        bail!("{} and {} hold no task folders of the same name", support_root.display(), query_root.display());
     }
     let mut tasks = Vec::with_capacity(ids.len());
-    for id in ids {
-        let sdir = support_root.join(&id);
-        let qdir = query_root.join(&id);
-        if !qdir.is_dir() {
-            bail!("{} has no matching query folder {}", sdir.display(), qdir.display());
-        }
+    for os_id in ids {
+        let sdir = support_root.join(&os_id);
+        let qdir = query_root.join(&os_id);
+        let id = os_id.to_string_lossy().into_owned();
         let mut support = Vec::new();
         for (suffix, path) in images_in(&sdir)? {
             let class: u32 = suffix
@@ -120,15 +137,15 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
         if query.is_empty() {
             bail!("{} holds no image_J.png files", qdir.display());
         }
-        tasks.push(FolderTask { id, support, query });
+        tasks.push(FolderTask { id, folder: os_id, support, query });
     }
     let n_way = tasks[0].support.len();
     if let Some(odd) = tasks.iter().find(|t| t.support.len() != n_way) {
         bail!(
             "{} has {} classes but {} has {n_way}; all tasks must have the same number of classes",
-            support_root.join(&odd.id).display(),
+            support_root.join(&odd.folder).display(),
             odd.support.len(),
-            support_root.join(&tasks[0].id).display()
+            support_root.join(&tasks[0].folder).display()
         );
     }
     Ok(tasks)

@@ -361,7 +361,22 @@ fn clear_errors() {
         &["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", missing.to_str().unwrap(), "--out", "x.csv"],
         &data,
     ));
-    assert!(err.contains("nothing/support is missing"), "{err}");
+    assert!(err.contains("nothing: cannot open it as a folder"), "{err}");
+    // A file, or a symlink cycle, is named as what it is.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = fails(fewshot(
+        &["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", file.to_str().unwrap(), "--out", "x.csv"],
+        &data,
+    ));
+    assert!(err.contains("is a file, not a folder"), "{err}");
+    let cycle = tmp.path().join("cycle");
+    std::os::unix::fs::symlink(&cycle, &cycle).unwrap();
+    let err = fails(fewshot(
+        &["predict", "--checkpoint", ckpt.to_str().unwrap(), "--tasks", cycle.to_str().unwrap(), "--out", "x.csv"],
+        &data,
+    ));
+    assert!(err.contains("cannot open it as a folder") && err.contains("symbolic links"), "{err}");
     let tasks = tmp.path().join("tasks");
     task_folder(&tasks, 2, 5);
     std::fs::remove_file(tasks.join("support/0001/image_4.png")).unwrap();
@@ -661,8 +676,28 @@ fn predict_output_paths() {
     // What predict does not read, it names.
     std::fs::write(tasks.join("query/00,02/notes.txt"), "x").unwrap();
     std::fs::create_dir_all(tasks.join("query/0009")).unwrap();
+    std::fs::create_dir_all(tasks.join("support/0010")).unwrap();
     let log = ok(predict("-"));
     assert!(log.contains("notes.txt: not an image_<N>.png") && log.contains("0009: no support folder"), "{log}");
+    // The same rule the other way round: a support folder without a query folder is skipped.
+    assert!(log.contains("0010: no query folder"), "{log}");
+    // A folder name that is not UTF-8 is read, not reported missing.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"t\xff");
+        for side in ["support", "query"] {
+            let (from, to) = (tasks.join(side).join("00,02"), tasks.join(side).join(odd));
+            std::fs::create_dir_all(&to).unwrap();
+            for e in std::fs::read_dir(&from).unwrap().flatten() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+        let csv = String::from_utf8_lossy(&predict("-").stdout).into_owned();
+        assert!(csv.lines().any(|l| l.starts_with("t\u{FFFD}_")), "{csv}");
+        for side in ["support", "query"] {
+            std::fs::remove_dir_all(tasks.join(side).join(odd)).unwrap();
+        }
+    }
 
     // Transparent paper is paper: an RGBA image whose background is transparent black reads as
     // the same ink as the opaque gray image.
