@@ -27,8 +27,26 @@ impl Omniglot {
         image_size: u32,
         expected: Expected,
     ) -> anyhow::Result<Omniglot> {
-        let missing: Vec<Subset> =
-            Subset::ALL.into_iter().filter(|s| !data_dir.join(s.archive_name()).exists()).collect();
+        // `exists()` says false where the folder cannot be read (permission denied): that would
+        // fetch an archive that is there and blame the fetch.
+        let mut missing = Vec::new();
+        for subset in Subset::ALL {
+            let archive = data_dir.join(subset.archive_name());
+            match archive.try_exists() {
+                Ok(true) => {}
+                Ok(false) => missing.push(subset),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot look into the data folder {} for {}: fix its permissions, or point \
+                             OMNIGLOT_DATA_DIR (or [data] dir) at another folder",
+                            data_dir.display(),
+                            subset.archive_name()
+                        )
+                    });
+                }
+            }
+        }
         if let (false, Some(source)) = (missing.is_empty(), source) {
             omniglot_data::fetch(source, data_dir, &missing, &mut |_| {})
                 .with_context(|| format!("fetching Omniglot from {source} into {}", data_dir.display()))?;

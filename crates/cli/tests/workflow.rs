@@ -326,6 +326,12 @@ fn clear_errors() {
     assert!(err.contains("n_way") && err.contains("6 classes"), "{err}");
     let err = fails(fewshot(&["train", "--config", "/no/such.toml"], &data));
     assert!(err.contains("/no/such.toml"), "{err}");
+    // A `cache` that is a file is named, with what to do.
+    let odd = tmp.path().join("odd-data");
+    dataset(&odd);
+    std::fs::write(odd.join("cache"), "not a folder").unwrap();
+    let err = fails(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=1"], &odd));
+    assert!(err.contains("odd-data/cache is unusable: it is a file"), "{err}");
     // Sizes that cannot fit in memory are refused at once, naming the key (they grew until the
     // kernel killed the process).
     let err = fails(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--set", "model.hidden=100000"], &data));

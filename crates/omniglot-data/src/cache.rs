@@ -149,6 +149,14 @@ pub fn build_cache(
         },
         characters,
     };
+    if cache_dir.exists() && !cache_dir.is_dir() {
+        return Err(Error::BadCache {
+            path: cache_dir.to_owned(),
+            problem: "it is a file, and the cache is a folder: move the file aside or remove it (the cache is \
+                      rebuilt from the archives)"
+                .into(),
+        });
+    }
     std::fs::create_dir_all(cache_dir).io_ctx("creating directory", cache_dir)?;
     write_atomic(&pixels_path, &bytes)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
