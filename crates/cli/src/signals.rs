@@ -37,6 +37,8 @@ impl Signal {
 pub struct StopSignal {
     interrupt: Arc<AtomicBool>,
     terminate: Arc<AtomicBool>,
+    /// Whether the notice of the first signal was printed (by whoever saw it first).
+    noticed: Arc<AtomicBool>,
 }
 
 impl StopSignal {
@@ -57,18 +59,37 @@ impl StopSignal {
             signal_hook::flag::register_conditional_shutdown(signal, code as i32, flag.clone())?;
             signal_hook::flag::register(signal, flag.clone())?;
         }
+        // Say at once what the first signal does: the loop sees it only between steps, and a
+        // step with its validation can take half a minute. (The handlers themselves cannot
+        // print; a second signal exits from inside its handler, so the message says so first.)
+        let watched = stop.clone();
+        std::thread::Builder::new().name("signal-notice".into()).spawn(move || {
+            while watched.received().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })?;
         Ok(stop)
     }
 
-    /// The signal received so far, if any (SIGTERM first when both came).
+    /// The signal received so far, if any (SIGTERM first when both came). The first call that
+    /// sees one prints what happens next.
     pub fn received(&self) -> Option<Signal> {
-        if self.terminate.load(Ordering::SeqCst) {
+        let signal = if self.terminate.load(Ordering::SeqCst) {
             Some(Signal::Terminate)
         } else if self.interrupt.load(Ordering::SeqCst) {
             Some(Signal::Interrupt)
         } else {
             None
+        }?;
+        if !self.noticed.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "{}: stopping after the current step (and its validation, if it has one), then writing the \
+                 last checkpoint; send {} again to leave at once, without it",
+                signal.name(),
+                signal.name()
+            );
         }
+        Some(signal)
     }
 
     /// Raise `signal`'s flag as its handler would (for tests and embedding).

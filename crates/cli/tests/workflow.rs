@@ -514,6 +514,8 @@ fn signals_write_a_checkpoint_exit_non_zero_and_a_folder_has_one_writer() {
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains("continue with --resume"), "{stderr}");
+        // Said at once, not only after the step: what happens now, and what a second one does.
+        assert!(stderr.contains("stopping after the current step") && stderr.contains("again to leave at once"));
         // The checkpoint written on the signal is where the run stopped; the lock went with the
         // process, so the run resumes.
         let m: serde_json::Value =
