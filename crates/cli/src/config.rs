@@ -349,6 +349,10 @@ impl Default for AugmentConfig {
     }
 }
 
+/// The longest run name: one folder name on every common file system (255 bytes) with room
+/// for `.old-N` when a run is moved aside.
+const MAX_NAME: usize = 200;
+
 /// Apply one `--set key=value` to a config table.
 fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
     let (key, value) =
@@ -449,11 +453,24 @@ impl Config {
         let e = &self.episodes;
         let t = &self.train;
         let name_ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
-        if self.name.is_empty() || self.name.starts_with('.') || !self.name.chars().all(name_ok) {
+        if self.name.is_empty()
+            || self.name.starts_with('.')
+            || !self.name.chars().all(name_ok)
+            || self.name.len() > MAX_NAME
+        {
+            // A long value is shown by its start and length, not printed whole.
+            let shown = if self.name.chars().count() > 60 {
+                format!(
+                    "{:?}... ({} characters)",
+                    self.name.chars().take(40).collect::<String>(),
+                    self.name.chars().count()
+                )
+            } else {
+                format!("{:?}", self.name)
+            };
             bail!(
-                "name = {:?}: a run name is one folder name under runs/ (letters, digits, `.`, `_`, `-`; \
-                 not starting with `.`); use --out to write elsewhere",
-                self.name
+                "name = {shown}: a run name is one folder name under runs/ (letters, digits, `.`, `_`, `-`; \
+                 not starting with `.`; at most {MAX_NAME} characters); use --out to write elsewhere"
             );
         }
         let positive = |key: &str, v: f64| -> anyhow::Result<()> {
@@ -726,6 +743,9 @@ mod tests {
         check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
         check_err("name = \"x\"\n", &["model.depth=64"], "2^depth = 18446744073709551616 for depth 64");
         check_err("name = \"x\"\n", &["train.steps=18446744073709551615"], "out of range (a config number is at most");
+        let long = format!("name = \"{}\"\n", "a".repeat(10_000_000));
+        let err = format!("{:#}", Config::parse(&long, "test.toml", &[]).unwrap_err());
+        assert!(err.len() < 400 && err.contains("... (10000000 characters)"), "{}", &err[..err.len().min(400)]);
         check_err("name = \"x\"\n", &["model.depth=1000"], "2^depth = 2^1000 for depth 1000");
         check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
         check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");
