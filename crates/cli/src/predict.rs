@@ -206,6 +206,9 @@ pub fn csv_field(s: &str) -> String {
 pub fn write_output(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     if out.as_os_str() == "-" {
+        if crate::stdout::closed_at_start() {
+            bail!("--out -: standard output is closed; redirect it (`> predictions.csv`) or give --out a file");
+        }
         return crate::stdout::write(bytes);
     }
     let target = match std::fs::canonicalize(out) {

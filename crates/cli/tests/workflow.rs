@@ -36,6 +36,10 @@ enum Stdout {
     Full,
     /// A pipe whose reader closed its end before anything was written.
     ClosedPipe,
+    /// No standard output at all (file descriptor 1 closed, `>&-`).
+    Closed,
+    /// `> /dev/null`, opened for writing as a shell does.
+    Null,
 }
 
 fn with_stdout(args: &[&str], data: &Path, stdout: Stdout) -> Output {
@@ -49,6 +53,22 @@ fn with_stdout(args: &[&str], data: &Path, stdout: Stdout) -> Output {
         }
         Stdout::ClosedPipe => {
             cmd.stdout(Stdio::piped());
+        }
+        Stdout::Closed => {
+            use std::os::unix::process::CommandExt;
+            unsafe extern "C" {
+                fn close(fd: i32) -> i32;
+            }
+            // SAFETY: close(2) is async-signal-safe; only the child's descriptor 1 goes.
+            unsafe {
+                cmd.pre_exec(|| {
+                    close(1);
+                    Ok(())
+                });
+            }
+        }
+        Stdout::Null => {
+            cmd.stdout(std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null"));
         }
     }
     let mut child = cmd.spawn().expect("running fewshot");
@@ -656,6 +676,12 @@ fn predict_output_paths() {
     let full = with_stdout(&args, &data, Stdout::Full);
     assert_eq!(full.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&full.stderr).contains("writing to standard output"));
+    // `-` with standard output closed: an error, not a success that wrote nothing; `> /dev/null`
+    // is what the user asked for.
+    let closed = with_stdout(&args, &data, Stdout::Closed);
+    assert_eq!(closed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("standard output is closed"));
+    assert!(with_stdout(&args, &data, Stdout::Null).status.success());
     // A symlink is written through: it stays a link and its target gets the CSV.
     let target = tmp.path().join("target.csv");
     std::fs::write(&target, "old").unwrap();
