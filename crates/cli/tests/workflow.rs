@@ -604,6 +604,15 @@ fn damaged_checkpoints_are_refused() {
     let log = ok(fewshot(&train_args(&cfg, &out, &["--resume", "--set", "train.steps=2"]), &data));
     assert!(log.contains("nothing to train") && log.contains("at step 3"), "{log}");
 
+    // A member of an ensemble whose parameters do not fit its net is named.
+    let mut partial = ckpt.clone();
+    partial.params.remove("head.bias");
+    let partial_path = tmp.path().join("partial.safetensors");
+    partial.save(&partial_path).unwrap();
+    let both = ["eval", "--checkpoint", last.to_str().unwrap(), "--checkpoint", partial_path.to_str().unwrap()];
+    let err = fails(fewshot(&[&both[..], &["--protocol", "course", "--n", "4"]].concat(), &data));
+    assert!(err.contains("partial.safetensors") && err.contains("head.bias"), "{err}");
+
     // NaN parameters with a consistent manifest: refused on load, not evaluated to 0.2.
     let mut nan = ckpt.clone();
     let w = &nan.params["head.weight"];
