@@ -102,15 +102,15 @@ pub fn training(config: &Config, threads: usize) -> Vec<Need> {
     ]
 }
 
-/// What `fewshot eval` of a model trained with `config` needs on `episodes` episodes of
-/// `n_way` classes.
-pub fn evaluation(config: &Config, threads: usize, episodes: usize, n_way: usize, eval_batch: usize) -> Vec<Need> {
+/// What `fewshot eval` of a model trained with `config` needs on episodes of `n_way` classes,
+/// `eval_batch` at a time (fresh episodes are drawn as they are evaluated, and a file's are
+/// already read: neither list grows here).
+pub fn evaluation(config: &Config, threads: usize, n_way: usize, eval_batch: usize) -> Vec<Need> {
     let spec = config.spec();
     let images = n_way * (spec.k_shot + spec.n_query);
     vec![
         tasks_in_flight(config, threads, eval_batch, n_way, spec.n_query, 1),
         batch(config, eval_batch, images, format!("{eval_batch} episodes at a time")),
-        episode_list(episodes, images, format!("--n {episodes} (or the episode file's)")),
     ]
 }
 
@@ -180,9 +180,9 @@ mod tests {
             let err = check(&training(&c, 2), Some(24e9)).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains("24.0 GB available"), "{set}: {err}");
         }
-        let c = config(&[]);
-        let err = check(&evaluation(&c, 2, 1_000_000_000, 5, 32), Some(24e9)).unwrap_err().to_string();
-        assert!(err.contains("--n 1000000000"), "{err}");
+        let c = config(&["model.hidden=100000"]);
+        let err = check(&evaluation(&c, 2, 5, 32), Some(24e9)).unwrap_err().to_string();
+        assert!(err.contains("model.hidden = 100000"), "{err}");
     }
 
     #[test]
@@ -195,7 +195,7 @@ mod tests {
                 let total: f64 = training(&c, 2).iter().map(|n| n.bytes).sum();
                 eprintln!("{}: {}", path.display(), human(total));
                 assert!(check(&training(&c, 2), Some(4e9)).is_ok(), "{}: {}", path.display(), human(total));
-                assert!(check(&evaluation(&c, 2, 600, c.episodes.n_way, 32), Some(4e9)).is_ok());
+                assert!(check(&evaluation(&c, 2, c.episodes.n_way, 32), Some(4e9)).is_ok());
             }
         }
     }

@@ -12,6 +12,52 @@ use crate::omniglot::Omniglot;
 /// Episodes evaluated per batched computation.
 pub const EVAL_BATCH: usize = 32;
 
+/// Episodes whose accuracies a [`Tally`] holds one by one before it keeps counts instead.
+const HELD: usize = 1 << 20;
+
+/// Per-episode accuracies summarised as they come: held one by one up to [`HELD`] episodes (so
+/// that the figures are exactly [`Accuracy::from_episodes`]'), then as a count of each value
+/// (an episode's accuracy is one of a few fractions), so that memory stays bounded however
+/// many episodes are evaluated.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    held: Vec<f32>,
+    /// Episodes per accuracy value (its bits), once past [`HELD`].
+    counts: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, accuracies: &[f32]) {
+        if self.counts.is_empty() && self.held.len() + accuracies.len() <= HELD {
+            self.held.extend_from_slice(accuracies);
+            return;
+        }
+        for v in std::mem::take(&mut self.held).iter().chain(accuracies) {
+            *self.counts.entry(v.to_bits()).or_default() += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.counts.is_empty()
+    }
+
+    fn finish(&self) -> Accuracy {
+        if self.counts.is_empty() {
+            return Accuracy::from_episodes(&self.held);
+        }
+        let values = || self.counts.iter().map(|(&bits, &c)| (f32::from_bits(bits) as f64, c as f64));
+        let n: f64 = values().map(|(_, c)| c).sum();
+        let mean = values().map(|(v, c)| v * c).sum::<f64>() / n;
+        let var = if n > 1.0 { values().map(|(v, c)| c * (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Accuracy { mean, ci95: 1.96 * (var / n).sqrt(), episodes: n as usize }
+    }
+}
+
+/// The next [`EVAL_BATCH`] episodes of `episodes` (empty at the end).
+fn next_chunk(episodes: &mut impl Iterator<Item = Episode>) -> Vec<Episode> {
+    episodes.by_ref().take(EVAL_BATCH).collect()
+}
+
 /// Parameters to adapt at evaluation: the meta-learned ones, or for the transfer baseline the
 /// trained feature extractor with a fresh, zero `n_way` head (a random head's logits are noise
 /// that the first fine-tuning steps must undo; from zero, one head-only step already gives a
@@ -28,24 +74,30 @@ pub fn eval_params(config: &Config, params: &ParamMap, n_way: usize) -> anyhow::
     Ok(out)
 }
 
-/// Accuracy over `episodes` after adapting to each support set as `adaptation` says.
+/// Accuracy over `episodes` after adapting to each support set as `adaptation` says. The
+/// episodes are read a batch at a time: an iterator that draws them is never held whole.
 pub fn evaluate(
     engine: Engine,
     net: &ConvNetConfig,
     params: &ParamMap,
     data: &Omniglot,
-    episodes: &[Episode],
+    episodes: impl IntoIterator<Item = Episode>,
     adaptation: &Adaptation,
 ) -> anyhow::Result<Accuracy> {
-    if episodes.is_empty() {
+    let mut episodes = episodes.into_iter();
+    let mut tally = Tally::default();
+    loop {
+        let chunk = next_chunk(&mut episodes);
+        if chunk.is_empty() {
+            break;
+        }
+        let batch = data.batch(&chunk, DType::F32, &Device::Cpu)?;
+        tally.add(&engine.evaluate(net, params, &batch, adaptation)?);
+    }
+    if tally.is_empty() {
         anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
     }
-    let mut per_episode = Vec::with_capacity(episodes.len());
-    for chunk in episodes.chunks(EVAL_BATCH) {
-        let batch = data.batch(chunk, DType::F32, &Device::Cpu)?;
-        per_episode.extend(engine.evaluate(net, params, &batch, adaptation)?);
-    }
-    Ok(Accuracy::from_episodes(&per_episode))
+    Ok(tally.finish())
 }
 
 /// One model of an ensemble: its engine, net, parameters to adapt and adaptation.
@@ -68,22 +120,24 @@ pub struct Member {
 pub fn evaluate_ensemble(
     members: &[Member],
     data: &Omniglot,
-    episodes: &[Episode],
+    episodes: impl IntoIterator<Item = Episode>,
 ) -> anyhow::Result<(Accuracy, Vec<Accuracy>)> {
-    if episodes.is_empty() {
-        anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
-    }
     if members.is_empty() {
         anyhow::bail!("an ensemble needs at least one checkpoint");
     }
-    let mut ensemble = Vec::with_capacity(episodes.len());
-    let mut each = vec![Vec::with_capacity(episodes.len()); members.len()];
-    for chunk in episodes.chunks(EVAL_BATCH) {
-        let batch = data.batch(chunk, DType::F32, &Device::Cpu)?;
+    let mut episodes = episodes.into_iter();
+    let mut ensemble = Tally::default();
+    let mut each = vec![Tally::default(); members.len()];
+    loop {
+        let chunk = next_chunk(&mut episodes);
+        if chunk.is_empty() {
+            break;
+        }
+        let batch = data.batch(&chunk, DType::F32, &Device::Cpu)?;
         let mut sum: Option<Tensor> = None;
         for (m, acc) in members.iter().zip(&mut each) {
             let logits = m.engine.adapted_logits(&m.net, &m.params, batch.inputs(), &m.adaptation)?;
-            acc.extend(fewshot_model::accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
+            acc.add(&fewshot_model::accuracy(&logits, &batch.query_labels)?.to_vec1::<f32>()?);
             let logits = logits.to_dtype(DType::F64)?;
             let e = logits.broadcast_sub(&logits.max_keepdim(candle_core::D::Minus1)?)?.exp()?;
             let p = e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?;
@@ -93,7 +147,33 @@ pub fn evaluate_ensemble(
             });
         }
         let sum = sum.expect("at least one member");
-        ensemble.extend(fewshot_model::accuracy(&sum, &batch.query_labels)?.to_vec1::<f32>()?);
+        ensemble.add(&fewshot_model::accuracy(&sum, &batch.query_labels)?.to_vec1::<f32>()?);
     }
-    Ok((Accuracy::from_episodes(&ensemble), each.iter().map(|a| Accuracy::from_episodes(a)).collect()))
+    if ensemble.is_empty() {
+        anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
+    }
+    Ok((ensemble.finish(), each.iter().map(Tally::finish).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_past_its_held_episodes_gives_the_same_figures() {
+        // Accuracies of 5-way 1-query episodes: 0, 0.2, ..., 1, in a fixed pseudo-random mix.
+        let values: Vec<f32> = (0..HELD + 12_345).map(|i| ((i * 7919 + 13) % 6) as f32 / 5.0).collect();
+        let mut tally = Tally::default();
+        for chunk in values.chunks(EVAL_BATCH) {
+            tally.add(chunk);
+        }
+        assert!(!tally.counts.is_empty() && tally.held.is_empty(), "counts, not values, past HELD");
+        let (got, want) = (tally.finish(), Accuracy::from_episodes(&values));
+        assert_eq!(got.episodes, want.episodes);
+        assert!((got.mean - want.mean).abs() < 1e-12 && (got.ci95 - want.ci95).abs() < 1e-12, "{got:?} {want:?}");
+        // Below HELD: exactly the per-episode figures.
+        let mut small = Tally::default();
+        small.add(&values[..600]);
+        assert_eq!(small.finish(), Accuracy::from_episodes(&values[..600]));
+    }
 }

@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fewshot_cli::checkpoint::Checkpoint;
 use fewshot_cli::config::{Config, HeadInitKind, Method};
-use fewshot_cli::episodes::{test_episodes, validation_episodes};
+use fewshot_cli::episodes::{Drawn, test_draw, validation_draw};
 use fewshot_cli::evaluate::{Member, eval_params, evaluate, evaluate_ensemble};
 use fewshot_cli::signals::StopSignal;
 use fewshot_cli::stdout::{self, ClosedPipe};
@@ -286,30 +286,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let data = config.data.load()?;
             let n_fresh = n.unwrap_or(600);
-            let set_origin = match (&episodes, protocol) {
-                _ if validation => None,
-                (Some(path), _) => Some(path.display().to_string()),
-                (None, None) if shipped => Some(DEFAULT_EPISODES.to_owned()),
-                _ => None,
+            // A file's episodes are read whole; fresh ones are drawn a batch at a time as they are
+            // evaluated (`--n` of a billion holds one batch).
+            let source = match (episodes, protocol) {
+                _ if validation => Episodes::Drawn(validation_draw(&config, &data, n)?),
+                (Some(path), _) => Episodes::File(read_episodes(&path)?, path.display().to_string()),
+                (None, Some(p)) => Episodes::Drawn(test_draw(&config, &data, protocol_of(p), n_fresh)?),
+                (None, None) if shipped => Episodes::File(
+                    EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?,
+                    DEFAULT_EPISODES.to_owned(),
+                ),
+                (None, None) => Episodes::Drawn(test_draw(&config, &data, config.episodes.protocol, n_fresh)?),
             };
-            // Refuse what cannot fit before drawing the episodes (`--n` of a billion).
-            let drawn = if validation { n.unwrap_or(config.train.val_episodes) } else { n_fresh };
-            let needs = fewshot_cli::budget::evaluation(
-                &config,
-                threads,
-                drawn,
-                config.episodes.n_way,
-                fewshot_cli::evaluate::EVAL_BATCH,
-            );
+            let (spec, description) = match &source {
+                Episodes::File(set, _) => (set.spec, set.description.clone()),
+                Episodes::Drawn(d) => (d.spec, d.description.clone()),
+            };
+            let n_way = spec.n_way;
+            let needs = fewshot_cli::budget::evaluation(&config, threads, n_way, fewshot_cli::evaluate::EVAL_BATCH);
             fewshot_cli::budget::check(&needs, fewshot_cli::budget::available())?;
-            let set = match (episodes, protocol) {
-                _ if validation => validation_episodes(&config, &data, n)?,
-                (Some(path), _) => read_episodes(&path)?,
-                (None, Some(p)) => test_episodes(&config, &data, protocol_of(p), n_fresh)?,
-                (None, None) if shipped => EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?,
-                (None, None) => test_episodes(&config, &data, config.episodes.protocol, n_fresh)?,
-            };
-            let n_way = set.spec.n_way;
             let mut params = Vec::with_capacity(models.len());
             for (path, ckpt, model_config) in &models {
                 check_n_way(model_config, n_way, path, "the episodes are")?;
@@ -319,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             // A file's characters must exist in the data (drawn sets' do by construction).
-            if let Some(origin) = &set_origin {
+            if let Episodes::File(set, origin) = &source {
                 set.check_characters(data.n_background() + data.n_evaluation(), origin)?;
             }
             let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
@@ -327,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (acc, each) = if models.len() == 1 {
                     let adaptation = config.adaptation(steps);
                     let acc =
-                        evaluate(config.engine(), &config.net(n_way), &params[0], &data, &set.episodes, &adaptation)?;
+                        evaluate(config.engine(), &config.net(n_way), &params[0], &data, source.iter()?, &adaptation)?;
                     (acc, vec![acc])
                 } else {
                     let members: Vec<Member> = models
@@ -340,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             adaptation: c.adaptation(steps),
                         })
                         .collect();
-                    evaluate_ensemble(&members, &data, &set.episodes)?
+                    evaluate_ensemble(&members, &data, source.iter()?)?
                 };
                 if json {
                     let members: Vec<serde_json::Value> = paths
@@ -354,17 +349,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     stdout::line(
                         &serde_json::json!({
                             "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
-                            "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": set.spec.k_shot,
-                            "description": set.description, "members": members,
+                            "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": spec.k_shot,
+                            "description": description, "members": members,
                         })
                         .to_string(),
                     )?;
                 } else if models.len() == 1 {
-                    stdout::line(&format!("accuracy {acc} with {steps} inner steps ({})", set.description))?;
+                    stdout::line(&format!("accuracy {acc} with {steps} inner steps ({})", description))?;
                 } else {
                     stdout::line(&format!(
                         "accuracy {acc} with {steps} inner steps ({}), an ensemble of {} checkpoints",
-                        set.description,
+                        description,
                         models.len()
                     ))?;
                     for (p, a) in paths.iter().zip(&each) {
@@ -464,6 +459,22 @@ fn one_count(s: &str) -> Result<usize, String> {
 /// A seed: a whole number from 0 to 2^64 - 1.
 fn seed_value(s: &str) -> Result<u64, String> {
     s.trim().parse().map_err(|_| format!("expected a seed, a whole number from 0 to {}, got '{s}'", u64::MAX))
+}
+
+/// The episodes `eval` evaluates: a file's (and its name), or freshly drawn ones.
+enum Episodes {
+    File(EpisodeSet, String),
+    Drawn(Drawn),
+}
+
+impl Episodes {
+    /// The episodes in order: a file's from memory, drawn ones as they are read.
+    fn iter(&self) -> anyhow::Result<Box<dyn Iterator<Item = fewshot_tasks::Episode> + '_>> {
+        Ok(match self {
+            Episodes::File(set, _) => Box::new(set.episodes.iter().cloned()),
+            Episodes::Drawn(d) => Box::new(d.episodes()?),
+        })
+    }
 }
 
 /// Refuse an `--out` that is one of the command's inputs (the same file after resolving links,

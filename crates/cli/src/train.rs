@@ -211,7 +211,7 @@ fn validate(config: &Config, data: &Omniglot, learner: &dyn Learner, episodes: &
     let n_way = config.spec().n_way;
     let params = eval_params(config, &learner.params(), n_way)?;
     let adaptation = config.adaptation(config.train.eval_inner_steps);
-    evaluate(config.engine(), &config.net(n_way), &params, data, episodes, &adaptation)
+    evaluate(config.engine(), &config.net(n_way), &params, data, episodes.iter().cloned(), &adaptation)
 }
 
 fn progress_bar(show: bool, steps: usize, at: usize) -> indicatif::ProgressBar {

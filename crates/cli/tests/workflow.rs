@@ -635,9 +635,6 @@ fn damaged_checkpoints_are_refused() {
     let err =
         fails(fewshot(&["eval", "--checkpoint", best.to_str().unwrap(), "--protocol", "course", "--n", "0"], &data));
     assert!(err.contains("--n 0"), "{err}");
-    let huge = ["eval", "--checkpoint", best.to_str().unwrap(), "--protocol", "course", "--n", "1000000000"];
-    let err = fails(fewshot(&huge, &data));
-    assert!(err.contains("--n 1000000000") && err.contains("available"), "{err}");
     let set = tmp.path().join("set.json");
     let shipped =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/episodes/course-test-5w1s1q-640.json");

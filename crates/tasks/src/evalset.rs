@@ -37,10 +37,16 @@ impl EpisodeSet {
         seed: u64,
         description: &str,
     ) -> Result<EpisodeSet> {
+        let episodes = EpisodeSet::draw(classes, spec, seed)?.take(n).collect();
+        Ok(EpisodeSet { version: EPISODE_SET_VERSION, description: description.to_owned(), spec, seed, episodes })
+    }
+
+    /// The episodes [`EpisodeSet::generate`] draws from `classes` with `seed`, one at a time and
+    /// without end: its first `n` are that set's, so a large set can be used without being held.
+    pub fn draw(classes: Vec<Class>, spec: EpisodeSpec, seed: u64) -> Result<impl Iterator<Item = Episode>> {
         let sampler = Sampler::new(classes, spec)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let episodes = (0..n).map(|_| sampler.sample(&mut rng)).collect();
-        Ok(EpisodeSet { version: EPISODE_SET_VERSION, description: description.to_owned(), spec, seed, episodes })
+        Ok(std::iter::repeat_with(move || sampler.sample(&mut rng)))
     }
 
     /// Serialise: one header, then one line per episode (diff-friendly and small).
@@ -137,6 +143,14 @@ mod tests {
         let text = set.to_json();
         assert_eq!(text.lines().count(), 9, "header line, 7 episode lines, closing line");
         assert_eq!(EpisodeSet::from_json(&text, "x.json").unwrap(), set);
+    }
+
+    #[test]
+    fn drawing_gives_the_generated_set() {
+        let set = EpisodeSet::generate((0..20).map(Class::plain).collect(), spec(), 7, 9, "test").unwrap();
+        let drawn: Vec<Episode> =
+            EpisodeSet::draw((0..20).map(Class::plain).collect(), spec(), 9).unwrap().take(7).collect();
+        assert_eq!(drawn, set.episodes);
     }
 
     #[test]
