@@ -24,10 +24,13 @@
 //!   instead of compiling them.
 //! - Large buffers come from a per-thread pool and go back to it when dropped ([`Buffer`]).
 //!
-//! Files: `real` (the float trait), `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its derivatives, a few images
-//! at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks' convolutions and their derivatives), `direct` (the
-//! first block's convolution and weight gradient in AVX-512 registers), `layout`,
-//! `kernels` (elementwise passes), `forward`, `backward`, `hvp`, `simd` (the dispatcher).
+//! Files: `real` (the float trait, and the per-type hooks that instantiate the passes),
+//! `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its
+//! derivatives, a few images at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks'
+//! convolutions and their derivatives), `direct` (the first block's convolution and weight
+//! gradient in AVX-512 registers), `layout`, `kernels` (elementwise passes), `patches` (the
+//! first block's input-patch moments), `forward`, `backward`, `hvp`, `simd` (the dispatcher),
+//! `profile` (time per kind of work, with the `profile` feature).
 
 mod backward;
 mod buffer;
