@@ -1,10 +1,12 @@
 //! Library side of the `fewshot` command: the glue between the Omniglot cache
 //! (`omniglot-data`), episode descriptions (`fewshot-tasks`) and meta-learning
-//! (`fewshot-meta`). The binary in `main.rs` is a thin shell over it.
+//! (`fewshot-meta`), and each subcommand's body (`commands`). The binary in `main.rs` parses the
+//! command line and dispatches.
 #![deny(missing_docs)]
 
 pub mod budget;
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
 pub mod episodes;
 pub mod evaluate;

@@ -1,0 +1,226 @@
+//! `fewshot eval`: accuracy with a 95% interval on fixed or freshly drawn episodes, of one
+//! checkpoint or an ensemble, at one or more inner-step counts.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+use fewshot_tasks::{EpisodeSet, Protocol};
+
+use super::check_n_way;
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::episodes::{Drawn, test_draw, validation_draw};
+use crate::evaluate::{Member, eval_params, evaluate, evaluate_ensemble};
+use crate::stdout;
+
+const DEFAULT_EPISODES: &str = "configs/episodes/course-test-5w1s1q-640.json";
+const DEFAULT_EPISODES_TEXT: &str = include_str!("../../../../configs/episodes/course-test-5w1s1q-640.json");
+
+/// `fewshot eval`'s arguments.
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    /// Checkpoint files, or folders of them (an ensemble when more than one).
+    pub checkpoint: Vec<PathBuf>,
+    /// An episode file.
+    pub episodes: Option<PathBuf>,
+    /// Fresh episodes of this protocol's test classes.
+    pub protocol: Option<Protocol>,
+    /// The run's own validation episodes.
+    pub validation: bool,
+    /// Number of fresh episodes.
+    pub n: Option<usize>,
+    /// Inner-step counts to evaluate at (empty: the config's).
+    pub inner_steps: Vec<usize>,
+    /// JSON lines instead of sentences.
+    pub json: bool,
+    /// Classes of fresh episodes (a model with a head for any number of classes).
+    pub n_way: Option<usize>,
+}
+
+/// Run `fewshot eval` on `threads` threads.
+pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
+    let EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way } = args;
+    let paths = checkpoint_files(&checkpoint)?;
+    let mut models = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let ckpt = Checkpoint::load(path, &Device::Cpu)?;
+        let config = data_from_here(ckpt.config(path)?);
+        models.push((path.clone(), ckpt, config));
+    }
+    let (first, _, trained) = &models[0];
+    let trained = trained.clone();
+    for (path, _, other) in &models[1..] {
+        if other.episodes != trained.episodes || other.model != trained.model || other.data != trained.data {
+            bail!(
+                "{} and {} were trained on different episodes, nets or data ({}): an ensemble \
+                     needs checkpoints of one protocol and net",
+                first.display(),
+                path.display(),
+                trained
+                    .differences(other)
+                    .into_iter()
+                    .filter(|d| !d.starts_with("train.") && !d.starts_with("seed"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    if n == Some(0) {
+        bail!("--n 0: give at least 1 episode");
+    }
+    // The config that draws fresh episodes: the trained one, or with --n-way classes.
+    let mut config = trained.clone();
+    if let Some(n_way) = n_way {
+        if episodes.is_some() {
+            bail!("--n-way sets the classes of fresh episodes; an --episodes file has its own");
+        }
+        config.episodes.n_way = n_way;
+        config.validate().with_context(|| format!("--n-way {n_way}"))?;
+    }
+    let spec = config.spec();
+    let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
+        && config.data.expect == crate::config::ExpectCounts::Omniglot;
+    let fixed = episodes.is_some() || (shipped && protocol.is_none() && !validation);
+    if n.is_some() && fixed {
+        bail!("--n counts fresh episodes, but these episodes are a fixed set: use it with --protocol or --validation");
+    }
+    let data = config.data.load()?;
+    let n_fresh = n.unwrap_or(600);
+    // A file's episodes are read whole; fresh ones are drawn a batch at a time as they are
+    // evaluated (`--n` of a billion holds one batch).
+    let source = match (episodes, protocol) {
+        _ if validation => Episodes::Drawn(validation_draw(&config, &data, n)?),
+        (Some(path), _) => Episodes::File(read_episodes(&path)?, path.display().to_string()),
+        (None, Some(p)) => Episodes::Drawn(test_draw(&config, &data, p, n_fresh)?),
+        (None, None) if shipped => {
+            Episodes::File(EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?, DEFAULT_EPISODES.to_owned())
+        }
+        (None, None) => Episodes::Drawn(test_draw(&config, &data, config.episodes.protocol, n_fresh)?),
+    };
+    let (spec, description) = match &source {
+        Episodes::File(set, _) => (set.spec, set.description.clone()),
+        Episodes::Drawn(d) => (d.spec, d.description.clone()),
+    };
+    let n_way = spec.n_way;
+    let needs = crate::budget::evaluation(&config, threads, n_way, crate::evaluate::EVAL_BATCH);
+    crate::budget::check(&needs, crate::budget::available())?;
+    let mut params = Vec::with_capacity(models.len());
+    for (path, ckpt, model_config) in &models {
+        check_n_way(model_config, n_way, path, "the episodes are")?;
+        params.push(
+            eval_params(model_config, &ckpt.params, n_way)
+                .with_context(|| format!("the parameters of {}", path.display()))?,
+        );
+    }
+    // A file's characters must exist in the data (drawn sets' do by construction).
+    if let Episodes::File(set, origin) = &source {
+        set.check_characters(data.n_background() + data.n_evaluation(), origin)?;
+    }
+    let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
+    for steps in steps {
+        let (acc, each) = if models.len() == 1 {
+            let adaptation = config.adaptation(steps);
+            let acc = evaluate(config.engine(), &config.net(n_way), &params[0], &data, source.iter()?, &adaptation)?;
+            (acc, vec![acc])
+        } else {
+            let members: Vec<Member> = models
+                .iter()
+                .zip(&params)
+                .map(|((_, _, c), p)| Member {
+                    engine: c.engine(),
+                    net: c.net(n_way),
+                    params: p.clone(),
+                    adaptation: c.adaptation(steps),
+                })
+                .collect();
+            evaluate_ensemble(&members, &data, source.iter()?)?
+        };
+        if json {
+            let members: Vec<serde_json::Value> = paths
+                .iter()
+                .zip(&each)
+                .map(|(p, a)| serde_json::json!({"checkpoint": p, "accuracy": a.mean, "ci95": a.ci95}))
+                .collect();
+            // One checkpoint: its path, as before ensembles; several: the list.
+            let checkpoint = if paths.len() == 1 { serde_json::json!(paths[0]) } else { serde_json::json!(paths) };
+            stdout::line(
+                &serde_json::json!({
+                    "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
+                    "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": spec.k_shot,
+                    "description": description, "members": members,
+                })
+                .to_string(),
+            )?;
+        } else if models.len() == 1 {
+            stdout::line(&format!("accuracy {acc} with {steps} inner steps ({})", description))?;
+        } else {
+            stdout::line(&format!(
+                "accuracy {acc} with {steps} inner steps ({}), an ensemble of {} checkpoints",
+                description,
+                models.len()
+            ))?;
+            for (p, a) in paths.iter().zip(&each) {
+                stdout::line(&format!("  member {}: {a}", p.display()))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// The episodes `eval` evaluates: a file's (and its name), or freshly drawn ones.
+enum Episodes {
+    File(EpisodeSet, String),
+    Drawn(Drawn),
+}
+
+impl Episodes {
+    /// The episodes in order: a file's from memory, drawn ones as they are read.
+    fn iter(&self) -> anyhow::Result<Box<dyn Iterator<Item = fewshot_tasks::Episode> + '_>> {
+        Ok(match self {
+            Episodes::File(set, _) => Box::new(set.episodes.iter().cloned()),
+            Episodes::Drawn(d) => Box::new(d.episodes()?),
+        })
+    }
+}
+
+/// The checkpoint files named on the command line, a folder standing for the `*.safetensors`
+/// files in it (by name).
+fn checkpoint_files(given: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in given {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("listing --checkpoint {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            if inside.is_empty() {
+                bail!("--checkpoint {}: a folder with no .safetensors checkpoints in it", path.display());
+            }
+            inside.sort();
+            out.extend(inside);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The data directory and source of this command's environment win over those a checkpoint
+/// recorded (which may name another machine's paths).
+fn data_from_here(mut config: Config) -> Config {
+    if std::env::var_os("OMNIGLOT_DATA_DIR").is_some_and(|d| !d.is_empty()) {
+        config.data.dir = None;
+    }
+    if std::env::var_os("OMNIGLOT_SOURCE").is_some_and(|s| !s.is_empty()) {
+        config.data.source = None;
+    }
+    config
+}
+
+fn read_episodes(path: &Path) -> anyhow::Result<EpisodeSet> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading episode set {}", path.display()))?;
+    Ok(EpisodeSet::from_json(&text, &path.display().to_string())?)
+}

@@ -1,0 +1,54 @@
+//! `fewshot predict`: label the query images of folder tasks, as CSV.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use candle_core::Device;
+
+use super::{check_n_way, refuse_to_overwrite_inputs};
+use crate::checkpoint::Checkpoint;
+use crate::evaluate::eval_params;
+
+/// `fewshot predict`'s arguments.
+#[derive(Debug, Clone)]
+pub struct PredictArgs {
+    /// The checkpoint.
+    pub checkpoint: PathBuf,
+    /// The folder of tasks (`support/NNNN/image_C.png`, `query/NNNN/image_J.png`).
+    pub tasks: PathBuf,
+    /// Inner steps on each support set (default: the config's).
+    pub inner_steps: Option<usize>,
+    /// One probability column per class.
+    pub probabilities: bool,
+    /// Where the CSV goes (`-`: standard output).
+    pub out: PathBuf,
+}
+
+/// Run `fewshot predict`.
+pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let PredictArgs { checkpoint, tasks, inner_steps, probabilities, out } = args;
+    refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it reads")], Some(&tasks))?;
+    let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
+    let config = ckpt.config(&checkpoint)?;
+    let folder_tasks = crate::predict::read_tasks(&tasks, config.data.image_size)?;
+    let n_way = folder_tasks[0].support.len();
+    check_n_way(&config, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
+    let params = eval_params(&config, &ckpt.params, n_way)?;
+    let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
+    let rows = crate::predict::predict(&config.net(n_way), &params, &folder_tasks, &config.adaptation(steps))?;
+    let mut csv = String::from("id,class");
+    if probabilities {
+        (0..n_way).for_each(|c| csv += &format!(",p{c}"));
+    }
+    csv += "\n";
+    for row in &rows {
+        csv += &format!("{},{}", crate::predict::csv_field(&row.id), row.class);
+        if probabilities {
+            row.probabilities.iter().for_each(|p| csv += &format!(",{p:.6}"));
+        }
+        csv += "\n";
+    }
+    crate::predict::write_output(&out, csv.as_bytes())?;
+    eprintln!("wrote {} predictions for {} tasks to {}", rows.len(), folder_tasks.len(), out.display());
+    Ok(ExitCode::SUCCESS)
+}
