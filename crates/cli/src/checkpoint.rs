@@ -116,18 +116,20 @@ impl Checkpoint {
                 path.display()
             )
         };
-        let parsed = safetensors::SafeTensors::read_metadata(&bytes);
-        let Ok((_, meta)) = parsed else {
-            if let Some(recorded) = &recorded
-                && *recorded != actual
-            {
+        let meta = match safetensors::SafeTensors::read_metadata(&bytes) {
+            Ok((_, meta)) => meta,
+            // Unreadable: a manifest that disagrees says why (damage); otherwise it never was one.
+            Err(_) if recorded.as_ref().is_some_and(|r| *r != actual) => {
+                let recorded = recorded.as_deref().unwrap_or_default();
                 return Err(damaged(&format!(
                     "its manifest {} (SHA-256 {actual}, recorded {recorded})",
                     manifest.display()
                 )));
             }
-            return Err(parsed.err().map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("unreadable")))
-                .with_context(|| format!("{} is not a safetensors checkpoint", path.display()));
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("{} is not a safetensors checkpoint", path.display()));
+            }
         };
         let metadata = meta.metadata().clone().unwrap_or_default();
         let state_text = metadata

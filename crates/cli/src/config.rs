@@ -359,9 +359,10 @@ fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
         o.split_once('=').with_context(|| format!("--set {o}: expected key=value, e.g. --set train.steps=100"))?;
     // A whole number TOML cannot hold would otherwise fall through to a string and be
     // reported as "invalid type: string".
-    let digits = value.trim().strip_prefix(['-', '+']).unwrap_or(value.trim());
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.trim().parse::<i64>().is_err() {
-        bail!("--set {o}: {} is out of range (a config number is at most {})", value.trim(), i64::MAX);
+    let number = value.trim();
+    let digits = number.strip_prefix(['-', '+']).unwrap_or(number);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && number.parse::<i64>().is_err() {
+        bail!("--set {o}: {number} is out of range (a config number is at most {})", i64::MAX);
     }
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
@@ -459,12 +460,9 @@ impl Config {
             || self.name.len() > MAX_NAME
         {
             // A long value is shown by its start and length, not printed whole.
-            let shown = if self.name.chars().count() > 60 {
-                format!(
-                    "{:?}... ({} characters)",
-                    self.name.chars().take(40).collect::<String>(),
-                    self.name.chars().count()
-                )
+            let chars = self.name.chars().count();
+            let shown = if chars > 60 {
+                format!("{:?}... ({chars} characters)", self.name.chars().take(40).collect::<String>())
             } else {
                 format!("{:?}", self.name)
             };

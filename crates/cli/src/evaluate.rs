@@ -2,7 +2,7 @@
 //! method adapts ([`eval_params`]) and accuracy over a set of episodes ([`evaluate`]).
 
 use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{Accuracy, Adaptation, Engine};
+use fewshot_meta::{Accuracy, Adaptation, Engine, TaskBatch};
 use fewshot_model::{ConvNetConfig, ParamMap};
 use fewshot_tasks::Episode;
 
@@ -37,10 +37,6 @@ impl Tally {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.counts.is_empty()
-    }
-
     fn finish(&self) -> Accuracy {
         if self.counts.is_empty() {
             return Accuracy::from_episodes(&self.held);
@@ -53,9 +49,27 @@ impl Tally {
     }
 }
 
-/// The next [`EVAL_BATCH`] episodes of `episodes` (empty at the end).
-fn next_chunk(episodes: &mut impl Iterator<Item = Episode>) -> Vec<Episode> {
-    episodes.by_ref().take(EVAL_BATCH).collect()
+/// Render `episodes` [`EVAL_BATCH`] at a time and hand each batch to `f`, so an iterator that
+/// draws them is never held whole; an error when there were none.
+fn for_each_batch(
+    data: &Omniglot,
+    episodes: impl IntoIterator<Item = Episode>,
+    mut f: impl FnMut(&TaskBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut episodes = episodes.into_iter();
+    let mut any = false;
+    loop {
+        let chunk: Vec<Episode> = episodes.by_ref().take(EVAL_BATCH).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        f(&data.batch(&chunk, DType::F32, &Device::Cpu)?)?;
+    }
+    if !any {
+        anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
+    }
+    Ok(())
 }
 
 /// Parameters to adapt at evaluation: the meta-learned ones, or for the transfer baseline the
@@ -84,19 +98,11 @@ pub fn evaluate(
     episodes: impl IntoIterator<Item = Episode>,
     adaptation: &Adaptation,
 ) -> anyhow::Result<Accuracy> {
-    let mut episodes = episodes.into_iter();
     let mut tally = Tally::default();
-    loop {
-        let chunk = next_chunk(&mut episodes);
-        if chunk.is_empty() {
-            break;
-        }
-        let batch = data.batch(&chunk, DType::F32, &Device::Cpu)?;
-        tally.add(&engine.evaluate(net, params, &batch, adaptation)?);
-    }
-    if tally.is_empty() {
-        anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
-    }
+    for_each_batch(data, episodes, |batch| {
+        tally.add(&engine.evaluate(net, params, batch, adaptation)?);
+        Ok(())
+    })?;
     Ok(tally.finish())
 }
 
@@ -125,15 +131,9 @@ pub fn evaluate_ensemble(
     if members.is_empty() {
         anyhow::bail!("an ensemble needs at least one checkpoint");
     }
-    let mut episodes = episodes.into_iter();
     let mut ensemble = Tally::default();
     let mut each = vec![Tally::default(); members.len()];
-    loop {
-        let chunk = next_chunk(&mut episodes);
-        if chunk.is_empty() {
-            break;
-        }
-        let batch = data.batch(&chunk, DType::F32, &Device::Cpu)?;
+    for_each_batch(data, episodes, |batch| {
         let mut sum: Option<Tensor> = None;
         for (m, acc) in members.iter().zip(&mut each) {
             let logits = m.engine.adapted_logits(&m.net, &m.params, batch.inputs(), &m.adaptation)?;
@@ -148,10 +148,8 @@ pub fn evaluate_ensemble(
         }
         let sum = sum.expect("at least one member");
         ensemble.add(&fewshot_model::accuracy(&sum, &batch.query_labels)?.to_vec1::<f32>()?);
-    }
-    if ensemble.is_empty() {
-        anyhow::bail!("no episodes to evaluate: give at least one (e.g. --n 600)");
-    }
+        Ok(())
+    })?;
     Ok((ensemble.finish(), each.iter().map(Tally::finish).collect()))
 }
 

@@ -31,8 +31,7 @@ pub(crate) fn check_n_way(config: &Config, n_way: usize, checkpoint: &Path, what
 /// Refuse an `--out` that is one of the command's inputs (the same file after resolving links,
 /// or the manifest `<input>.json` beside it) or lies among the images of its task folder
 /// `within` (`--tasks`: its `support` and `query` folders): writing it would replace or join
-/// what the command reads. `-` (standard output) is
-/// never an input.
+/// what the command reads. `-` (standard output) is never an input.
 pub(crate) fn refuse_to_overwrite_inputs(
     out: &Path,
     inputs: &[(&Path, &str)],
