@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use fewshot_e2e::{omniglot, source_or_skip};
-use fewshot_meta::{Accuracy, Adaptation, InnerLoop, Learner, Maml, Order, evaluate_batch};
+use fewshot_meta::{Accuracy, Adaptation, InnerLoop, Learner, Maml, MamlSettings, Order, evaluate_batch};
 use fewshot_model::{ConvNetConfig, init};
 use fewshot_tasks::{DrawingSplit, EpisodeSet, EpisodeSpec, Protocol, Sampler};
 use rand::SeedableRng;
@@ -84,7 +84,7 @@ fn learns(check: Check) {
     let config = ConvNetConfig::omniglot(5);
     let params = init(&config, 0, DType::F32, &Device::Cpu).unwrap();
     let inner = InnerLoop::new(check.inner_lr, 1, check.order);
-    let mut maml = Maml::new(config, &params, inner, 1e-3).unwrap();
+    let mut maml = Maml::new(config, &params, MamlSettings::new(inner, 1e-3)).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
     let validate = |maml: &Maml| {
@@ -140,7 +140,7 @@ fn shipped_config_val(config: &str, steps: usize, source: &omniglot_data::Source
         [format!("train.steps={steps}"), format!("train.val_every={steps}"), "train.val_episodes=200".to_owned()]
             .into();
     let path = fewshot_e2e::workspace_root().join(config);
-    let config = fewshot_cli::config::Config::load(&path, &overrides).unwrap();
+    let config = fewshot_cli::settings::Settings::load(&path, &overrides).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let options = fewshot_cli::train::TrainOptions {
         out: tmp.path().join("run"),

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use fewshot_e2e::{omniglot, peak_rss_mib, source_or_skip};
-use fewshot_meta::{Engine, InnerLoop, Maml, Order};
+use fewshot_meta::{Engine, InnerLoop, Maml, MamlSettings, Order};
 use fewshot_model::{ConvNetConfig, init};
 use fewshot_tasks::{DrawingSplit, EpisodeSpec, Protocol, Sampler};
 use rand::SeedableRng;
@@ -34,8 +34,8 @@ fn meta_step_cost_on_real_episodes() {
     let candle = chunks.iter().map(|&task_chunk| (Order::Second, Engine::Candle { task_chunk }));
     let cases = [(Order::Second, Engine::Native)].into_iter().chain(candle).chain([(Order::First, Engine::Native)]);
     for (order, engine) in cases {
-        let mut maml = Maml::new(config, &params, InnerLoop::new(0.4, 1, order), 1e-3).unwrap();
-        maml.engine = engine;
+        let settings = MamlSettings { engine, ..MamlSettings::new(InnerLoop::new(0.4, 1, order), 1e-3) };
+        let mut maml = Maml::new(config, &params, settings).unwrap();
         let mut times = Vec::new();
         for _ in 0..4 {
             let episodes: Vec<_> = (0..32).map(|_| sampler.sample(&mut rng)).collect();

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     build.args(["build", "--release", "--bin", "fewshot-bench"]);
     // Without the feature, rebuild without it: a profiled binary left by an earlier run must
     // not time the plain measurements.
-    build.args(["-p", "fewshot-cli"]);
+    build.args(["-p", "fewshot-bench"]);
     if args.time_split {
         build.args(["--features", "profile"]);
     }

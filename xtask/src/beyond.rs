@@ -14,7 +14,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::experiment::{Budget, fewshot_command, machine, metrics, read_json};
+use crate::ladder::Budget;
+use crate::runs::{fewshot_command, machine, metrics, read_json};
 
 /// One arm of the ablation: its key, what it adds, and the `--set`s that add it.
 struct Arm {

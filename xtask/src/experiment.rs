@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::ladder::{Budget, POOLS, RUNGS};
 use crate::report;
+use crate::runs::{fewshot_command, machine, metrics, read_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,82 +41,6 @@ pub struct Args {
     report_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Budget {
-    Quick,
-    Course,
-    Full,
-}
-
-impl Budget {
-    pub fn name(self) -> &'static str {
-        match self {
-            Budget::Quick => "quick",
-            Budget::Course => "course",
-            Budget::Full => "full",
-        }
-    }
-}
-
-/// One rung of the ladder.
-pub struct Rung {
-    pub key: &'static str,
-    pub label: &'static str,
-    config: &'static str,
-    /// The course's public / private leaderboard figures.
-    pub course: Option<(f64, f64)>,
-    /// Steps at the course's budget (its epochs x 4 meta-steps).
-    course_steps: usize,
-    /// Part of the learning-curve and inner-step figures.
-    pub in_figures: bool,
-}
-
-pub const RUNGS: [Rung; 5] = [
-    Rung {
-        key: "simple",
-        label: "Transfer, course baseline",
-        config: "configs/hw15-simple.toml",
-        course: Some((0.617, 0.629)),
-        course_steps: 120,
-        in_figures: false,
-    },
-    Rung {
-        key: "transfer-full",
-        label: "Transfer, 771-way pre-training",
-        config: "configs/transfer-full.toml",
-        course: None,
-        course_steps: 200,
-        in_figures: false,
-    },
-    Rung {
-        key: "fomaml",
-        label: "First-order MAML",
-        config: "configs/hw15-medium.toml",
-        course: Some((0.828, 0.821)),
-        course_steps: 480,
-        in_figures: true,
-    },
-    Rung {
-        key: "maml",
-        label: "MAML",
-        config: "configs/hw15-strong.toml",
-        course: Some((0.900, 0.909)),
-        course_steps: 200,
-        in_figures: true,
-    },
-    Rung {
-        key: "maml-rotation",
-        label: "MAML + task rotation",
-        config: "configs/hw15-boss.toml",
-        course: Some((0.941, 0.946)),
-        course_steps: 200,
-        in_figures: true,
-    },
-];
-
-/// Meta-train pool sizes of the second panel (MAML at the course budget; the full pool is the
-/// `maml` rung of the course budget).
-pub const POOLS: [usize; 2] = [50, 200];
 /// Inner steps of the inference sweep.
 pub const SWEEP: &str = "0,1,2,3,5,10,20";
 /// Inner steps of the test evaluation: the configs' 3 and the course's 10.
@@ -340,22 +266,6 @@ fn run_job(fewshot: &Path, job: &Job, threads: Option<usize>, quick: bool) -> an
     Ok(result)
 }
 
-/// A `fewshot` command with `--threads` when given.
-pub fn fewshot_command(fewshot: &Path, threads: Option<usize>) -> Command {
-    let mut cmd = Command::new(fewshot);
-    if let Some(t) = threads {
-        cmd.args(["--threads", &t.to_string()]);
-    }
-    cmd
-}
-
-/// The lines of a run's `metrics.jsonl`.
-pub fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
-    let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display()))).collect()
-}
-
 /// Validation points of a run: `[tasks_seen, accuracy, ci95]`.
 fn curve(lines: &[Value]) -> Value {
     lines
@@ -365,11 +275,6 @@ fn curve(lines: &[Value]) -> Value {
         .collect()
 }
 
-pub fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
-}
-
 fn command_output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok().filter(|o| o.status.success())?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -377,13 +282,4 @@ fn command_output(cmd: &mut Command) -> Option<String> {
 
 fn git(args: &[&str]) -> Option<String> {
     command_output(Command::new("git").args(args))
-}
-
-/// CPU model and core count of this machine.
-pub fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-        t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-    });
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    json!({ "cpu": cpu, "cores": cores, "threads": null })
 }

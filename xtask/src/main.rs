@@ -4,7 +4,9 @@ mod bench;
 mod beyond;
 mod download;
 mod experiment;
+mod ladder;
 mod report;
+mod runs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::experiment::{Budget, POOLS, RUNGS};
+use crate::ladder::{Budget, POOLS, RUNGS};
 
 /// Put `results` (one budget's) into `<out>/results.json`, keeping the other budgets'.
 pub fn merge_results(out: &Path, budget: Budget, results: Value) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@
 //! 150-600 MB by the test below). It only refuses what cannot fit; it does not promise that
 //! what passes will.
 
-use crate::config::{Config, Method};
+use crate::settings::{LearnerSettings, NetShape, Settings};
 
 /// One part of a command's memory: what it is, the key (or option) that sets its size, and
 /// its size in bytes (f64: absurd configs overflow integers).
@@ -25,20 +25,20 @@ pub struct Need {
 
 /// Floats of one image's activations over the net's blocks (each block's conv output is
 /// `side^2 x hidden`, the side halving from block to block).
-fn activations_per_image(config: &Config) -> f64 {
-    let mut side = config.data.image_size as f64;
+fn activations_per_image(net: &NetShape) -> f64 {
+    let mut side = net.image_size as f64;
     let mut floats = 0.0;
-    for _ in 0..config.model.depth.min(64) {
-        floats += side * side * config.model.hidden as f64;
+    for _ in 0..net.depth.min(64) {
+        floats += side * side * net.hidden as f64;
         side = (side / 2.0).floor();
     }
     floats
 }
 
 /// Parameters of the net at `n_way` classes.
-fn parameters(config: &Config, n_way: usize) -> f64 {
-    let (h, depth) = (config.model.hidden as f64, config.model.depth.min(64) as f64);
-    let side = (config.data.image_size as f64 / 2f64.powf(depth)).floor();
+fn parameters(net: &NetShape, n_way: usize) -> f64 {
+    let (h, depth) = (net.hidden as f64, net.depth.min(64) as f64);
+    let side = (net.image_size as f64 / 2f64.powf(depth)).floor();
     // conv weights (1 input channel, then h) and bias, batch-norm scale and shift, the head.
     9.0 * h + 9.0 * h * h * (depth - 1.0).max(0.0) + 3.0 * h * depth + h * side * side * n_way as f64 + n_way as f64
 }
@@ -46,20 +46,20 @@ fn parameters(config: &Config, n_way: usize) -> f64 {
 /// The tasks in flight: each keeps its support passes (all inner steps' in second order) and
 /// query pass, and a few parameter-sized vectors per step.
 fn tasks_in_flight(
-    config: &Config,
+    s: &Settings,
     threads: usize,
     tasks: usize,
     n_way: usize,
     n_query: usize,
     kept_steps: usize,
 ) -> Need {
-    let support = (n_way * config.episodes.k_shot) as f64;
+    let support = (n_way * s.episodes.eval.k_shot) as f64;
     let query = (n_way * n_query) as f64;
-    let a = activations_per_image(config);
-    let p = parameters(config, n_way);
+    let a = activations_per_image(&s.net);
+    let p = parameters(&s.net, n_way);
     let kept = kept_steps.max(1) as f64;
     let per_task = 4.0 * (6.0 * a * (support * kept + query) + (4.0 + 2.0 * kept) * p);
-    let mut keys = format!("model.hidden = {}, data.image_size = {}", config.model.hidden, config.data.image_size);
+    let mut keys = format!("model.hidden = {}, data.image_size = {}", s.net.hidden, s.net.image_size);
     if kept_steps > 1 {
         keys += &format!(", train.inner_steps = {kept_steps} (second order keeps every step)");
     }
@@ -67,8 +67,8 @@ fn tasks_in_flight(
 }
 
 /// A batch of `tasks` rendered tasks' pixels (u8, then f32).
-fn batch(config: &Config, tasks: usize, images_per_task: usize, key: String) -> Need {
-    let size = config.data.image_size as f64;
+fn batch(net: &NetShape, tasks: usize, images_per_task: usize, key: String) -> Need {
+    let size = net.image_size as f64;
     Need { what: "a batch of task images", keys: key, bytes: tasks as f64 * images_per_task as f64 * size * size * 5.0 }
 }
 
@@ -77,23 +77,25 @@ fn episode_list(n: usize, examples: usize, key: String) -> Need {
     Need { what: "the episode list", keys: key, bytes: n as f64 * (64.0 + 16.0 * examples as f64) }
 }
 
-/// What `fewshot train` with `config` on `threads` threads needs.
-pub fn training(config: &Config, threads: usize) -> Vec<Need> {
-    let t = &config.train;
-    let spec = config.train_spec();
-    let second_order = t.method == Method::Maml;
-    let kept = if second_order { t.inner_steps } else { 1 };
+/// What `fewshot train` with settings `s` on `threads` threads needs.
+pub fn training(s: &Settings, threads: usize) -> Vec<Need> {
+    let t = &s.schedule;
+    let spec = s.episodes.train;
+    let kept = match s.learner {
+        LearnerSettings::Maml { maml, .. } if maml.inner.order == fewshot_meta::Order::Second => maml.inner.steps,
+        _ => 1,
+    };
     let images = spec.n_way * (spec.k_shot + spec.n_query);
-    let p = parameters(config, config.episodes.n_way.max(spec.n_way));
-    let eval = config.spec();
+    let eval = s.episodes.eval;
+    let p = parameters(&s.net, eval.n_way.max(spec.n_way));
     vec![
         Need {
             what: "the parameters, their gradient and Adam's moments",
-            keys: format!("model.hidden = {}, model.depth = {}", config.model.hidden, config.model.depth),
+            keys: format!("model.hidden = {}, model.depth = {}", s.net.hidden, s.net.depth),
             bytes: 4.0 * 8.0 * p,
         },
-        tasks_in_flight(config, threads, t.meta_batch_size, spec.n_way, spec.n_query, kept),
-        batch(config, t.meta_batch_size, images, format!("train.meta_batch_size = {}", t.meta_batch_size)),
+        tasks_in_flight(s, threads, t.meta_batch_size, spec.n_way, spec.n_query, kept),
+        batch(&s.net, t.meta_batch_size, images, format!("train.meta_batch_size = {}", t.meta_batch_size)),
         episode_list(
             t.val_episodes,
             eval.n_way * (eval.k_shot + eval.n_query),
@@ -102,15 +104,15 @@ pub fn training(config: &Config, threads: usize) -> Vec<Need> {
     ]
 }
 
-/// What `fewshot eval` of a model trained with `config` needs on episodes of `n_way` classes,
+/// What `fewshot eval` of a model trained with settings `s` needs on episodes of `n_way` classes,
 /// `eval_batch` at a time (fresh episodes are drawn as they are evaluated, and a file's are
 /// already read: neither list grows here).
-pub fn evaluation(config: &Config, threads: usize, n_way: usize, eval_batch: usize) -> Vec<Need> {
-    let spec = config.spec();
+pub fn evaluation(s: &Settings, threads: usize, n_way: usize, eval_batch: usize) -> Vec<Need> {
+    let spec = s.episodes.eval;
     let images = n_way * (spec.k_shot + spec.n_query);
     vec![
-        tasks_in_flight(config, threads, eval_batch, n_way, spec.n_query, 1),
-        batch(config, eval_batch, images, format!("{eval_batch} episodes at a time")),
+        tasks_in_flight(s, threads, eval_batch, n_way, spec.n_query, 1),
+        batch(&s.net, eval_batch, images, format!("{eval_batch} episodes at a time")),
     ]
 }
 
@@ -158,9 +160,9 @@ pub fn check(needs: &[Need], available: Option<f64>) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn config(sets: &[&str]) -> Config {
+    fn config(sets: &[&str]) -> Settings {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        Config::parse("name = \"x\"\n", "test.toml", &sets).unwrap()
+        Settings::parse("name = \"x\"\n", "test.toml", &sets).unwrap()
     }
 
     #[test]
@@ -191,11 +193,11 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let c = Config::load(&path, &[]).unwrap();
+                let c = Settings::load(&path, &[]).unwrap();
                 let total: f64 = training(&c, 2).iter().map(|n| n.bytes).sum();
                 eprintln!("{}: {}", path.display(), human(total));
                 assert!(check(&training(&c, 2), Some(4e9)).is_ok(), "{}: {}", path.display(), human(total));
-                assert!(check(&evaluation(&c, 2, c.episodes.n_way, 32), Some(4e9)).is_ok());
+                assert!(check(&evaluation(&c, 2, c.episodes.eval.n_way, 32), Some(4e9)).is_ok());
             }
         }
     }

@@ -17,6 +17,7 @@ use fewshot_model::ParamMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::settings::Settings;
 
 /// Format tag stored in every checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "fewshot-checkpoint-1";
@@ -60,6 +61,12 @@ impl Checkpoint {
         Config::parse(&self.state.config, &format!("config inside {}", origin.display()), &[])
     }
 
+    /// The settings of the config stored in the checkpoint.
+    pub fn settings(&self, origin: &Path) -> anyhow::Result<Settings> {
+        Settings::resolve(self.config(origin)?)
+            .with_context(|| format!("config inside {}: invalid configuration", origin.display()))
+    }
+
     /// Write to `path` atomically (temporary file, then rename) and a manifest `<path>.json`.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -78,6 +85,7 @@ impl Checkpoint {
         let plain = serialize(HashMap::from([("state".to_owned(), state.clone())]))?;
         let digest = content_digest(&state, data_section(&plain)?);
         let bytes = serialize(HashMap::from([("state".to_owned(), state), ("sha256".to_owned(), digest)]))?;
+        let bytes = metadata_in_order(bytes)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         omniglot_data::write_atomic(path, &bytes)?;
@@ -205,6 +213,26 @@ impl Checkpoint {
     }
 }
 
+/// The safetensors file `bytes` with its metadata keys in sorted order. safetensors writes the
+/// metadata from a `HashMap`, whose order is drawn anew for every map, so the same checkpoint
+/// came out as different bytes from run to run (a run and its resumed twin differed in their
+/// header alone). The sorted header has the same length, so the data section stays in place.
+fn metadata_in_order(mut bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let n = n.filter(|n| 8 + n <= bytes.len()).context("serialised checkpoint without a header")?;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).context("serialised checkpoint header")?;
+    if let Some(serde_json::Value::Object(meta)) = header.get_mut("__metadata__") {
+        let sorted: std::collections::BTreeMap<String, serde_json::Value> = std::mem::take(meta).into_iter().collect();
+        meta.extend(sorted);
+    }
+    let text = serde_json::to_vec(&header)?;
+    anyhow::ensure!(text.len() <= n, "reordered checkpoint header grew ({} > {n} bytes)", text.len());
+    bytes[8..8 + text.len()].copy_from_slice(&text);
+    bytes[8 + text.len()..8 + n].fill(b' ');
+    Ok(bytes)
+}
+
 /// The tensor data of serialised safetensors bytes: what follows the 8-byte header length and
 /// the header.
 fn data_section(bytes: &[u8]) -> anyhow::Result<&[u8]> {
@@ -228,4 +256,42 @@ pub fn manifest_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".json");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_checkpoint_is_the_same_bytes_and_loads() {
+        let config = fewshot_model::ConvNetConfig { in_channels: 1, image_size: 8, hidden: 2, depth: 1, n_way: 2 };
+        let params = fewshot_model::init(&config, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let checkpoint = Checkpoint {
+            adam_m: params.clone(),
+            adam_v: params.clone(),
+            params,
+            state: State {
+                format: CHECKPOINT_FORMAT.to_owned(),
+                step: 3,
+                tasks_seen: 12,
+                adam_step: 3,
+                best_val: Some(0.5),
+                val_acc: None,
+                config: "name = \"x\"\n".to_owned(),
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Each save builds new metadata maps, whose order was drawn anew: unsorted, eight saves
+        // agreeing would happen by chance once in 128 times.
+        let first = dir.path().join("0.safetensors");
+        checkpoint.save(&first).unwrap();
+        let bytes = std::fs::read(&first).unwrap();
+        for i in 1..8 {
+            let path = dir.path().join(format!("{i}.safetensors"));
+            checkpoint.save(&path).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "save {i} differs from the first");
+        }
+        let loaded = Checkpoint::load(&first, &Device::Cpu).unwrap();
+        assert_eq!(loaded.state, checkpoint.state);
+    }
 }

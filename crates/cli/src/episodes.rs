@@ -1,27 +1,23 @@
-//! The episodes a run sees, from its config and the loaded data: the class pools of its
-//! protocol ([`splits`]), its fixed validation set and seeded test sets.
+//! The episodes a run sees, from its episode settings, seed and the loaded data: the class
+//! pools of its protocol ([`splits`]), its fixed validation set and seeded test sets.
 
 use fewshot_tasks::{Class, Episode, EpisodeSet, EpisodeSpec, Protocol, Splits};
 use rand::Rng;
 
-use crate::config::Config;
 use crate::omniglot::Omniglot;
 use crate::seeds::{stream_rng, streams};
+use crate::settings::Episodes;
 
-/// Class pools of the config's protocol for the loaded dataset (the meta-train pool cut to
-/// `episodes.train_classes` when set).
-pub fn splits(config: &Config, data: &Omniglot) -> anyhow::Result<Splits> {
-    let mut splits = config
-        .episodes
-        .protocol
-        .splits_for(data.n_background(), data.n_evaluation(), config.seed)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "episodes.protocol = \"paper\" needs the full Omniglot dataset (1,623 characters); this data has {}",
-                data.n_background() + data.n_evaluation()
-            )
-        })?;
-    if let Some(n) = config.episodes.train_classes {
+/// Class pools of the protocol for the loaded dataset, split by `seed` (the meta-train pool cut
+/// to `episodes.train_classes` when set).
+pub fn splits(episodes: &Episodes, seed: u64, data: &Omniglot) -> anyhow::Result<Splits> {
+    let mut splits = episodes.protocol.splits_for(data.n_background(), data.n_evaluation(), seed).ok_or_else(|| {
+        anyhow::anyhow!(
+            "episodes.protocol = \"paper\" needs the full Omniglot dataset (1,623 characters); this data has {}",
+            data.n_background() + data.n_evaluation()
+        )
+    })?;
+    if let Some(n) = episodes.train_classes {
         if n > splits.train.len() {
             anyhow::bail!("episodes.train_classes = {n}: the meta-train pool has only {} classes", splits.train.len());
         }
@@ -57,30 +53,40 @@ impl Drawn {
     }
 }
 
-/// The run's fixed, seeded validation episodes (`train.val_episodes` of them, or `n`), drawn.
-pub fn validation_draw(config: &Config, data: &Omniglot, n: Option<usize>) -> anyhow::Result<Drawn> {
-    let splits = splits(config, data)?;
-    let seed = stream_rng(config.seed, streams::VALIDATION, 0).random();
-    let n = n.unwrap_or(config.train.val_episodes);
-    Ok(Drawn { classes: splits.validation, seed, spec: config.spec(), n, description: "validation".into() })
+/// The run's fixed validation episodes (the first `n` of them; a run validates on
+/// `train.val_episodes`), seeded by the run's `seed`, drawn.
+pub fn validation_draw(episodes: &Episodes, seed: u64, data: &Omniglot, n: usize) -> anyhow::Result<Drawn> {
+    let splits = splits(episodes, seed, data)?;
+    let draw_seed = stream_rng(seed, streams::VALIDATION, 0).random();
+    Ok(Drawn { classes: splits.validation, seed: draw_seed, spec: episodes.eval, n, description: "validation".into() })
 }
 
-/// The run's fixed, seeded validation episodes (`train.val_episodes` of them, or `n`).
-pub fn validation_episodes(config: &Config, data: &Omniglot, n: Option<usize>) -> anyhow::Result<EpisodeSet> {
-    validation_draw(config, data, n)?.collect()
+/// The run's fixed validation episodes (the first `n` of them).
+pub fn validation_episodes(episodes: &Episodes, seed: u64, data: &Omniglot, n: usize) -> anyhow::Result<EpisodeSet> {
+    validation_draw(episodes, seed, data, n)?.collect()
 }
 
-/// A seeded set of `n` episodes from a protocol's test pool, drawn.
-pub fn test_draw(config: &Config, data: &Omniglot, protocol: Protocol, n: usize) -> anyhow::Result<Drawn> {
-    let mut c = config.clone();
-    c.episodes.protocol = protocol;
-    let pool = splits(&c, data)?.test;
-    let seed = stream_rng(config.seed, streams::TEST, 0).random();
+/// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`, drawn.
+pub fn test_draw(
+    episodes: &Episodes,
+    seed: u64,
+    data: &Omniglot,
+    protocol: Protocol,
+    n: usize,
+) -> anyhow::Result<Drawn> {
+    let pool = splits(&Episodes { protocol, ..episodes.clone() }, seed, data)?.test;
+    let draw_seed = stream_rng(seed, streams::TEST, 0).random();
     let description = format!("{protocol:?} protocol test episodes");
-    Ok(Drawn { classes: pool, seed, spec: config.spec(), n, description })
+    Ok(Drawn { classes: pool, seed: draw_seed, spec: episodes.eval, n, description })
 }
 
-/// A seeded set of `n` episodes from a protocol's test pool.
-pub fn test_episodes(config: &Config, data: &Omniglot, protocol: Protocol, n: usize) -> anyhow::Result<EpisodeSet> {
-    test_draw(config, data, protocol, n)?.collect()
+/// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`.
+pub fn test_episodes(
+    episodes: &Episodes,
+    seed: u64,
+    data: &Omniglot,
+    protocol: Protocol,
+    n: usize,
+) -> anyhow::Result<EpisodeSet> {
+    test_draw(episodes, seed, data, protocol, n)?.collect()
 }

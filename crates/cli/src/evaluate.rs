@@ -1,12 +1,11 @@
-//! Evaluation shared by validation during training and `fewshot eval`: the parameters a
-//! method adapts ([`eval_params`]) and accuracy over a set of episodes ([`evaluate`]).
+//! Evaluation shared by validation during training and `fewshot eval`: accuracy over a set of
+//! episodes, of one model ([`evaluate`]) or an ensemble ([`evaluate_ensemble`]).
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_meta::{Accuracy, Adaptation, Engine, TaskBatch};
 use fewshot_model::{ConvNetConfig, ParamMap};
 use fewshot_tasks::Episode;
 
-use crate::config::{Config, Method};
 use crate::omniglot::Omniglot;
 
 /// Episodes evaluated per batched computation.
@@ -72,22 +71,6 @@ fn for_each_batch(
     Ok(())
 }
 
-/// Parameters to adapt at evaluation: the meta-learned ones, or for the transfer baseline the
-/// trained feature extractor with a fresh, zero `n_way` head (a random head's logits are noise
-/// that the first fine-tuning steps must undo; from zero, one head-only step already gives a
-/// nearest-prototype classifier, and the result does not depend on a head seed).
-pub fn eval_params(config: &Config, params: &ParamMap, n_way: usize) -> anyhow::Result<ParamMap> {
-    if config.train.method != Method::Transfer {
-        // MAML's head as the task starts it (`train.head_init`), for `n_way` classes.
-        return Ok(config.head_init().task_params(params, n_way)?);
-    }
-    let features = config.net(n_way).features();
-    let mut out = params.clone();
-    out.insert("head.weight".into(), Tensor::zeros((n_way, features), DType::F32, &Device::Cpu)?);
-    out.insert("head.bias".into(), Tensor::zeros(n_way, DType::F32, &Device::Cpu)?);
-    Ok(out)
-}
-
 /// Accuracy over `episodes` after adapting to each support set as `adaptation` says. The
 /// episodes are read a batch at a time: an iterator that draws them is never held whole.
 pub fn evaluate(
@@ -113,7 +96,7 @@ pub struct Member {
     pub engine: Engine,
     /// Its net.
     pub net: ConvNetConfig,
-    /// Its parameters as [`eval_params`] gives them.
+    /// Its parameters as a task starts them ([`crate::settings::Evaluation::params`]).
     pub params: ParamMap,
     /// How it adapts to a support set.
     pub adaptation: Adaptation,

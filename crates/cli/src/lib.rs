@@ -1,7 +1,8 @@
 //! Library side of the `fewshot` command: the glue between the Omniglot cache
 //! (`omniglot-data`), episode descriptions (`fewshot-tasks`) and meta-learning
-//! (`fewshot-meta`), and each subcommand's body (`commands`). The binary in `main.rs` parses the
-//! command line and dispatches.
+//! (`fewshot-meta`), and each subcommand's body (`commands`). A config file (`config`) is
+//! resolved once into typed [`settings::Settings`], whose parts the commands take. The binary
+//! in `main.rs` parses the command line and dispatches.
 #![deny(missing_docs)]
 
 pub mod budget;
@@ -14,6 +15,7 @@ pub mod omniglot;
 pub mod predict;
 pub mod run_dir;
 pub mod seeds;
+pub mod settings;
 pub mod signals;
 pub mod stdout;
 pub mod train;

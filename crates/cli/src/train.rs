@@ -8,15 +8,16 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
 use fewshot_meta::{Accuracy, Learner, Maml, Supervised, TaskBatch};
-use fewshot_tasks::{Class, Episode, EpisodePixels, Example, Sampler, TaskAugment};
+use fewshot_tasks::{Class, Episode, EpisodePixels, EpisodeSpec, Example, Sampler};
 use rand::Rng;
 
 use crate::checkpoint::{CHECKPOINT_FORMAT, Checkpoint, State};
-use crate::config::{Config, Method, TaskRotationKind};
+use crate::config::Method;
 use crate::episodes::{splits, validation_episodes};
-use crate::evaluate::{eval_params, evaluate};
+use crate::evaluate::evaluate;
 use crate::omniglot::Omniglot;
 use crate::seeds::{stream_rng, streams};
+use crate::settings::{Episodes, LearnerSettings, Settings};
 use crate::signals::{Signal, StopSignal};
 
 /// Options of one training run beyond its config.
@@ -57,7 +58,7 @@ struct Metrics {
     wall_s: f64,
 }
 
-/// Train as `config` says; returns when done, interrupted, or on error (the last good
+/// Train as `settings` say; returns when done, interrupted, or on error (the last good
 /// checkpoint stays on disk in every case).
 ///
 /// MAML and first-order MAML train a [`Maml`] on episodes; the baselines a [`Supervised`]
@@ -65,28 +66,29 @@ struct Metrics {
 /// meta-train pool, the course's task classifier on each episode's support set with its
 /// task-local labels (see [`training_batch`]).
 pub fn train(
-    config: &Config,
+    settings: &Settings,
     data: &Omniglot,
     options: &TrainOptions,
     stop: &StopSignal,
 ) -> anyhow::Result<TrainSummary> {
-    let splits = splits(config, data)?;
-    let sampler = sampler(config, &splits.train)?;
-    let validation = validation_episodes(config, data, None).context("episodes vs the validation pool")?;
-    let mut learner = learner(config, splits.train.len())?;
-    let mut run = Run::new(config, &options.out);
+    let (seed, t) = (settings.seed, &settings.schedule);
+    let splits = splits(&settings.episodes, seed, data)?;
+    let sampler = sampler(&settings.episodes, &splits.train)?;
+    let validation = validation_episodes(&settings.episodes, seed, data, t.val_episodes)
+        .context("episodes vs the validation pool")?;
+    let mut learner = learner(settings, splits.train.len())?;
+    let mut run = Run::new(settings, &options.out);
     let _lock = crate::run_dir::prepare(&options.out, options.resume, options.overwrite)?;
     if options.resume {
         run.resume(learner.as_mut())?;
     } else {
-        write_run_files(config, &options.out)?;
+        write_run_files(settings, &options.out)?;
         omniglot_data::write_atomic(&run.metrics_path, b"")?;
     }
     let mut metrics = std::fs::OpenOptions::new()
         .append(true)
         .open(&run.metrics_path)
         .with_context(|| format!("opening {}", run.metrics_path.display()))?;
-    let t = &config.train;
     let bar = progress_bar(options.progress, t.steps, run.step);
     let start = Instant::now();
     let first_step = run.step;
@@ -97,15 +99,23 @@ pub fn train(
             interrupted = Some(signal);
             break;
         }
-        let mut rng = stream_rng(config.seed, streams::TRAIN, run.step as u64);
-        let batch = training_batch(config, data, &sampler, &splits.train, &mut rng)?;
+        let mut rng = stream_rng(seed, streams::TRAIN, run.step as u64);
+        let batch = training_batch(
+            settings.method,
+            &settings.episodes.train,
+            t.meta_batch_size,
+            data,
+            &sampler,
+            &splits.train,
+            &mut rng,
+        )?;
         let stats = learner.step(&batch).map_err(|e| run.diverged(e))?;
         run.step += 1;
         let step = run.step;
         bar.set_position(step as u64);
         let validate_now = step.is_multiple_of(t.val_every) || step == t.steps || log_points.contains(&step);
         let val =
-            if validate_now { Some(validate(config, data, learner.as_ref(), &validation.episodes)?) } else { None };
+            if validate_now { Some(validate(settings, data, learner.as_ref(), &validation.episodes)?) } else { None };
         if let Some(v) = val
             && run.best_val.is_none_or(|b| v.mean > b)
         {
@@ -158,60 +168,51 @@ pub fn train(
     Ok(TrainSummary { steps: run.step, trained: run.step - first_step, best_val: run.best_val, interrupted })
 }
 
-/// The meta-train episode sampler, with the config's augmentation.
-fn sampler(config: &Config, pool: &[Class]) -> anyhow::Result<Sampler> {
-    let mut sampler = Sampler::new(pool.to_vec(), config.train_spec()).context("episodes vs the meta-train pool")?;
-    sampler.rotate_classes = config.augment.class_rotation;
-    sampler.task_augment = match config.augment.task_rotation {
-        TaskRotationKind::None => TaskAugment::None,
-        TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: config.augment.task_rotation_p },
-        TaskRotationKind::Angle => TaskAugment::Angle { p: config.augment.task_rotation_p },
-    };
+/// The meta-train episode sampler, with its augmentation.
+fn sampler(episodes: &Episodes, pool: &[Class]) -> anyhow::Result<Sampler> {
+    let mut sampler = Sampler::new(pool.to_vec(), episodes.train).context("episodes vs the meta-train pool")?;
+    sampler.rotate_classes = episodes.rotate_classes;
+    sampler.task_augment = episodes.task_augment;
     Ok(sampler)
 }
 
-/// The config's learner at its seeded initialisation; the transfer baseline's head has one
+/// The settings' learner at its seeded initialisation; the transfer baseline's head has one
 /// output per class of the meta-train pool (`pool_size`).
-fn learner(config: &Config, pool_size: usize) -> anyhow::Result<Box<dyn Learner>> {
-    let t = &config.train;
-    let n_out = match t.method {
+fn learner(settings: &Settings, pool_size: usize) -> anyhow::Result<Box<dyn Learner>> {
+    let n_out = match settings.method {
         Method::Transfer => pool_size,
-        _ => config.train_spec().n_way,
+        _ => settings.episodes.train.n_way,
     };
-    let net = config.net(n_out);
-    let init_seed = stream_rng(config.seed, streams::INIT, 0).random();
+    let net = settings.net.net(n_out);
+    let init_seed = stream_rng(settings.seed, streams::INIT, 0).random();
     let mut initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
-    if t.per_step_bn {
-        let sets = fewshot_meta::init_bn_steps(&net, &initial, t.inner_steps)?;
-        initial.extend(sets);
-    }
-    if t.learned_inner_lr {
-        initial.extend(fewshot_meta::init_rates(&net, t.inner_steps, t.inner_lr, DType::F32, &Device::Cpu)?);
-    }
-    let mut learner: Box<dyn Learner> = match config.inner_loop() {
-        Some(inner) => {
-            let mut maml = Maml::new(net, &initial, inner, t.meta_lr)?;
-            maml.engine = config.engine();
-            maml.annealing = config.annealing();
-            maml.set_head_init(config.head_init())?;
-            Box::new(maml)
+    Ok(match settings.learner {
+        LearnerSettings::Maml { maml, extras } => {
+            let inner = maml.inner;
+            if extras.per_step_bn {
+                let sets = fewshot_meta::init_bn_steps(&net, &initial, inner.steps)?;
+                initial.extend(sets);
+            }
+            if extras.learned_inner_lr {
+                initial.extend(fewshot_meta::init_rates(&net, inner.steps, inner.inner_lr, DType::F32, &Device::Cpu)?);
+            }
+            Box::new(Maml::new(net, &initial, maml)?)
         }
-        None => {
-            let mut supervised = Supervised::new(net, &initial, t.meta_lr)?;
-            supervised.engine = config.engine();
-            Box::new(supervised)
-        }
-    };
-    learner.set_lr_schedule(config.lr_schedule());
-    Ok(learner)
+        LearnerSettings::Supervised { outer, engine } => Box::new(Supervised::new(net, &initial, outer, engine)?),
+    })
 }
 
 /// Validation accuracy of the learner's current parameters on the fixed validation episodes.
-fn validate(config: &Config, data: &Omniglot, learner: &dyn Learner, episodes: &[Episode]) -> anyhow::Result<Accuracy> {
-    let n_way = config.spec().n_way;
-    let params = eval_params(config, &learner.params(), n_way)?;
-    let adaptation = config.adaptation(config.train.eval_inner_steps);
-    evaluate(config.engine(), &config.net(n_way), &params, data, episodes.iter().cloned(), &adaptation)
+fn validate(
+    settings: &Settings,
+    data: &Omniglot,
+    learner: &dyn Learner,
+    episodes: &[Episode],
+) -> anyhow::Result<Accuracy> {
+    let n_way = settings.episodes.eval.n_way;
+    let e = &settings.evaluation;
+    let params = e.params(&settings.net, &learner.params(), n_way)?;
+    evaluate(e.engine, &settings.net.net(n_way), &params, data, episodes.iter().cloned(), &e.adaptation)
 }
 
 fn progress_bar(show: bool, steps: usize, at: usize) -> indicatif::ProgressBar {
@@ -227,7 +228,7 @@ fn progress_bar(show: bool, steps: usize, at: usize) -> indicatif::ProgressBar {
 
 /// A run's files and where it stands: its step, best validation accuracy, last checkpoint.
 struct Run<'a> {
-    config: &'a Config,
+    settings: &'a Settings,
     last_path: PathBuf,
     best_path: PathBuf,
     /// `checkpoints/top/`: the `train.keep_best` best validations.
@@ -243,10 +244,10 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(config: &'a Config, out: &Path) -> Run<'a> {
+    fn new(settings: &'a Settings, out: &Path) -> Run<'a> {
         let checkpoints = out.join("checkpoints");
         Run {
-            config,
+            settings,
             last_path: checkpoints.join("last.safetensors"),
             best_path: checkpoints.join("best.safetensors"),
             top_dir: checkpoints.join("top"),
@@ -273,13 +274,14 @@ impl<'a> Run<'a> {
         let mut saved = ckpt.config(last)?;
         // Extending a run (more steps) or keeping more of its best checkpoints is a resume;
         // anything else is a different run.
-        saved.train.steps = self.config.train.steps;
-        saved.train.keep_best = self.config.train.keep_best;
-        if saved != *self.config {
+        let config = &self.settings.config;
+        saved.train.steps = config.train.steps;
+        saved.train.keep_best = config.train.keep_best;
+        if saved != *config {
             bail!(
                 "{} was written with another config ({}); resume with the same config (see {}) or start a new --out",
                 last.display(),
-                saved.differences(self.config).join(", "),
+                saved.differences(config).join(", "),
                 self.out.join("config.toml").display()
             );
         }
@@ -319,11 +321,11 @@ impl<'a> Run<'a> {
             state: State {
                 format: CHECKPOINT_FORMAT.to_owned(),
                 step: self.step,
-                tasks_seen: self.step * self.config.train.meta_batch_size,
+                tasks_seen: self.step * self.settings.schedule.meta_batch_size,
                 adam_step: adam.step,
                 best_val: self.best_val,
                 val_acc,
-                config: self.config.to_toml(),
+                config: self.settings.config.to_toml(),
             },
         }
         .save(path)
@@ -334,7 +336,7 @@ impl<'a> Run<'a> {
     /// validation `val` is among the K best kept there (ties keep the earlier step), and drop
     /// those that fall out.
     fn keep_if_top(&self, learner: &dyn Learner, val: f64) -> anyhow::Result<()> {
-        let k = self.config.train.keep_best;
+        let k = self.settings.schedule.keep_best;
         if k == 0 {
             return Ok(());
         }
@@ -413,23 +415,23 @@ fn top_checkpoints(dir: &Path) -> anyhow::Result<Vec<TopCheckpoint>> {
     Ok(out)
 }
 
-/// The batch of step `rng` for the config's method (see [`train`]).
+/// The batch of step `rng` for `method` (see [`train`]): `tasks` tasks of shape `spec`.
 fn training_batch(
-    config: &Config,
+    method: Method,
+    spec: &EpisodeSpec,
+    tasks: usize,
     data: &Omniglot,
     sampler: &Sampler,
     pool: &[Class],
     rng: &mut impl Rng,
 ) -> anyhow::Result<TaskBatch> {
-    let t = &config.train;
-    let spec = config.train_spec();
-    match t.method {
+    match method {
         Method::Maml | Method::Fomaml => {
-            let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(rng)).collect();
+            let episodes: Vec<_> = (0..tasks).map(|_| sampler.sample(rng)).collect();
             data.batch(&episodes, DType::F32, &Device::Cpu)
         }
         Method::TaskClassifier => {
-            let episodes: Vec<_> = (0..t.meta_batch_size).map(|_| sampler.sample(rng)).collect();
+            let episodes: Vec<_> = (0..tasks).map(|_| sampler.sample(rng)).collect();
             let b = data.batch(&episodes, DType::F32, &Device::Cpu)?;
             Ok(TaskBatch { query_images: b.support_images.clone(), query_labels: b.support_labels.clone(), ..b })
         }
@@ -439,7 +441,7 @@ fn training_batch(
             // their class's index in the pool.
             let chunk = spec.n_way * (spec.k_shot + spec.n_query);
             let size = data.image_size();
-            let pixels: Vec<EpisodePixels> = (0..t.meta_batch_size)
+            let pixels: Vec<EpisodePixels> = (0..tasks)
                 .map(|_| {
                     let labels: Vec<u32> = (0..chunk).map(|_| rng.random_range(0..pool.len()) as u32).collect();
                     let examples = labels
@@ -477,8 +479,8 @@ fn log_spaced(steps: usize, n: usize) -> Vec<usize> {
 }
 
 /// `config.toml` (resolved) and `run.json` (seed, git revision, command line) beside the run.
-fn write_run_files(config: &Config, out: &Path) -> anyhow::Result<()> {
-    omniglot_data::write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
+fn write_run_files(settings: &Settings, out: &Path) -> anyhow::Result<()> {
+    omniglot_data::write_atomic(&out.join("config.toml"), settings.config.to_toml().as_bytes())?;
     let git = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()
@@ -492,7 +494,7 @@ fn write_run_files(config: &Config, out: &Path) -> anyhow::Result<()> {
         .filter(|o| o.status.success())
         .map(|o| !o.stdout.is_empty());
     let run = serde_json::json!({
-        "seed": config.seed,
+        "seed": settings.seed,
         "git_revision": git,
         "git_dirty": dirty,
         "command": std::env::args().collect::<Vec<_>>(),

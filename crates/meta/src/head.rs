@@ -15,8 +15,9 @@ use fewshot_model::ParamMap;
 
 use crate::error::{Error, Result};
 
-/// How the linear head starts each task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the linear head starts each task (in a config: `learned`, `zero`, `shared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HeadInit {
     /// The meta-learned head, one row per class position (MAML).
     #[default]

@@ -51,10 +51,6 @@ pub trait Learner {
     fn optimizer_mut(&mut self) -> &mut Adam {
         &mut self.state_mut().optimizer
     }
-    /// How the optimiser's learning rate changes over training (default: constant).
-    fn set_lr_schedule(&mut self, schedule: LrSchedule) {
-        self.state_mut().schedule = schedule;
-    }
 }
 
 /// The net's parameters and their Adam optimiser: the state a [`Learner`] trains.
@@ -64,10 +60,53 @@ pub struct Trainable {
     params: ParamVars,
     /// The optimiser (public for checkpoints).
     pub optimizer: Adam,
-    /// The optimiser's learning rate as a function of the step; default constant.
+    outer: Outer,
+}
+
+/// The outer optimiser's settings: Adam's learning rate and how it changes over training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outer {
+    /// The learning rate at step 0.
+    pub meta_lr: f64,
+    /// Its schedule over the steps.
     pub schedule: LrSchedule,
-    /// The learning rate the schedule starts from.
-    base_lr: f64,
+}
+
+impl Outer {
+    /// `meta_lr` at every step.
+    pub fn constant(meta_lr: f64) -> Outer {
+        Outer { meta_lr, schedule: LrSchedule::Constant }
+    }
+
+    /// Check the settings; errors name the setting and its range.
+    pub fn validate(&self) -> Result<()> {
+        let lr = self.meta_lr;
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::InvalidSetting {
+                name: "meta_lr",
+                value: lr.to_string(),
+                expected: "a finite number > 0".into(),
+            });
+        }
+        if let LrSchedule::Cosine { total_steps, min_lr } = self.schedule {
+            if total_steps == 0 {
+                return Err(Error::InvalidSetting {
+                    name: "meta_lr_cosine_steps",
+                    value: "0".into(),
+                    expected: "at least 1 for a cosine schedule (its length in meta-steps, usually the run's steps)"
+                        .into(),
+                });
+            }
+            if !(min_lr >= 0.0 && min_lr <= lr) {
+                return Err(Error::InvalidSetting {
+                    name: "meta_lr_min",
+                    value: min_lr.to_string(),
+                    expected: format!("in [0, meta_lr = {lr}]"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The outer learning rate over training.
@@ -101,24 +140,12 @@ impl LrSchedule {
 }
 
 impl Trainable {
-    /// Start from `params` (see [`fewshot_model::init`]) with Adam at `lr`.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, lr: f64) -> Result<Trainable> {
+    /// Start from `params` (see [`fewshot_model::init`]) with Adam as `outer` says.
+    pub fn new(config: ConvNetConfig, params: &ParamMap, outer: Outer) -> Result<Trainable> {
         config.validate()?;
         crate::rates::check_meta_params(&config, params)?;
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(Error::InvalidSetting {
-                name: "meta_lr",
-                value: lr.to_string(),
-                expected: "a finite number > 0".into(),
-            });
-        }
-        Ok(Trainable {
-            config,
-            params: ParamVars::new(params)?,
-            optimizer: Adam::new(lr),
-            schedule: LrSchedule::Constant,
-            base_lr: lr,
-        })
+        outer.validate()?;
+        Ok(Trainable { config, params: ParamVars::new(params)?, optimizer: Adam::new(outer.meta_lr), outer })
     }
 
     /// The net's shape.
@@ -140,7 +167,7 @@ impl Trainable {
 
     /// One Adam step along `grads`, at the schedule's rate for this step.
     pub fn update(&mut self, grads: &ParamMap) -> Result<()> {
-        self.optimizer.lr = self.schedule.lr(self.base_lr, self.optimizer.step);
+        self.optimizer.lr = self.outer.schedule.lr(self.outer.meta_lr, self.optimizer.step);
         self.optimizer.step(&self.params, grads)
     }
 }

@@ -10,14 +10,14 @@
 //!
 //! ```
 //! use candle_core::{DType, Device};
-//! use fewshot_meta::{InnerLoop, Learner, Maml, Order, TaskBatch};
+//! use fewshot_meta::{InnerLoop, Learner, Maml, MamlSettings, Order, TaskBatch};
 //! use fewshot_model::{ConvNetConfig, init};
 //! use fewshot_tasks::EpisodePixels;
 //!
 //! let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
 //! let params = init(&config, 0, DType::F32, &Device::Cpu)?;
 //! let inner = InnerLoop::new(0.4, 1, Order::Second);
-//! let mut maml = Maml::new(config, &params, inner, 1e-3)?;
+//! let mut maml = Maml::new(config, &params, MamlSettings::new(inner, 1e-3))?;
 //! let episode = EpisodePixels {
 //!     image_size: 8,
 //!     support: vec![0.5; 2 * 64], support_labels: vec![0, 1],
@@ -31,7 +31,8 @@
 //!
 //! Files: `settings` (inner loop and adaptation settings), `engine` (the one dispatch),
 //! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
-//! through candle's autograd), `learner` (the trait and the shared parameter state), `maml`,
+//! through candle's autograd), `learner` (the trait, the shared parameter state and the
+//! outer optimiser's `Outer` settings), `maml` (with `MamlSettings`),
 //! `supervised`, `head` (how the head starts each task), `rates` (MAML++'s learned inner
 //! learning rates), `bn_steps` (MAML++'s per-step batch-norm weights), `adam`, `batch`, `eval`. Cross-cutting: `workers` (the threads tasks run on)
 //! and `grad_mode` (candle keeps gradient graphs, for second order, only on threads that saw
@@ -68,8 +69,8 @@ pub use error::{Error, Result};
 pub use eval::{Accuracy, evaluate_batch};
 pub use grad_mode::{GradMode, backward, environment_lock};
 pub use head::HeadInit;
-pub use learner::{Learner, LrSchedule, StepStats, Trainable};
-pub use maml::{Annealing, Maml};
+pub use learner::{Learner, LrSchedule, Outer, StepStats, Trainable};
+pub use maml::{Annealing, Maml, MamlSettings};
 pub use rates::{RATE_PREFIX, check_meta_params, has_rates, init_rates, rate_name, split_rates};
 pub use settings::{Adaptation, InnerLoop, MultiStepLoss, Order, Scope};
 pub use supervised::Supervised;

@@ -1,6 +1,7 @@
 //! [`Maml`]: the meta-learner of MAML and first-order MAML (initial parameters, their Adam
 //! optimiser and the inner loop), a [`Learner`] whose step is the meta-gradient of a batch
-//! followed by an Adam update; [`Annealing`]: MAML++'s options that change with the step.
+//! followed by an Adam update, built complete from its [`MamlSettings`]; [`Annealing`]:
+//! MAML++'s options that change with the step.
 
 use fewshot_model::{ConvNetConfig, ParamMap};
 
@@ -8,21 +9,48 @@ use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::head::HeadInit;
-use crate::learner::{Learner, StepStats, Trainable};
+use crate::learner::{Learner, Outer, StepStats, Trainable};
 use crate::settings::{InnerLoop, MultiStepLoss, Order};
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
 #[derive(Debug)]
 pub struct Maml {
     state: Trainable,
-    /// Inner-loop settings used by [`Learner::step`] (once [`Maml::annealing`] is done).
+    settings: MamlSettings,
+}
+
+/// Everything a [`Maml`] is made of besides its net and initial parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MamlSettings {
+    /// The inner loop of [`Learner::step`] (once [`MamlSettings::annealing`] is done).
     pub inner: InnerLoop,
+    /// The outer optimiser's rate and its schedule.
+    pub outer: Outer,
     /// MAML++'s settings that change with the meta-step; default: none.
     pub annealing: Annealing,
+    /// How the head starts each task; default learned.
+    pub head_init: HeadInit,
     /// Which implementation computes meta-gradients; default [`Engine::Native`].
     pub engine: Engine,
-    /// How the head starts each task (see [`Maml::set_head_init`]); default learned.
-    head_init: HeadInit,
+}
+
+impl MamlSettings {
+    /// MAML with `inner`, Adam at a constant `meta_lr`, and the defaults of the rest.
+    pub fn new(inner: InnerLoop, meta_lr: f64) -> MamlSettings {
+        MamlSettings {
+            inner,
+            outer: Outer::constant(meta_lr),
+            annealing: Annealing::default(),
+            head_init: HeadInit::default(),
+            engine: Engine::default(),
+        }
+    }
+
+    /// Check the settings; errors name the setting and its range.
+    pub fn validate(&self) -> Result<()> {
+        self.outer.validate()?;
+        self.inner.validate()
+    }
 }
 
 /// MAML++'s annealed inner-loop options (Antoniou et al. 2019), as functions of the meta-step.
@@ -48,47 +76,37 @@ impl Annealing {
 }
 
 impl Maml {
-    /// Start from `params` (see [`fewshot_model::init`]) with Adam at `meta_lr`.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, inner: InnerLoop, meta_lr: f64) -> Result<Maml> {
-        inner.validate()?;
-        Ok(Maml {
-            state: Trainable::new(config, params, meta_lr)?,
-            inner,
-            annealing: Annealing::default(),
-            engine: Engine::default(),
-            head_init: HeadInit::default(),
-        })
-    }
-
-    /// How the head starts each task. `Shared` also ties the stored head now (every row and
-    /// bias entry becomes row 0's), so that it starts consistent.
-    pub fn set_head_init(&mut self, head_init: HeadInit) -> Result<()> {
-        self.head_init = head_init;
-        if head_init == HeadInit::Shared {
-            let n_way = self.state.config().n_way;
-            let tied = head_init.task_params(&self.state.params(), n_way)?;
-            self.state.set_params(&tied)?;
+    /// Start from `params` (see [`fewshot_model::init`]) with `settings`. A `Shared` head also
+    /// ties the stored head now (every row and bias entry becomes row 0's), so that it starts
+    /// consistent.
+    pub fn new(config: ConvNetConfig, params: &ParamMap, settings: MamlSettings) -> Result<Maml> {
+        settings.validate()?;
+        let mut state = Trainable::new(config, params, settings.outer)?;
+        if settings.head_init == HeadInit::Shared {
+            let tied = settings.head_init.task_params(&state.params(), config.n_way)?;
+            state.set_params(&tied)?;
         }
-        Ok(())
+        Ok(Maml { state, settings })
     }
 
-    /// How the head starts each task.
-    pub fn head_init(&self) -> HeadInit {
-        self.head_init
+    /// What this learner was built with.
+    pub fn settings(&self) -> &MamlSettings {
+        &self.settings
     }
 
     /// The inner loop the next meta-step uses (see [`Annealing`]).
     pub fn current_inner_loop(&self) -> InnerLoop {
-        self.annealing.inner_loop(&self.inner, self.state.optimizer.step)
+        self.settings.annealing.inner_loop(&self.settings.inner, self.state.optimizer.step)
     }
 
     /// The meta-gradient of one batch without updating anything.
     pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
         let inner = self.current_inner_loop();
         let config = self.state.config();
-        let params = self.head_init.task_params(&self.state.params(), config.n_way)?;
-        let (mut grads, stats) = self.engine.meta_gradient(config, &params, batch, &inner)?;
-        self.head_init.tie_gradients(&mut grads)?;
+        let MamlSettings { head_init, engine, .. } = self.settings;
+        let params = head_init.task_params(&self.state.params(), config.n_way)?;
+        let (mut grads, stats) = engine.meta_gradient(config, &params, batch, &inner)?;
+        head_init.tie_gradients(&mut grads)?;
         Ok((grads, stats))
     }
 

@@ -96,8 +96,9 @@ fn check_lr(inner_lr: f64) -> Result<()> {
     Ok(())
 }
 
-/// Which parameters adaptation to a task updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which parameters adaptation to a task updates (in a config: `all`, `head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every parameter (MAML).
     #[default]

@@ -7,7 +7,7 @@ use fewshot_model::{ConvNetConfig, ParamMap};
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::learner::{Learner, StepStats, Trainable};
+use crate::learner::{Learner, Outer, StepStats, Trainable};
 use crate::settings::{InnerLoop, Order};
 
 /// Supervised training of the whole net on labelled images, batch by batch. Each task of a
@@ -16,14 +16,14 @@ use crate::settings::{InnerLoop, Order};
 #[derive(Debug)]
 pub struct Supervised {
     state: Trainable,
-    /// Which implementation computes gradients; default [`Engine::Native`].
-    pub engine: Engine,
+    engine: Engine,
 }
 
 impl Supervised {
-    /// Start from `params` (see [`fewshot_model::init`]) with Adam at `lr`.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, lr: f64) -> Result<Supervised> {
-        Ok(Supervised { state: Trainable::new(config, params, lr)?, engine: Engine::default() })
+    /// Start from `params` (see [`fewshot_model::init`]) with Adam as `outer` says, gradients
+    /// computed by `engine`.
+    pub fn new(config: ConvNetConfig, params: &ParamMap, outer: Outer, engine: Engine) -> Result<Supervised> {
+        Ok(Supervised { state: Trainable::new(config, params, outer)?, engine })
     }
 
     /// The gradient of the batch's loss, without updating anything.

@@ -3,7 +3,7 @@
 //! are in `second_order.rs`.
 
 use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, Order, Scope, TaskBatch};
+use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, Order, Scope, TaskBatch};
 use fewshot_model::engine::{self, Layout, Real};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
 use rand::{Rng, SeedableRng};
@@ -146,10 +146,10 @@ fn maml_steps_agree_across_engines() {
     let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
     let params = init(&config, 24, DType::F64, &Device::Cpu).unwrap();
     let inner = InnerLoop::new(0.4, 1, Order::Second);
-    let mut native = Maml::new(config, &params, inner, 1e-2).unwrap();
-    let mut candle = Maml::new(config, &params, inner, 1e-2).unwrap();
-    assert_eq!(native.engine, Engine::Native, "the fast path is the default");
-    candle.engine = Engine::candle();
+    let settings = MamlSettings::new(inner, 1e-2);
+    let mut native = Maml::new(config, &params, settings).unwrap();
+    let mut candle = Maml::new(config, &params, MamlSettings { engine: Engine::candle(), ..settings }).unwrap();
+    assert_eq!(native.settings().engine, Engine::Native, "the fast path is the default");
     for step in 0..3 {
         let b = batch(&config, 4, 1, 2, DType::F64, 10 + step);
         let (a, c) = (native.meta_step(&b).unwrap(), candle.meta_step(&b).unwrap());

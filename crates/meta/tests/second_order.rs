@@ -6,7 +6,7 @@
 //! these show that second order is real and not first order under another name.
 
 use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{Engine, HeadInit, InnerLoop, Learner, Maml, MultiStepLoss, Order, TaskBatch, adapt};
+use fewshot_meta::{Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MultiStepLoss, Order, TaskBatch, adapt};
 use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -188,8 +188,8 @@ fn shared_and_zero_heads_have_the_gradients_of_their_parameters() {
     let batch = batch(5);
     let inner = InnerLoop::new(0.5, 2, Order::Second);
     for head in [HeadInit::Shared, HeadInit::Zero] {
-        let mut maml = Maml::new(CONFIG, &params, inner, 1e-3).unwrap();
-        maml.set_head_init(head).unwrap();
+        let maml =
+            Maml::new(CONFIG, &params, MamlSettings { head_init: head, ..MamlSettings::new(inner, 1e-3) }).unwrap();
         let stored = maml.params();
         let (grads, _) = maml.meta_gradient(&batch).unwrap();
         // The meta-loss as a function of the stored parameters: each task starts from the head

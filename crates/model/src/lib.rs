@@ -32,15 +32,14 @@ mod im2col;
 mod net;
 mod params;
 mod pool;
+mod shape;
 
 pub use error::{Error, Result};
 pub use im2col::{im2col3x3, im2col3x3_reference};
-pub use net::{
-    BN_EPS, ConvNetConfig, accuracy, batch_norm, conv3x3, conv3x3_unbiased, cross_entropy, features, forward,
-    max_pool2x2,
-};
+pub use net::{BN_EPS, accuracy, batch_norm, conv3x3, conv3x3_unbiased, cross_entropy, features, forward, max_pool2x2};
 pub use params::{
     ParamMap, ParamRole, ParamSpec, ParamVars, block_param, check_params, expand, from_safetensors, init, param_specs,
     to_safetensors,
 };
 pub use pool::max_pool2x2_op;
+pub use shape::ConvNetConfig;

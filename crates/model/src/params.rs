@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use crate::net::ConvNetConfig;
+use crate::shape::ConvNetConfig;
 
 /// Parameters by name, in a fixed (sorted) order so iteration, saving and gradients come out
 /// the same every run.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::settings::Settings;
 use crate::stdout;
 
 /// `fewshot config list`: each config under `configs/` with its header's first lines.
@@ -33,6 +33,6 @@ pub fn show(name: String, overrides: Vec<String>) -> anyhow::Result<ExitCode> {
     } else {
         PathBuf::from("configs").join(format!("{name}.toml"))
     };
-    stdout::write(Config::load(&path, &overrides)?.to_toml().as_bytes())?;
+    stdout::write(Settings::load(&path, &overrides)?.config.to_toml().as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,8 @@ use super::check_n_way;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::episodes::{Drawn, test_draw, validation_draw};
-use crate::evaluate::{Member, eval_params, evaluate, evaluate_ensemble};
+use crate::evaluate::{Member, evaluate, evaluate_ensemble};
+use crate::settings::Settings;
 use crate::stdout;
 
 const DEFAULT_EPISODES: &str = "configs/episodes/course-test-5w1s1q-640.json";
@@ -46,20 +47,21 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     let mut models = Vec::with_capacity(paths.len());
     for path in &paths {
         let ckpt = Checkpoint::load(path, &Device::Cpu)?;
-        let config = data_from_here(ckpt.config(path)?);
-        models.push((path.clone(), ckpt, config));
+        let settings = Settings::resolve(data_from_here(ckpt.config(path)?))
+            .with_context(|| format!("config inside {}: invalid configuration", path.display()))?;
+        models.push((path.clone(), ckpt, settings));
     }
     let (first, _, trained) = &models[0];
     let trained = trained.clone();
     for (path, _, other) in &models[1..] {
-        if other.episodes != trained.episodes || other.model != trained.model || other.data != trained.data {
+        let (a, b) = (&trained.config, &other.config);
+        if b.episodes != a.episodes || b.model != a.model || b.data != a.data {
             bail!(
                 "{} and {} were trained on different episodes, nets or data ({}): an ensemble \
                      needs checkpoints of one protocol and net",
                 first.display(),
                 path.display(),
-                trained
-                    .differences(other)
+                a.differences(b)
                     .into_iter()
                     .filter(|d| !d.starts_with("train.") && !d.starts_with("seed"))
                     .collect::<Vec<_>>()
@@ -70,47 +72,50 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if n == Some(0) {
         bail!("--n 0: give at least 1 episode");
     }
-    // The config that draws fresh episodes: the trained one, or with --n-way classes.
-    let mut config = trained.clone();
+    // The settings that draw fresh episodes: the trained ones, or with --n-way classes.
+    let mut settings = trained.clone();
     if let Some(n_way) = n_way {
         if episodes.is_some() {
             bail!("--n-way sets the classes of fresh episodes; an --episodes file has its own");
         }
-        config.episodes.n_way = n_way;
-        config.validate().with_context(|| format!("--n-way {n_way}"))?;
+        settings = trained.with_eval_n_way(n_way).with_context(|| format!("--n-way {n_way}"))?;
     }
-    let spec = config.spec();
-    let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1)
-        && config.data.expect == crate::config::ExpectCounts::Omniglot;
+    let spec = settings.episodes.eval;
+    let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1) && settings.data.is_omniglot();
     let fixed = episodes.is_some() || (shipped && protocol.is_none() && !validation);
     if n.is_some() && fixed {
         bail!("--n counts fresh episodes, but these episodes are a fixed set: use it with --protocol or --validation");
     }
-    let data = config.data.load()?;
+    let data = settings.data.load()?;
+    let (e, seed) = (&settings.episodes, settings.seed);
     let n_fresh = n.unwrap_or(600);
     // A file's episodes are read whole; fresh ones are drawn a batch at a time as they are
     // evaluated (`--n` of a billion holds one batch).
     let source = match (episodes, protocol) {
-        _ if validation => Episodes::Drawn(validation_draw(&config, &data, n)?),
+        _ if validation => {
+            Episodes::Drawn(validation_draw(e, seed, &data, n.unwrap_or(settings.schedule.val_episodes))?)
+        }
         (Some(path), _) => Episodes::File(read_episodes(&path)?, path.display().to_string()),
-        (None, Some(p)) => Episodes::Drawn(test_draw(&config, &data, p, n_fresh)?),
+        (None, Some(p)) => Episodes::Drawn(test_draw(e, seed, &data, p, n_fresh)?),
         (None, None) if shipped => {
             Episodes::File(EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?, DEFAULT_EPISODES.to_owned())
         }
-        (None, None) => Episodes::Drawn(test_draw(&config, &data, config.episodes.protocol, n_fresh)?),
+        (None, None) => Episodes::Drawn(test_draw(e, seed, &data, e.protocol, n_fresh)?),
     };
     let (spec, description) = match &source {
         Episodes::File(set, _) => (set.spec, set.description.clone()),
         Episodes::Drawn(d) => (d.spec, d.description.clone()),
     };
     let n_way = spec.n_way;
-    let needs = crate::budget::evaluation(&config, threads, n_way, crate::evaluate::EVAL_BATCH);
+    let needs = crate::budget::evaluation(&settings, threads, n_way, crate::evaluate::EVAL_BATCH);
     crate::budget::check(&needs, crate::budget::available())?;
     let mut params = Vec::with_capacity(models.len());
-    for (path, ckpt, model_config) in &models {
-        check_n_way(model_config, n_way, path, "the episodes are")?;
+    for (path, ckpt, model) in &models {
+        check_n_way(model, n_way, path, "the episodes are")?;
         params.push(
-            eval_params(model_config, &ckpt.params, n_way)
+            model
+                .evaluation
+                .params(&model.net, &ckpt.params, n_way)
                 .with_context(|| format!("the parameters of {}", path.display()))?,
         );
     }
@@ -118,21 +123,22 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if let Episodes::File(set, origin) = &source {
         set.check_characters(data.n_background() + data.n_evaluation(), origin)?;
     }
-    let steps = if inner_steps.is_empty() { vec![config.train.eval_inner_steps] } else { inner_steps };
+    let ev = &settings.evaluation;
+    let steps = if inner_steps.is_empty() { vec![ev.adaptation.steps] } else { inner_steps };
     for steps in steps {
         let (acc, each) = if models.len() == 1 {
-            let adaptation = config.adaptation(steps);
-            let acc = evaluate(config.engine(), &config.net(n_way), &params[0], &data, source.iter()?, &adaptation)?;
+            let net = settings.net.net(n_way);
+            let acc = evaluate(ev.engine, &net, &params[0], &data, source.iter()?, &ev.adaptation(steps))?;
             (acc, vec![acc])
         } else {
             let members: Vec<Member> = models
                 .iter()
                 .zip(&params)
-                .map(|((_, _, c), p)| Member {
-                    engine: c.engine(),
-                    net: c.net(n_way),
+                .map(|((_, _, m), p)| Member {
+                    engine: m.evaluation.engine,
+                    net: m.net.net(n_way),
                     params: p.clone(),
-                    adaptation: c.adaptation(steps),
+                    adaptation: m.evaluation.adaptation(steps),
                 })
                 .collect();
             evaluate_ensemble(&members, &data, source.iter()?)?

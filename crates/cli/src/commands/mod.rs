@@ -11,14 +11,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
-use crate::config::{Config, HeadInitKind, Method};
+use crate::settings::Settings;
 
 /// Refuse `n_way`-way tasks for a model whose head has a fixed number of classes other than
 /// `n_way`; `what` says where the tasks come from ("the episodes are", "DIR holds").
-pub(crate) fn check_n_way(config: &Config, n_way: usize, checkpoint: &Path, what: &str) -> anyhow::Result<()> {
-    let trained = config.episodes.n_way;
-    let any_way = config.train.method == Method::Transfer || config.train.head_init != HeadInitKind::Learned;
-    if n_way != trained && !any_way {
+pub(crate) fn check_n_way(settings: &Settings, n_way: usize, checkpoint: &Path, what: &str) -> anyhow::Result<()> {
+    let trained = settings.episodes.eval.n_way;
+    if n_way != trained && !settings.evaluation.any_way() {
         bail!(
             "{} is a {trained}-way model and {what} {n_way}-way: use {trained}-way tasks (a model trained with \
              train.head_init = \"zero\" or \"shared\" takes any number of classes)",

@@ -7,7 +7,6 @@ use candle_core::Device;
 
 use super::{check_n_way, refuse_to_overwrite_inputs};
 use crate::checkpoint::Checkpoint;
-use crate::evaluate::eval_params;
 
 /// `fewshot predict`'s arguments.
 #[derive(Debug, Clone)]
@@ -29,13 +28,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let PredictArgs { checkpoint, tasks, inner_steps, probabilities, out } = args;
     refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it reads")], Some(&tasks))?;
     let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
-    let config = ckpt.config(&checkpoint)?;
-    let folder_tasks = crate::predict::read_tasks(&tasks, config.data.image_size)?;
+    let settings = ckpt.settings(&checkpoint)?;
+    let folder_tasks = crate::predict::read_tasks(&tasks, settings.data.image_size)?;
     let n_way = folder_tasks[0].support.len();
-    check_n_way(&config, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
-    let params = eval_params(&config, &ckpt.params, n_way)?;
-    let steps = inner_steps.unwrap_or(config.train.eval_inner_steps);
-    let rows = crate::predict::predict(&config.net(n_way), &params, &folder_tasks, &config.adaptation(steps))?;
+    check_n_way(&settings, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
+    let e = &settings.evaluation;
+    let params = e.params(&settings.net, &ckpt.params, n_way)?;
+    let adaptation = e.adaptation(inner_steps.unwrap_or(e.adaptation.steps));
+    let rows = crate::predict::predict(&settings.net.net(n_way), &params, &folder_tasks, &adaptation)?;
     let mut csv = String::from("id,class");
     if probabilities {
         (0..n_way).for_each(|c| csv += &format!(",p{c}"));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::settings::Settings;
 use crate::signals::StopSignal;
 use crate::train::{TrainOptions, stderr_is_terminal, train};
 
@@ -30,13 +30,13 @@ pub fn run(args: TrainArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if let Some(seed) = seed {
         overrides.push(format!("seed={seed}"));
     }
-    let config = Config::load(&config, &overrides)?;
-    crate::budget::check(&crate::budget::training(&config, threads), crate::budget::available())?;
-    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let settings = Settings::load(&config, &overrides)?;
+    crate::budget::check(&crate::budget::training(&settings, threads), crate::budget::available())?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&settings.config.name));
     let stop = StopSignal::install()?;
-    let data = config.data.load()?;
+    let data = settings.data.load()?;
     let options = TrainOptions { out: out.clone(), resume, overwrite, progress: stderr_is_terminal() };
-    let summary = train(&config, &data, &options, &stop)?;
+    let summary = train(&settings, &data, &options, &stop)?;
     let best = summary.best_val.map(|b| format!("{b:.4}")).unwrap_or_else(|| "n/a".into());
     if let Some(signal) = summary.interrupted {
         eprintln!(
@@ -53,7 +53,7 @@ pub fn run(args: TrainArgs, threads: usize) -> anyhow::Result<ExitCode> {
                  (--set train.steps=N) to continue it; best validation accuracy {best}",
             out.display(),
             summary.steps,
-            config.train.steps
+            settings.schedule.steps
         );
         return Ok(ExitCode::SUCCESS);
     }

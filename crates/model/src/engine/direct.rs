@@ -15,6 +15,7 @@
 //! compare the two.
 
 use super::buffer::Buffer;
+use super::fast_f32::F32Avx512;
 use super::gemm::Out;
 use super::kernels::PARTIAL_ROWS;
 use super::real::Real;
@@ -23,34 +24,13 @@ use super::real::Real;
 /// `T`: f32, one input channel, `c_out` a multiple of 16, a CPU with AVX-512F.
 #[inline(always)]
 pub(crate) fn applies<T: Real>(c_in: usize, c_out: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        c_in == 1
-            && c_out.is_multiple_of(16)
-            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-            && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (c_in, c_out);
-        false
-    }
+    c_in == 1 && c_out.is_multiple_of(16) && F32Avx512::for_type::<T>().is_some()
 }
 
-/// Reinterprets a `T` slice as f32 (`T` must be f32, as [`applies`] checked).
+/// The token of the f32 fast path, where [`applies`] holds.
 #[inline(always)]
-fn as_f32<T: Real>(x: &[T]) -> &[f32] {
-    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
-    // SAFETY: T is f32 (asserted just above).
-    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
-}
-
-/// [`as_f32`] for a mutable slice.
-#[inline(always)]
-fn as_f32_mut<T: Real>(x: &mut [T]) -> &mut [f32] {
-    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
-    // SAFETY: as in `as_f32`.
-    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+fn token<T: Real>(c_out: usize) -> F32Avx512 {
+    F32Avx512::for_type::<T>().filter(|_| applies::<T>(1, c_out)).expect("the direct kernels outside their case")
 }
 
 /// Copies `imgs` images (`[imgs, h, w]`) into zero-bordered planes (`[imgs, h + 2, w + 2]`).
@@ -72,8 +52,8 @@ fn pad(x: &[f32], imgs: usize, h: usize, w: usize) -> Buffer<f32> {
 /// `[imgs * h * w, c_out]`. Only where [`applies`] holds.
 #[inline(always)]
 pub(crate) fn conv<T: Real>(x: &[T], imgs: usize, [h, w]: [usize; 2], wts: &[T], c_out: usize, z: &mut [T], out: Out) {
-    assert!(applies::<T>(1, c_out), "direct::conv outside its case");
-    let (x, wts, z) = (as_f32(x), as_f32(wts), as_f32_mut(z));
+    let f = token::<T>(c_out);
+    let (x, wts, z) = (f.cast(x), f.cast(wts), f.cast_mut(z));
     assert!(x.len() >= imgs * h * w && wts.len() >= 9 * c_out && z.len() >= imgs * h * w * c_out);
     let planes = pad(x, imgs, h, w);
     #[cfg(target_arch = "x86_64")]
@@ -95,8 +75,8 @@ pub(crate) fn weight_gradient<T: Real>(
     gw: &mut [T],
     out: Out,
 ) {
-    assert!(applies::<T>(1, c_out), "direct::weight_gradient outside its case");
-    let (x, dz, gw) = (as_f32(x), as_f32(dz), as_f32_mut(gw));
+    let f = token::<T>(c_out);
+    let (x, dz, gw) = (f.cast(x), f.cast(dz), f.cast_mut(gw));
     assert!(x.len() >= imgs * h * w && dz.len() >= imgs * h * w * c_out && gw.len() >= 9 * c_out);
     let planes = pad(x, imgs, h, w);
     #[cfg(target_arch = "x86_64")]

@@ -31,19 +31,14 @@ pub fn matmul_tn<T: Real>(c: &mut [T], a: &[T], b: &[T], [m, n, k]: [usize; 3], 
     #[cfg(target_arch = "x86_64")]
     if n == taps::TAPS
         && m % 16 == 0
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && taps::available()
+        && let Some(f32_avx512) = super::fast_f32::F32Avx512::for_type::<T>()
     {
         assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul operands too small");
-        // SAFETY: T is f32 (checked just above), so the slices reinterpret f32 memory as f32.
-        let cast = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) };
-        let (a, b) = (cast(a), cast(b));
-        // SAFETY: as above, for the one mutable slice.
-        let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()) };
+        let (a, b, c) = (f32_avx512.cast(a), f32_avx512.cast(b), f32_avx512.cast_mut(c));
         return super::profile::timed(
             super::profile::Work::Gemm,
             #[inline(always)]
-            // SAFETY: `taps::available` checked AVX-512F; the lengths were asserted.
+            // SAFETY: the token proves AVX-512F; the lengths were asserted.
             || unsafe { taps::weight_gradient(c, a, b, [m, k], out) },
         );
     }
@@ -64,11 +59,6 @@ mod taps {
 
     /// Columns of `cols` in the first block.
     pub const TAPS: usize = 9;
-
-    /// Whether this CPU has AVX-512F (the result is cached by std).
-    pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
 
     /// `c = a^T · b` (or `+=`) for `a` `[k, m]` (`m` a multiple of 16), `b` `[k, 9]`, `c` `[m, 9]`.
     ///

@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::real::Real;
 use crate::error::Result;
-use crate::net::ConvNetConfig;
 use crate::params::{ParamMap, ParamRole, param_specs};
+use crate::shape::ConvNetConfig;
 
 /// One conv block's sizes and parameter offsets.
 #[derive(Debug, Clone, Copy)]

@@ -28,7 +28,7 @@
 //! `buffer` (the pool), `gemm` (matrix products), `conv` (a block's convolution and its
 //! derivatives, a few images at a time), `winograd` (F(2x2, 3x3) for the multi-channel blocks'
 //! convolutions and their derivatives), `direct` (the first block's convolution and weight
-//! gradient in AVX-512 registers), `layout`, `kernels` (elementwise passes), `patches` (the
+//! gradient in AVX-512 registers), `fast_f32` (the one gate of the f32 AVX-512 kernels), `layout`, `kernels` (elementwise passes), `patches` (the
 //! first block's input-patch moments), `forward`, `backward`, `hvp`, `simd` (the dispatcher),
 //! `profile` (time per kind of work, with the `profile` feature).
 
@@ -36,6 +36,7 @@ mod backward;
 mod buffer;
 mod conv;
 mod direct;
+mod fast_f32;
 mod forward;
 mod gemm;
 mod hvp;

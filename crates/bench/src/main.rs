@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use fewshot_meta::{Adaptation, Engine, InnerLoop, Maml, Order, TaskBatch};
+use fewshot_meta::{Adaptation, Engine, InnerLoop, Maml, MamlSettings, Order, TaskBatch};
 use fewshot_model::{ConvNetConfig, init};
 use rand::{Rng, SeedableRng};
 
@@ -109,9 +109,6 @@ fn main() -> anyhow::Result<()> {
         })
     };
     let batches: Vec<TaskBatch> = (0..4).map(|_| make_batch()).collect::<anyhow::Result<_>>()?;
-    let mut maml = order
-        .map(|order| Maml::new(net, &params, InnerLoop::new(args.inner_lr, inner_steps, order), 1e-3))
-        .transpose()?;
     let task_chunk = args.task_chunk.unwrap_or(fewshot_meta::DEFAULT_TASK_CHUNK);
     fewshot_model::engine::set_conv_algorithm(match args.conv.as_str() {
         "winograd" => fewshot_model::engine::ConvAlgorithm::Winograd,
@@ -123,9 +120,12 @@ fn main() -> anyhow::Result<()> {
         "candle" => Engine::Candle { task_chunk },
         other => bail!("--engine {other}: expected native or candle"),
     };
-    if let Some(m) = maml.as_mut() {
-        m.engine = engine;
-    }
+    let mut maml = order
+        .map(|order| {
+            let inner = InnerLoop::new(args.inner_lr, inner_steps, order);
+            Maml::new(net, &params, MamlSettings { engine, ..MamlSettings::new(inner, 1e-3) })
+        })
+        .transpose()?;
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {
         let batch = &batches[i % batches.len()];

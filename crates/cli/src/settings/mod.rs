@@ -1,0 +1,461 @@
+//! A run's settings, resolved once from its [`Config`] into the types the code uses: where the
+//! data are ([`Data`]), the episodes ([`Episodes`]), the net ([`NetShape`]), the learner
+//! ([`LearnerSettings`]: `fewshot-meta`'s own settings, complete), how a model adapts at
+//! validation and evaluation ([`Evaluation`]) and the loop's counts ([`Schedule`]).
+//!
+//! [`Settings::resolve`] is where every value is checked: each is mapped into its domain type
+//! here (and a domain type checks itself, its error named by the config key), so nothing
+//! downstream re-reads the config or checks a value again. Commands take the parts they use.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use fewshot_meta::{Adaptation, Annealing, Engine, HeadInit, InnerLoop, LrSchedule, MamlSettings, Order, Outer};
+use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_tasks::{EpisodeSpec, Protocol, TaskAugment};
+
+use crate::config::{Config, EngineKind, ExpectCounts, LrScheduleKind, Method, TaskRotationKind};
+use crate::omniglot::Omniglot;
+
+#[cfg(test)]
+mod tests;
+
+/// The longest run name: one folder name on every common file system (255 bytes) with room
+/// for `.old-N` when a run is moved aside.
+const MAX_NAME: usize = 200;
+
+/// A config resolved: every part in the type its user takes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config these come from (written beside every run and inside every checkpoint; a
+    /// resumed run must have the same).
+    pub config: Config,
+    /// The one seed: class split, episodes, augmentation and initialisation derive from it.
+    pub seed: u64,
+    /// Where the data are and how they are read.
+    pub data: Data,
+    /// The episodes of training, validation and test.
+    pub episodes: Episodes,
+    /// The net's shape (its number of outputs is chosen by the user: see [`NetShape::net`]).
+    pub net: NetShape,
+    /// The training method.
+    pub method: Method,
+    /// The learner training builds.
+    pub learner: LearnerSettings,
+    /// How a trained model adapts to a task at validation and evaluation.
+    pub evaluation: Evaluation,
+    /// The training loop's counts.
+    pub schedule: Schedule,
+}
+
+/// `[data]`, resolved: the directory and source with the environment's say.
+#[derive(Debug, Clone)]
+pub struct Data {
+    /// Where archives and caches live.
+    pub dir: PathBuf,
+    /// Where missing archives come from.
+    pub source: omniglot_data::Source,
+    /// Side of the square images.
+    pub image_size: u32,
+    /// Which dataset counts to insist on.
+    pub expected: omniglot_data::Expected,
+}
+
+impl Data {
+    /// Load both subsets (fetching missing archives from the source).
+    pub fn load(&self) -> anyhow::Result<Omniglot> {
+        Omniglot::load(&self.dir, Some(&self.source), self.image_size, self.expected)
+    }
+
+    /// Whether these are the real Omniglot counts (the shipped episode files index them).
+    pub fn is_omniglot(&self) -> bool {
+        self.expected == omniglot_data::Expected::Omniglot
+    }
+}
+
+/// `[episodes]` and `[augment]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episodes {
+    /// Which classes train, validate and test.
+    pub protocol: Protocol,
+    /// The shape of meta-training tasks.
+    pub train: EpisodeSpec,
+    /// The shape of validation and test episodes.
+    pub eval: EpisodeSpec,
+    /// Meta-train on only the first this many classes of the pool.
+    pub train_classes: Option<usize>,
+    /// Rotate each sampled training class by a random multiple of 90 degrees.
+    pub rotate_classes: bool,
+    /// Rotation of whole training tasks.
+    pub task_augment: TaskAugment,
+}
+
+/// `[model]` with the image size: the net but for its number of classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetShape {
+    /// Side of the square input images.
+    pub image_size: usize,
+    /// Channels per conv block.
+    pub hidden: usize,
+    /// Conv blocks.
+    pub depth: usize,
+}
+
+impl NetShape {
+    /// The net with `n_way` outputs.
+    pub fn net(&self, n_way: usize) -> ConvNetConfig {
+        ConvNetConfig { in_channels: 1, image_size: self.image_size, hidden: self.hidden, depth: self.depth, n_way }
+    }
+}
+
+/// The learner a run trains, with what its initial parameters hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LearnerSettings {
+    /// MAML or first-order MAML.
+    Maml {
+        /// The learner, complete.
+        maml: MamlSettings,
+        /// MAML++'s meta-parameters beside the net's.
+        extras: Extras,
+    },
+    /// The baselines' supervised training.
+    Supervised {
+        /// Adam's rate and schedule.
+        outer: Outer,
+        /// What computes gradients.
+        engine: Engine,
+    },
+}
+
+/// MAML++'s meta-parameters a MAML run creates at initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extras {
+    /// Learned per-layer, per-step inner rates.
+    pub learned_inner_lr: bool,
+    /// Per-step batch-norm gains and shifts.
+    pub per_step_bn: bool,
+}
+
+/// How a trained model adapts to a task before it labels the query set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// What computes the adaptation.
+    pub engine: Engine,
+    /// The head a task starts from.
+    pub head: EvalHead,
+    /// Step size, steps (`train.eval_inner_steps`; a command may choose others with
+    /// [`Evaluation::adaptation`]) and which parameters move.
+    pub adaptation: Adaptation,
+}
+
+/// The head a task starts from at evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalHead {
+    /// As the meta-learner starts it in training.
+    Task(HeadInit),
+    /// A fresh zero head of the task's classes in place of the trained one (the transfer
+    /// baseline, whose head classified the whole training pool).
+    Fresh,
+}
+
+impl Evaluation {
+    /// The adaptation with `steps` inner steps.
+    pub fn adaptation(&self, steps: usize) -> Adaptation {
+        Adaptation { steps, ..self.adaptation }
+    }
+
+    /// Whether the model labels tasks of any number of classes (otherwise only as many as its
+    /// head has rows).
+    pub fn any_way(&self) -> bool {
+        self.head != EvalHead::Task(HeadInit::Learned)
+    }
+
+    /// The parameters a task of `n_way` classes starts from. For the transfer baseline, the
+    /// trained feature extractor with a zero `n_way` head (a random head's logits are noise
+    /// that the first fine-tuning steps must undo; from zero, one head-only step already gives
+    /// a nearest-prototype classifier, and the result does not depend on a head seed).
+    pub fn params(&self, net: &NetShape, params: &ParamMap, n_way: usize) -> anyhow::Result<ParamMap> {
+        match self.head {
+            EvalHead::Task(head) => Ok(head.task_params(params, n_way)?),
+            EvalHead::Fresh => {
+                use candle_core::{DType, Device, Tensor};
+                let features = net.net(n_way).features();
+                let mut out = params.clone();
+                out.insert("head.weight".into(), Tensor::zeros((n_way, features), DType::F32, &Device::Cpu)?);
+                out.insert("head.bias".into(), Tensor::zeros(n_way, DType::F32, &Device::Cpu)?);
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The training loop's counts (`[train]`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Steps to train.
+    pub steps: usize,
+    /// Tasks per step.
+    pub meta_batch_size: usize,
+    /// A metrics line every this many steps.
+    pub log_every: usize,
+    /// Validate every this many steps.
+    pub val_every: usize,
+    /// Also validate at about this many log-spaced steps.
+    pub val_log_points: usize,
+    /// Episodes of the fixed validation set.
+    pub val_episodes: usize,
+    /// The `last` checkpoint every this many steps.
+    pub checkpoint_every: usize,
+    /// Checkpoints of the best validations kept.
+    pub keep_best: usize,
+}
+
+/// A domain type's complaint about a setting, named by its config key in `section`.
+fn named(section: &str, e: fewshot_meta::Error) -> anyhow::Error {
+    match e {
+        fewshot_meta::Error::InvalidSetting { name, value, expected } => {
+            anyhow::anyhow!("{section}.{name} = {value}: must be {expected}")
+        }
+        other => other.into(),
+    }
+}
+
+impl Settings {
+    /// Read a config file with `key=value` overrides (see [`Config::load`]) and resolve it.
+    pub fn load(path: &std::path::Path, overrides: &[String]) -> anyhow::Result<Settings> {
+        let origin = path.display().to_string();
+        Settings::resolve(Config::load(path, overrides)?).with_context(|| format!("{origin}: invalid configuration"))
+    }
+
+    /// Parse config text (`origin` names it in errors) with overrides and resolve it.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Settings> {
+        Settings::resolve(Config::parse(text, origin, overrides)?)
+            .with_context(|| format!("{origin}: invalid configuration"))
+    }
+
+    /// Check every value and map it into the type that uses it; errors name the key and the
+    /// allowed range.
+    pub fn resolve(config: Config) -> anyhow::Result<Settings> {
+        check_name(&config.name)?;
+        let t = &config.train;
+        let outer = Outer {
+            meta_lr: t.meta_lr,
+            schedule: match t.meta_lr_schedule {
+                LrScheduleKind::Constant => LrSchedule::Constant,
+                LrScheduleKind::Cosine => {
+                    LrSchedule::Cosine { total_steps: t.meta_lr_cosine_steps as u64, min_lr: t.meta_lr_min }
+                }
+            },
+        };
+        outer.validate().map_err(|e| named("train", e))?;
+        // Read by the cosine schedule only, but refused out of range under any (a typo).
+        if !(t.meta_lr_min >= 0.0 && t.meta_lr_min <= t.meta_lr) {
+            bail!("train.meta_lr_min = {}: must be in [0, train.meta_lr = {}]", t.meta_lr_min, t.meta_lr);
+        }
+        let maml_only = t.multi_step_loss
+            || t.first_order_steps > 0
+            || t.learned_inner_lr
+            || t.per_step_bn
+            || t.head_init != HeadInit::Learned;
+        if matches!(t.method, Method::Transfer | Method::TaskClassifier) && maml_only {
+            bail!(
+                "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr, train.per_step_bn and \
+                 train.head_init shape MAML's inner loop; method {:?} has none (use maml or fomaml, or leave them \
+                 at their defaults)",
+                t.method
+            );
+        }
+        let engine = match t.engine {
+            EngineKind::Native => Engine::Native,
+            EngineKind::Candle => Engine::Candle { task_chunk: t.task_chunk },
+        };
+        let adaptation = Adaptation { inner_lr: t.inner_lr, steps: t.eval_inner_steps, scope: t.finetune };
+        adaptation.validate().map_err(|e| named("train", e))?;
+        let episodes = episodes(&config)?;
+        for (key, v) in [
+            ("train.steps", t.steps),
+            ("train.meta_batch_size", t.meta_batch_size),
+            ("train.log_every", t.log_every),
+            ("train.val_every", t.val_every),
+            ("train.val_episodes", t.val_episodes),
+            ("train.checkpoint_every", t.checkpoint_every),
+            ("train.task_chunk", t.task_chunk),
+            ("model.hidden", config.model.hidden),
+            ("model.depth", config.model.depth),
+        ] {
+            if v == 0 {
+                bail!("{key} = 0: must be at least 1");
+            }
+        }
+        if let Some(n) = config.episodes.train_classes
+            && n < episodes.train.n_way
+        {
+            bail!(
+                "episodes.train_classes = {n}: must be at least the {} classes of a training task",
+                episodes.train.n_way
+            );
+        }
+        let d = &config.data;
+        if !(1..=105).contains(&d.image_size) {
+            bail!("data.image_size = {}: must be in 1..=105", d.image_size);
+        }
+        let net =
+            NetShape { image_size: d.image_size as usize, hidden: config.model.hidden, depth: config.model.depth };
+        net.net(episodes.eval.n_way).validate().map_err(|err| anyhow::anyhow!("model: {err}"))?;
+        let learner = match t.method {
+            Method::Maml | Method::Fomaml => {
+                let order = if t.method == Method::Maml { Order::Second } else { Order::First };
+                let maml = MamlSettings {
+                    inner: InnerLoop::new(t.inner_lr, t.inner_steps, order),
+                    outer,
+                    annealing: Annealing {
+                        first_order_steps: t.first_order_steps as u64,
+                        multi_step_steps: t.multi_step_loss.then_some(t.multi_step_loss_steps as u64),
+                    },
+                    head_init: t.head_init,
+                    engine,
+                };
+                maml.validate().map_err(|e| named("train", e))?;
+                LearnerSettings::Maml {
+                    maml,
+                    extras: Extras { learned_inner_lr: t.learned_inner_lr, per_step_bn: t.per_step_bn },
+                }
+            }
+            Method::Transfer | Method::TaskClassifier => LearnerSettings::Supervised { outer, engine },
+        };
+        let head = if t.method == Method::Transfer { EvalHead::Fresh } else { EvalHead::Task(t.head_init) };
+        let schedule = Schedule {
+            steps: t.steps,
+            meta_batch_size: t.meta_batch_size,
+            log_every: t.log_every,
+            val_every: t.val_every,
+            val_log_points: t.val_log_points,
+            val_episodes: t.val_episodes,
+            checkpoint_every: t.checkpoint_every,
+            keep_best: t.keep_best,
+        };
+        let data = Data {
+            dir: data_dir(d.dir.clone()),
+            source: data_source(d.source.clone()),
+            image_size: d.image_size,
+            expected: match d.expect {
+                ExpectCounts::Omniglot => omniglot_data::Expected::Omniglot,
+                ExpectCounts::Any => omniglot_data::Expected::Any,
+            },
+        };
+        Ok(Settings {
+            seed: config.seed,
+            data,
+            episodes,
+            net,
+            method: t.method,
+            learner,
+            evaluation: Evaluation { engine, head, adaptation },
+            schedule,
+            config,
+        })
+    }
+
+    /// These settings for validation and test episodes of `n_way` classes (a model with an
+    /// any-way head, evaluated on other tasks than it was trained on).
+    pub fn with_eval_n_way(&self, n_way: usize) -> anyhow::Result<Settings> {
+        let mut config = self.config.clone();
+        config.episodes.n_way = n_way;
+        Settings::resolve(config)
+    }
+}
+
+/// A run name is one folder name.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if name.is_empty() || name.starts_with('.') || !name.chars().all(name_ok) || name.len() > MAX_NAME {
+        // A long value is shown by its start and length, not printed whole.
+        let chars = name.chars().count();
+        let shown = if chars > 60 {
+            format!("{:?}... ({chars} characters)", name.chars().take(40).collect::<String>())
+        } else {
+            format!("{name:?}")
+        };
+        bail!(
+            "name = {shown}: a run name is one folder name under runs/ (letters, digits, `.`, `_`, `-`; \
+             not starting with `.`; at most {MAX_NAME} characters); use --out to write elsewhere"
+        );
+    }
+    Ok(())
+}
+
+/// `[episodes]` and `[augment]`: the shapes of training and evaluation episodes.
+fn episodes(config: &Config) -> anyhow::Result<Episodes> {
+    let e = &config.episodes;
+    let t = &config.train;
+    if e.n_way < 2 {
+        bail!("episodes.n_way = {}: must be at least 2", e.n_way);
+    }
+    if e.k_shot == 0 || e.n_query == 0 {
+        bail!("episodes.k_shot = {} and episodes.n_query = {}: both must be at least 1", e.k_shot, e.n_query);
+    }
+    if let Some(w) = e.train_n_way.filter(|&w| w != e.n_way) {
+        if w < 2 {
+            bail!("episodes.train_n_way = {w}: must be at least 2");
+        }
+        let any_way = matches!(t.method, Method::Maml | Method::Fomaml) && t.head_init != HeadInit::Learned;
+        if !any_way {
+            bail!(
+                "episodes.train_n_way = {w} differs from episodes.n_way = {}: only a MAML model whose head adapts \
+                 to any number of classes can train on other tasks than it is tested on (set train.head_init = \
+                 \"zero\" or \"shared\", or remove train_n_way)",
+                e.n_way
+            );
+        }
+    }
+    if e.train_n_query == Some(0) {
+        bail!("episodes.train_n_query = 0: must be at least 1 (or absent, to train with episodes.n_query)");
+    }
+    if let Some(q) = e.train_n_query.filter(|q| e.k_shot + q > fewshot_tasks::DRAWINGS) {
+        bail!(
+            "episodes.k_shot + episodes.train_n_query = {}: must be at most {} (drawings per character)",
+            e.k_shot + q,
+            fewshot_tasks::DRAWINGS
+        );
+    }
+    if e.k_shot + e.n_query > fewshot_tasks::DRAWINGS {
+        bail!(
+            "episodes.k_shot + episodes.n_query = {}: must be at most {} (drawings per character)",
+            e.k_shot + e.n_query,
+            fewshot_tasks::DRAWINGS
+        );
+    }
+    let a = &config.augment;
+    if !(0.0..=1.0).contains(&a.task_rotation_p) {
+        bail!("augment.task_rotation_p = {}: must be in [0, 1]", a.task_rotation_p);
+    }
+    let eval = EpisodeSpec { n_way: e.n_way, k_shot: e.k_shot, n_query: e.n_query, drawing_split: e.drawing_split };
+    let train =
+        EpisodeSpec { n_way: e.train_n_way.unwrap_or(e.n_way), n_query: e.train_n_query.unwrap_or(e.n_query), ..eval };
+    Ok(Episodes {
+        protocol: e.protocol,
+        train,
+        eval,
+        train_classes: e.train_classes,
+        rotate_classes: a.class_rotation,
+        task_augment: match a.task_rotation {
+            TaskRotationKind::None => TaskAugment::None,
+            TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: a.task_rotation_p },
+            TaskRotationKind::Angle => TaskAugment::Angle { p: a.task_rotation_p },
+        },
+    })
+}
+
+/// The data directory: the config's `dir`, else `OMNIGLOT_DATA_DIR`, else `data/omniglot` (an
+/// empty `OMNIGLOT_DATA_DIR` counts as unset, as an empty `OMNIGLOT_SOURCE` does: it would put
+/// the archives in the current directory).
+fn data_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.or_else(|| std::env::var_os("OMNIGLOT_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("data/omniglot"))
+}
+
+/// The archive source: the config's `source`, else `OMNIGLOT_SOURCE`, else the canonical URL.
+fn data_source(source: Option<String>) -> omniglot_data::Source {
+    let s = source.or_else(|| std::env::var("OMNIGLOT_SOURCE").ok().filter(|s| !s.is_empty()));
+    s.map(|s| omniglot_data::Source::parse(&s)).unwrap_or_default()
+}

@@ -1,0 +1,74 @@
+//! The settings' checks: every bad value named by its key, every shipped config resolving.
+
+use std::path::Path;
+
+use super::*;
+
+#[track_caller]
+fn check_err(text: &str, overrides: &[&str], expected: &str) {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let err = format!("{:#}", Settings::parse(text, "test.toml", &overrides).unwrap_err());
+    assert!(err.contains(expected), "{err}\n  does not contain: {expected}");
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    check_err("name = \"x\"\n[train]\nstepz = 3\n", &[], "unknown field `stepz`");
+    check_err("name = \"x\"\n", &["train.inner_lr=0"], "train.inner_lr = 0: must be a finite number > 0");
+    check_err("name = \"x\"\n", &["train.meta_lr=-1"], "train.meta_lr = -1");
+    check_err(
+        "name = \"x\"\n",
+        &["episodes.k_shot=10", "episodes.n_query=11"],
+        "episodes.k_shot + episodes.n_query = 21: must be at most 20",
+    );
+    check_err("name = \"x\"\n", &["train.method=\"reptile\""], "unknown variant `reptile`");
+    check_err("name = \"x\"\n", &["model.depth=6"], "image_size");
+    check_err("name = \"x\"\n", &["model.depth=64"], "2^depth = 18446744073709551616 for depth 64");
+    check_err("name = \"x\"\n", &["train.steps=18446744073709551615"], "out of range (a config number is at most");
+    let long = format!("name = \"{}\"\n", "a".repeat(10_000_000));
+    let err = format!("{:#}", Settings::parse(&long, "test.toml", &[]).unwrap_err());
+    assert!(err.len() < 400 && err.contains("... (10000000 characters)"), "{}", &err[..err.len().min(400)]);
+    check_err("name = \"x\"\n", &["model.depth=1000"], "2^depth = 2^1000 for depth 1000");
+    check_err("name = \"x\"\n", &["trainsteps"], "expected key=value");
+    check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "line 4");
+    check_err("name = \"x\"\n\n[train]\nsteps = \"many\"\n", &[], "steps = \"many\"");
+    check_err("name = \"x\"\n", &["train.steps=many"], "--set train.steps=many: invalid type");
+    // A file without a name is fine when --set gives one.
+    let c = Settings::parse("[train]\nsteps = 5\n", "t", &["name=\"n\"".into()]).unwrap();
+    assert_eq!((c.config.name.as_str(), c.schedule.steps), ("n", 5));
+    check_err("name = \"\"\n", &[], "name = \"\": a run name is one folder name");
+    check_err("name = \"../../x\"\n", &[], "a run name is one folder name");
+    check_err("name = \"x\"\n", &["episodes.train_classes=3"], "episodes.train_classes = 3: must be at least");
+    // Training tasks of another shape: queries any time, classes only for an any-way head.
+    check_err("name = \"x\"\n", &["episodes.train_n_query=0"], "episodes.train_n_query = 0");
+    check_err("name = \"x\"\n", &["episodes.train_n_query=20"], "episodes.k_shot + episodes.train_n_query = 21");
+    check_err("name = \"x\"\n", &["episodes.n_way=20", "episodes.train_n_way=5"], "train.head_init");
+    let c = Settings::parse(
+        "name = \"x\"\n",
+        "t",
+        &[
+            "episodes.n_way=20".into(),
+            "episodes.train_n_way=5".into(),
+            "episodes.train_n_query=3".into(),
+            "train.head_init=\"shared\"".into(),
+        ],
+    )
+    .unwrap();
+    let (train, test) = (c.episodes.train, c.episodes.eval);
+    assert_eq!((train.n_way, train.n_query, test.n_way, test.n_query), (5, 3, 20, 1));
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let c = Settings::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(Some(c.config.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "name matches file");
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "{n} configs");
+}
