@@ -84,7 +84,7 @@ fn learns(check: Check) {
     let config = ConvNetConfig::omniglot(5);
     let params = init(&config, 0, DType::F32, &Device::Cpu).unwrap();
     let inner = InnerLoop::new(check.inner_lr, 1, check.order);
-    let mut maml = Maml::new(config, &params, MamlSettings::new(inner, 1e-3)).unwrap();
+    let mut maml = Maml::new(config, &params.into(), MamlSettings::new(inner, 1e-3)).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
     let validate = |maml: &Maml| {

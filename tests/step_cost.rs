@@ -35,7 +35,7 @@ fn meta_step_cost_on_real_episodes() {
     let cases = [(Order::Second, Engine::Native)].into_iter().chain(candle).chain([(Order::First, Engine::Native)]);
     for (order, engine) in cases {
         let settings = MamlSettings { engine, ..MamlSettings::new(InnerLoop::new(0.4, 1, order), 1e-3) };
-        let mut maml = Maml::new(config, &params, settings).unwrap();
+        let mut maml = Maml::new(config, &params.clone().into(), settings).unwrap();
         let mut times = Vec::new();
         for _ in 0..4 {
             let episodes: Vec<_> = (0..32).map(|_| sampler.sample(&mut rng)).collect();

@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     };
     let inner_steps = args.inner_steps.unwrap_or(if order.is_some() { 1 } else { 3 });
     let net = ConvNetConfig::omniglot(args.n_way);
-    let params = init(&net, 0, DType::F32, &Device::Cpu)?;
+    let params = fewshot_meta::MetaParams::from(init(&net, 0, DType::F32, &Device::Cpu)?);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (ns, nq) = (args.n_way * args.k_shot, args.n_way * args.q_query);
     let mut make_batch = || -> anyhow::Result<TaskBatch> {

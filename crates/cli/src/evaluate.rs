@@ -2,8 +2,8 @@
 //! episodes, of one model ([`evaluate`]) or an ensemble ([`evaluate_ensemble`]).
 
 use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{Accuracy, Adaptation, Engine, TaskBatch};
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_meta::{Accuracy, Adaptation, Engine, MetaParams, TaskBatch};
+use fewshot_model::ConvNetConfig;
 use fewshot_tasks::Episode;
 
 use crate::omniglot::Omniglot;
@@ -76,7 +76,7 @@ fn for_each_batch(
 pub fn evaluate(
     engine: Engine,
     net: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     data: &Omniglot,
     episodes: impl IntoIterator<Item = Episode>,
     adaptation: &Adaptation,
@@ -97,7 +97,7 @@ pub struct Member {
     /// Its net.
     pub net: ConvNetConfig,
     /// Its parameters as a task starts them ([`crate::settings::Evaluation::params`]).
-    pub params: ParamMap,
+    pub params: MetaParams,
     /// How it adapts to a support set.
     pub adaptation: Adaptation,
 }

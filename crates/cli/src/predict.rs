@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use fewshot_meta::{Adaptation, Engine, TaskInputs};
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_model::ConvNetConfig;
 
 /// One task read from disk.
 #[derive(Debug)]
@@ -165,7 +165,7 @@ pub struct Prediction {
 /// Predicted class (and class probabilities) of every query image, task by task.
 pub fn predict(
     net: &ConvNetConfig,
-    params: &ParamMap,
+    params: &fewshot_meta::MetaParams,
     tasks: &[FolderTask],
     adaptation: &Adaptation,
 ) -> anyhow::Result<Vec<Prediction>> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
-use fewshot_meta::{Accuracy, Learner, Maml, Supervised, TaskBatch};
+use fewshot_meta::{Accuracy, Learner, Maml, MetaParams, Supervised, TaskBatch};
 use fewshot_tasks::{Class, Episode, EpisodePixels, EpisodeSpec, Example, Sampler};
 use rand::Rng;
 
@@ -185,16 +185,16 @@ fn learner(settings: &Settings, pool_size: usize) -> anyhow::Result<Box<dyn Lear
     };
     let net = settings.net.net(n_out);
     let init_seed = stream_rng(settings.seed, streams::INIT, 0).random();
-    let mut initial = fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?;
+    let mut initial = MetaParams::from(fewshot_model::init(&net, init_seed, DType::F32, &Device::Cpu)?);
     Ok(match settings.learner {
         LearnerSettings::Maml { maml, extras } => {
             let inner = maml.inner;
             if extras.per_step_bn {
-                let sets = fewshot_meta::init_bn_steps(&net, &initial, inner.steps)?;
-                initial.extend(sets);
+                initial.bn_steps = Some(fewshot_meta::init_bn_steps(&net, &initial.net, inner.steps)?);
             }
             if extras.learned_inner_lr {
-                initial.extend(fewshot_meta::init_rates(&net, inner.steps, inner.inner_lr, DType::F32, &Device::Cpu)?);
+                let rates = fewshot_meta::init_rates(&net, inner.steps, inner.inner_lr, DType::F32, &Device::Cpu)?;
+                initial.rates = Some(rates);
             }
             Box::new(Maml::new(net, &initial, maml)?)
         }
@@ -211,7 +211,7 @@ fn validate(
 ) -> anyhow::Result<Accuracy> {
     let n_way = settings.episodes.eval.n_way;
     let e = &settings.evaluation;
-    let params = e.params(&settings.net, &learner.params(), n_way)?;
+    let params = e.task_params(&settings.net, learner.params(), n_way)?;
     evaluate(e.engine, &settings.net.net(n_way), &params, data, episodes.iter().cloned(), &e.adaptation)
 }
 
@@ -293,7 +293,7 @@ impl<'a> Run<'a> {
                 last.display()
             );
         }
-        learner.set_params(&ckpt.params)?;
+        learner.set_params(&MetaParams::from_map(learner.config(), &ckpt.params)?)?;
         let adam = learner.optimizer_mut();
         adam.m = ckpt.adam_m;
         adam.v = ckpt.adam_v;
@@ -315,7 +315,7 @@ impl<'a> Run<'a> {
     fn checkpoint(&self, learner: &dyn Learner, val_acc: Option<f64>, path: &Path) -> anyhow::Result<()> {
         let adam = learner.optimizer().clone();
         Checkpoint {
-            params: learner.params(),
+            params: learner.params().to_map(),
             adam_m: adam.m,
             adam_v: adam.v,
             state: State {
@@ -426,7 +426,7 @@ fn training_batch(
     rng: &mut impl Rng,
 ) -> anyhow::Result<TaskBatch> {
     match method {
-        Method::Maml | Method::Fomaml => {
+        Method::Maml | Method::Fomaml | Method::Protonet => {
             let episodes: Vec<_> = (0..tasks).map(|_| sampler.sample(rng)).collect();
             data.batch(&episodes, DType::F32, &Device::Cpu)
         }

@@ -30,13 +30,18 @@ impl Adam {
         Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, m: ParamMap::new(), v: ParamMap::new() }
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self, params: &ParamVars, grads: &ParamMap) -> Result<()> {
+    /// One update of every parameter that has a gradient, over `groups` of `(prefix,
+    /// variables, their gradients)`: the moments of a variable are kept under `prefix` + its
+    /// name (the names checkpoints store, see [`crate::MetaParams::to_map`]).
+    pub fn step(&mut self, groups: &[(&str, &ParamVars, &ParamMap)]) -> Result<()> {
         self.step += 1;
         let bias1 = 1.0 - self.beta1.powi(self.step as i32);
         let bias2 = 1.0 - self.beta2.powi(self.step as i32);
-        for (name, var) in params.iter() {
-            let Some(g) = grads.get(name) else { continue };
+        let all =
+            groups.iter().flat_map(|(prefix, vars, grads)| vars.iter().map(move |(k, v)| (*prefix, k, v, *grads)));
+        for (prefix, key, var, grads) in all {
+            let Some(g) = grads.get(key) else { continue };
+            let name = &format!("{prefix}{key}");
             let m = match self.m.get(name) {
                 Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,
                 None => (g * (1.0 - self.beta1))?,

@@ -2,8 +2,9 @@
 //! separate batch-norm gain and shift for every inner step, meta-learned, and not adapted in
 //! the inner loop.
 //!
-//! They live in the parameter map as `bn_step.block{i}.bn.weight` and `.bias`, shape
-//! `[steps, hidden]` ([`init_bn_steps`]). When a map holds them, inner step `s` runs its
+//! They are a group of [`crate::MetaParams`]: one `[steps, hidden]` tensor per batch-norm
+//! parameter, by its name (`block{i}.bn.weight` and `.bias`; [`init_bn_steps`]); checkpoints
+//! store them as `bn_step.<parameter>`. When a learner has them, inner step `s` runs its
 //! support pass with set `s`, and the query pass after step `s` uses set `s` too (as the
 //! MAML++ code does; with no inner step, set 0); steps beyond the learned sets use the last
 //! one. The net's own `block{i}.bn.*` parameters are then not used (their gradient is zero).
@@ -14,16 +15,17 @@ use fewshot_model::{ConvNetConfig, ParamMap, ParamRole, param_specs};
 
 use crate::error::{Error, Result};
 
-/// Prefix of the per-step sets' names in a parameter map.
+/// Prefix of the per-step sets' names in the flat map of a checkpoint.
 pub const BN_STEP_PREFIX: &str = "bn_step.";
 
-/// The name of the per-step sets of batch-norm parameter `param` (`bn_step.block0.bn.weight`).
+/// The name of the per-step sets of batch-norm parameter `param` in a checkpoint
+/// (`bn_step.block0.bn.weight`).
 pub fn bn_step_name(param: &str) -> String {
     format!("{BN_STEP_PREFIX}{param}")
 }
 
-/// Per-step sets for every batch-norm gain and shift of `params` (the net's parameters), each
-/// row a copy of the current value: training starts where one shared set would.
+/// Per-step sets for every batch-norm gain and shift of `params` (the net's parameters), by
+/// its name, each row a copy of the current value: training starts where one shared set would.
 pub fn init_bn_steps(config: &ConvNetConfig, params: &ParamMap, steps: usize) -> Result<ParamMap> {
     if steps == 0 {
         return Err(Error::InvalidSetting {
@@ -37,19 +39,9 @@ pub fn init_bn_steps(config: &ConvNetConfig, params: &ParamMap, steps: usize) ->
         let value = params
             .get(&spec.name)
             .ok_or_else(|| Error::Model(fewshot_model::Error::Params(format!("missing parameter `{}`", spec.name))))?;
-        out.insert(bn_step_name(&spec.name), value.unsqueeze(0)?.repeat((steps, 1))?);
+        out.insert(spec.name.clone(), value.unsqueeze(0)?.repeat((steps, 1))?);
     }
     Ok(out)
-}
-
-/// Split a parameter map into the per-step sets and the rest.
-pub fn split_bn_steps(params: &ParamMap) -> (ParamMap, ParamMap) {
-    params.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| !k.starts_with(BN_STEP_PREFIX))
-}
-
-/// Whether `params` holds per-step batch-norm sets.
-pub fn has_bn_steps(params: &ParamMap) -> bool {
-    params.keys().any(|k| k.starts_with(BN_STEP_PREFIX))
 }
 
 fn is_bn(role: ParamRole) -> bool {
@@ -69,17 +61,15 @@ pub(crate) struct BnStepTable {
 }
 
 impl BnStepTable {
-    /// The table of `sets` (only `bn_step.*` entries), `None` when there are none.
-    pub fn from_map(config: &ConvNetConfig, sets: &ParamMap) -> Result<Option<BnStepTable>> {
-        if sets.is_empty() {
-            return Ok(None);
-        }
+    /// The table of `sets` (by batch-norm parameter name), checked. Errors name the set as a
+    /// checkpoint stores it.
+    pub fn from_map(config: &ConvNetConfig, sets: &ParamMap) -> Result<BnStepTable> {
         let bad = |msg: String| Error::Model(fewshot_model::Error::Params(msg));
         let specs: Vec<_> = param_specs(config).into_iter().filter(|s| is_bn(s.role)).collect();
         let (mut roles, mut values, mut steps) = (Vec::new(), Vec::new(), None);
         for spec in &specs {
             let name = bn_step_name(&spec.name);
-            let t = sets.get(&name).ok_or_else(|| {
+            let t = sets.get(&spec.name).ok_or_else(|| {
                 bad(format!("missing per-step batch-norm set `{name}` (per-step batch norm needs one per parameter)"))
             })?;
             match (t.dims(), steps) {
@@ -96,14 +86,14 @@ impl BnStepTable {
             roles.push(spec.role);
             values.push(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?);
         }
-        if let Some(extra) = sets.keys().find(|k| !specs.iter().any(|s| bn_step_name(&s.name) == **k)) {
-            return Err(bad(format!("unexpected parameter `{extra}`")));
+        if let Some(extra) = sets.keys().find(|k| !specs.iter().any(|s| s.name == **k)) {
+            return Err(bad(format!("unexpected parameter `{}`", bn_step_name(extra))));
         }
-        Ok(Some(BnStepTable { roles, values, steps: steps.expect("a net has batch norm") }))
+        Ok(BnStepTable { roles, values, steps: steps.expect("a net has batch norm") })
     }
 
     /// The gradients `grads[(s * parameters + p) * hidden + c]` (set-major, as the native
-    /// engine gathers them) as `bn_step.*` tensors `[steps, hidden]` of `dtype`.
+    /// engine gathers them) as tensors `[steps, hidden]` of `dtype`, by parameter name.
     pub fn gradients(&self, config: &ConvNetConfig, grads: &[f64], dtype: DType) -> Result<ParamMap> {
         let (n, hidden) = (self.roles.len(), config.hidden);
         let specs = param_specs(config).into_iter().filter(|s| is_bn(s.role));
@@ -114,7 +104,7 @@ impl BnStepTable {
                     .flat_map(|s| grads[(s * n + p) * hidden..(s * n + p + 1) * hidden].iter().copied())
                     .collect();
                 let t = Tensor::from_vec(g, (self.steps, hidden), &Device::Cpu)?.to_dtype(dtype)?;
-                Ok((bn_step_name(&spec.name), t))
+                Ok((spec.name.clone(), t))
             })
             .collect()
     }
@@ -130,11 +120,11 @@ mod tests {
         let params = fewshot_model::init(&c, 0, DType::F64, &Device::Cpu).unwrap();
         let sets = init_bn_steps(&c, &params, 2).unwrap();
         assert_eq!(sets.len(), 4, "weight and bias of two blocks");
-        let table = BnStepTable::from_map(&c, &sets).unwrap().unwrap();
+        let table = BnStepTable::from_map(&c, &sets).unwrap();
         assert_eq!(table.steps, 2);
         assert_eq!(table.values[0], vec![1.0; 6], "block 0's gain, both steps");
         let mut bad = sets.clone();
-        bad.insert("bn_step.block1.bn.bias".into(), Tensor::zeros((3, 3), DType::F64, &Device::Cpu).unwrap());
+        bad.insert("block1.bn.bias".into(), Tensor::zeros((3, 3), DType::F64, &Device::Cpu).unwrap());
         let e = BnStepTable::from_map(&c, &bad).unwrap_err().to_string();
         assert!(e.contains("bn_step.block1.bn.bias") && e.contains("[3, 3]"), "{e}");
         assert!(init_bn_steps(&c, &params, 0).is_err());

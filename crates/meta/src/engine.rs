@@ -3,11 +3,12 @@
 //! [`Engine::adapted_logits`].
 
 use candle_core::Tensor;
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_model::ConvNetConfig;
 
 use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
 use crate::error::Result;
+use crate::meta_params::MetaParams;
 use crate::settings::{Adaptation, InnerLoop};
 use crate::{candle, native};
 
@@ -57,10 +58,10 @@ impl Engine {
     pub fn meta_gradient(
         self,
         config: &ConvNetConfig,
-        params: &ParamMap,
+        params: &MetaParams,
         batch: &TaskBatch,
         inner: &InnerLoop,
-    ) -> Result<(ParamMap, StepStats)> {
+    ) -> Result<(MetaParams, StepStats)> {
         match self.for_images(&batch.support_images) {
             Engine::Native => native::meta_gradient(config, params, batch, inner),
             Engine::Candle { task_chunk } => candle::meta_gradient(config, params, batch, inner, task_chunk),
@@ -75,7 +76,7 @@ impl Engine {
     pub fn adapted_logits(
         self,
         config: &ConvNetConfig,
-        params: &ParamMap,
+        params: &MetaParams,
         tasks: TaskInputs<'_>,
         adaptation: &Adaptation,
     ) -> Result<Tensor> {

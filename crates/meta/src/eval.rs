@@ -1,11 +1,12 @@
 //! Evaluation: adapt on each episode's support set, score its query set ([`Engine::evaluate`]);
 //! mean and 95% interval over episodes ([`Accuracy`]).
 
-use fewshot_model::{ConvNetConfig, ParamMap, accuracy};
+use fewshot_model::{ConvNetConfig, accuracy};
 
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::meta_params::MetaParams;
 use crate::settings::Adaptation;
 
 impl Engine {
@@ -14,7 +15,7 @@ impl Engine {
     pub fn evaluate(
         self,
         config: &ConvNetConfig,
-        params: &ParamMap,
+        params: &MetaParams,
         batch: &TaskBatch,
         adaptation: &Adaptation,
     ) -> Result<Vec<f32>> {
@@ -26,7 +27,7 @@ impl Engine {
 /// [`Engine::evaluate`] on the default engine.
 pub fn evaluate_batch(
     config: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     batch: &TaskBatch,
     adaptation: &Adaptation,
 ) -> Result<Vec<f32>> {

@@ -28,6 +28,11 @@ pub enum HeadInit {
     /// equal (their gradients are tied to the sum over rows), and any number of classes reads
     /// row 0.
     Shared,
+    /// Proto-MAML: each task's head is built from the prototypes of its support set, class
+    /// `k`'s row `2 c_k` and bias `-|c_k|^2` (Triantafillou et al. 2020); the meta-gradient
+    /// goes through them into the feature extractor, and the stored head (kept at zero, like
+    /// `Zero`'s) is never read. The engines build it per task ([`crate::InnerLoop::prototypes`]).
+    Prototypes,
 }
 
 const WEIGHT: &str = "head.weight";
@@ -52,7 +57,7 @@ impl HeadInit {
                     });
                 }
             }
-            HeadInit::Zero => {
+            HeadInit::Zero | HeadInit::Prototypes => {
                 out.insert(WEIGHT.into(), Tensor::zeros((n_way, weight.dim(1)?), weight.dtype(), weight.device())?);
                 out.insert(BIAS.into(), Tensor::zeros(n_way, bias.dtype(), bias.device())?);
             }
@@ -70,7 +75,7 @@ impl HeadInit {
     pub fn tie_gradients(self, grads: &mut ParamMap) -> Result<()> {
         let (weight, bias) = match self {
             HeadInit::Learned => return Ok(()),
-            HeadInit::Zero => {
+            HeadInit::Zero | HeadInit::Prototypes => {
                 let (weight, bias) = head(grads)?;
                 (weight.zeros_like()?, bias.zeros_like()?)
             }

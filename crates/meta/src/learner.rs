@@ -4,6 +4,8 @@
 
 use fewshot_model::{ConvNetConfig, ParamMap, ParamVars};
 
+use crate::meta_params::MetaParams;
+
 use crate::adam::Adam;
 use crate::batch::TaskBatch;
 use crate::error::{Error, Result};
@@ -36,11 +38,12 @@ pub trait Learner {
         self.state().config()
     }
     /// A snapshot of the current parameters.
-    fn params(&self) -> ParamMap {
+    fn params(&self) -> MetaParams {
         self.state().params()
     }
-    /// Replace the parameters' values (e.g. from a checkpoint); names and shapes must match.
-    fn set_params(&mut self, params: &ParamMap) -> Result<()> {
+    /// Replace the parameters' values (e.g. from a checkpoint); groups, names and shapes must
+    /// match.
+    fn set_params(&mut self, params: &MetaParams) -> Result<()> {
         self.state_mut().set_params(params)
     }
     /// The optimiser (its moments and step count go into checkpoints).
@@ -57,7 +60,9 @@ pub trait Learner {
 #[derive(Debug)]
 pub struct Trainable {
     config: ConvNetConfig,
-    params: ParamVars,
+    net: ParamVars,
+    rates: Option<ParamVars>,
+    bn_steps: Option<ParamVars>,
     /// The optimiser (public for checkpoints).
     pub optimizer: Adam,
     outer: Outer,
@@ -140,12 +145,21 @@ impl LrSchedule {
 }
 
 impl Trainable {
-    /// Start from `params` (see [`fewshot_model::init`]) with Adam as `outer` says.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, outer: Outer) -> Result<Trainable> {
+    /// Start from `params` (see [`fewshot_model::init`], [`crate::init_rates`],
+    /// [`crate::init_bn_steps`]) with Adam as `outer` says.
+    pub fn new(config: ConvNetConfig, params: &MetaParams, outer: Outer) -> Result<Trainable> {
         config.validate()?;
-        crate::rates::check_meta_params(&config, params)?;
+        params.check(&config)?;
         outer.validate()?;
-        Ok(Trainable { config, params: ParamVars::new(params)?, optimizer: Adam::new(outer.meta_lr), outer })
+        let vars = |m: &Option<ParamMap>| m.as_ref().map(ParamVars::new).transpose();
+        Ok(Trainable {
+            config,
+            net: ParamVars::new(&params.net)?,
+            rates: vars(&params.rates)?,
+            bn_steps: vars(&params.bn_steps)?,
+            optimizer: Adam::new(outer.meta_lr),
+            outer,
+        })
     }
 
     /// The net's shape.
@@ -154,21 +168,49 @@ impl Trainable {
     }
 
     /// A snapshot of the current parameters.
-    pub fn params(&self) -> ParamMap {
-        self.params.snapshot()
+    pub fn params(&self) -> MetaParams {
+        MetaParams {
+            net: self.net.snapshot(),
+            rates: self.rates.as_ref().map(ParamVars::snapshot),
+            bn_steps: self.bn_steps.as_ref().map(ParamVars::snapshot),
+        }
     }
 
-    /// Replace the parameters' values; names and shapes must match (learned inner rates and
-    /// per-step batch-norm sets included, exactly when the learner has them).
-    pub fn set_params(&mut self, params: &ParamMap) -> Result<()> {
-        crate::rates::check_meta_params(&self.config, params)?;
-        Ok(self.params.set(params)?)
+    /// Replace the parameters' values; groups, names and shapes must match (learned inner
+    /// rates and per-step batch-norm sets exactly when the learner has them).
+    pub fn set_params(&mut self, params: &MetaParams) -> Result<()> {
+        params.check(&self.config)?;
+        let groups = [
+            ("learned inner rates", self.rates.as_ref(), params.rates.as_ref()),
+            ("per-step batch-norm sets", self.bn_steps.as_ref(), params.bn_steps.as_ref()),
+        ];
+        for (what, have, given) in groups {
+            match (have, given) {
+                (Some(vars), Some(values)) => vars.set(values)?,
+                (None, None) => {}
+                (have, _) => {
+                    let (has, gets) = if have.is_some() { ("has", "none") } else { ("has none", "some") };
+                    return Err(Error::Model(fewshot_model::Error::Params(format!(
+                        "this learner {has} {what}, and the parameters given have {gets}"
+                    ))));
+                }
+            }
+        }
+        Ok(self.net.set(&params.net)?)
     }
 
     /// One Adam step along `grads`, at the schedule's rate for this step.
-    pub fn update(&mut self, grads: &ParamMap) -> Result<()> {
+    pub fn update(&mut self, grads: &MetaParams) -> Result<()> {
         self.optimizer.lr = self.outer.schedule.lr(self.outer.meta_lr, self.optimizer.step);
-        self.optimizer.step(&self.params, grads)
+        let empty = ParamMap::new();
+        let mut groups = vec![("", &self.net, &grads.net)];
+        if let Some(vars) = &self.rates {
+            groups.push((crate::rates::RATE_PREFIX, vars, grads.rates.as_ref().unwrap_or(&empty)));
+        }
+        if let Some(vars) = &self.bn_steps {
+            groups.push((crate::bn_steps::BN_STEP_PREFIX, vars, grads.bn_steps.as_ref().unwrap_or(&empty)));
+        }
+        self.optimizer.step(&groups)
     }
 }
 

@@ -17,7 +17,7 @@
 //! let config = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 4, depth: 2, n_way: 2 };
 //! let params = init(&config, 0, DType::F32, &Device::Cpu)?;
 //! let inner = InnerLoop::new(0.4, 1, Order::Second);
-//! let mut maml = Maml::new(config, &params, MamlSettings::new(inner, 1e-3))?;
+//! let mut maml = Maml::new(config, &params.into(), MamlSettings::new(inner, 1e-3))?;
 //! let episode = EpisodePixels {
 //!     image_size: 8,
 //!     support: vec![0.5; 2 * 64], support_labels: vec![0, 1],
@@ -54,6 +54,7 @@ mod grad_mode;
 mod head;
 mod learner;
 mod maml;
+mod meta_params;
 mod native;
 mod rates;
 mod settings;
@@ -62,7 +63,7 @@ mod workers;
 
 pub use adam::Adam;
 pub use batch::{TaskBatch, TaskInputs};
-pub use bn_steps::{BN_STEP_PREFIX, bn_step_name, has_bn_steps, init_bn_steps, split_bn_steps};
+pub use bn_steps::{BN_STEP_PREFIX, bn_step_name, init_bn_steps};
 pub use candle::adapt;
 pub use engine::{DEFAULT_TASK_CHUNK, Engine};
 pub use error::{Error, Result};
@@ -71,7 +72,8 @@ pub use grad_mode::{GradMode, backward, environment_lock};
 pub use head::HeadInit;
 pub use learner::{Learner, LrSchedule, Outer, StepStats, Trainable};
 pub use maml::{Annealing, Maml, MamlSettings};
-pub use rates::{RATE_PREFIX, check_meta_params, has_rates, init_rates, rate_name, split_rates};
+pub use meta_params::MetaParams;
+pub use rates::{RATE_PREFIX, init_rates, rate_name};
 pub use settings::{Adaptation, InnerLoop, MultiStepLoss, Order, Scope};
 pub use supervised::Supervised;
 pub use workers::set_parallel_tasks;

@@ -3,13 +3,14 @@
 //! followed by an Adam update, built complete from its [`MamlSettings`]; [`Annealing`]:
 //! MAML++'s options that change with the step.
 
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_model::ConvNetConfig;
 
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::head::HeadInit;
 use crate::learner::{Learner, Outer, StepStats, Trainable};
+use crate::meta_params::MetaParams;
 use crate::settings::{InnerLoop, MultiStepLoss, Order};
 
 /// A meta-learner: the net's initial parameters, their Adam state, and the inner loop.
@@ -79,11 +80,12 @@ impl Maml {
     /// Start from `params` (see [`fewshot_model::init`]) with `settings`. A `Shared` head also
     /// ties the stored head now (every row and bias entry becomes row 0's), so that it starts
     /// consistent.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, settings: MamlSettings) -> Result<Maml> {
+    pub fn new(config: ConvNetConfig, params: &MetaParams, settings: MamlSettings) -> Result<Maml> {
         settings.validate()?;
         let mut state = Trainable::new(config, params, settings.outer)?;
         if settings.head_init == HeadInit::Shared {
-            let tied = settings.head_init.task_params(&state.params(), config.n_way)?;
+            let mut tied = state.params();
+            tied.net = settings.head_init.task_params(&tied.net, config.n_way)?;
             state.set_params(&tied)?;
         }
         Ok(Maml { state, settings })
@@ -100,13 +102,15 @@ impl Maml {
     }
 
     /// The meta-gradient of one batch without updating anything.
-    pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
+    pub fn meta_gradient(&self, batch: &TaskBatch) -> Result<(MetaParams, StepStats)> {
         let inner = self.current_inner_loop();
+        let inner = InnerLoop { prototypes: self.settings.head_init == HeadInit::Prototypes, ..inner };
         let config = self.state.config();
         let MamlSettings { head_init, engine, .. } = self.settings;
-        let params = head_init.task_params(&self.state.params(), config.n_way)?;
+        let mut params = self.state.params();
+        params.net = head_init.task_params(&params.net, config.n_way)?;
         let (mut grads, stats) = engine.meta_gradient(config, &params, batch, &inner)?;
-        head_init.tie_gradients(&mut grads)?;
+        head_init.tie_gradients(&mut grads.net)?;
         Ok((grads, stats))
     }
 

@@ -2,10 +2,11 @@
 //! section 4): one SGD step size per parameter tensor and inner step, meta-learned with the
 //! net's parameters.
 //!
-//! The rates live in the parameter map beside the net's parameters, as `inner_lr.<parameter>`
-//! tensors of shape `[steps]` ([`init_rates`]), so the optimiser, checkpoints and resume carry
-//! them like any other parameter. When a map holds them, both engines' inner loops use them
-//! instead of the scalar `inner_lr`, and meta-gradients include their gradients. An inner step
+//! The rates are a group of [`crate::MetaParams`]: one tensor of shape `[steps]` per net
+//! parameter, by its name ([`init_rates`]); checkpoints store them as `inner_lr.<parameter>`.
+//! The optimiser, checkpoints and resume carry them like the net's parameters. When a
+//! learner has them, both engines' inner loops use them instead of the scalar `inner_lr`, and
+//! meta-gradients include their gradients. An inner step
 //! beyond the learned ones (evaluation with more steps than training) takes the last learned
 //! rate of each tensor.
 
@@ -14,16 +15,17 @@ use fewshot_model::{ConvNetConfig, ParamMap, param_specs};
 
 use crate::error::{Error, Result};
 
-/// Prefix of the rates' names in a parameter map.
+/// Prefix of the rates' names in the flat map of a checkpoint.
 pub const RATE_PREFIX: &str = "inner_lr.";
 
-/// The name of the learned rates of parameter `param` (`inner_lr.block0.conv.weight`).
+/// The name of the learned rates of parameter `param` in a checkpoint
+/// (`inner_lr.block0.conv.weight`).
 pub fn rate_name(param: &str) -> String {
     format!("{RATE_PREFIX}{param}")
 }
 
-/// Learned rates for every parameter of `config`'s net, each `[steps]` and filled with
-/// `inner_lr` (MAML++'s initialisation: training starts as plain MAML).
+/// Learned rates for every parameter of `config`'s net, by its name, each `[steps]` and filled
+/// with `inner_lr` (MAML++'s initialisation: training starts as plain MAML).
 pub fn init_rates(
     config: &ConvNetConfig,
     steps: usize,
@@ -40,32 +42,8 @@ pub fn init_rates(
     }
     param_specs(config)
         .into_iter()
-        .map(|spec| Ok((rate_name(&spec.name), Tensor::full(inner_lr, steps, device)?.to_dtype(dtype)?)))
+        .map(|spec| Ok((spec.name.clone(), Tensor::full(inner_lr, steps, device)?.to_dtype(dtype)?)))
         .collect()
-}
-
-/// Split a parameter map into the net's parameters and the learned rates (empty when there
-/// are none).
-pub fn split_rates(params: &ParamMap) -> (ParamMap, ParamMap) {
-    params.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| !k.starts_with(RATE_PREFIX))
-}
-
-/// Whether `params` holds learned inner learning rates.
-pub fn has_rates(params: &ParamMap) -> bool {
-    params.keys().any(|k| k.starts_with(RATE_PREFIX))
-}
-
-/// Check a meta-learner's parameter map: exactly the net's parameters (see
-/// [`fewshot_model::check_params`]), plus either no rates or one `[k]` rate tensor per net
-/// parameter (the same `k >= 1` for all), plus either no per-step batch-norm sets or all of
-/// them (see [`crate::bn_steps`]).
-pub fn check_meta_params(config: &ConvNetConfig, params: &ParamMap) -> Result<()> {
-    let (rest, rates) = split_rates(params);
-    let (net, sets) = crate::bn_steps::split_bn_steps(&rest);
-    fewshot_model::check_params(config, &net)?;
-    RateTable::from_map(config, &rates)?;
-    crate::bn_steps::BnStepTable::from_map(config, &sets)?;
-    Ok(())
 }
 
 /// Learned rates as numbers: for each parameter of [`param_specs`] (in that order), its rate
@@ -79,17 +57,15 @@ pub(crate) struct RateTable {
 }
 
 impl RateTable {
-    /// The table of `rates` (only `inner_lr.*` entries), `None` when there are none.
-    pub fn from_map(config: &ConvNetConfig, rates: &ParamMap) -> Result<Option<RateTable>> {
-        if rates.is_empty() {
-            return Ok(None);
-        }
+    /// The table of `rates` (by net parameter name), checked: one `[k]` tensor per parameter,
+    /// the same `k >= 1` for all. Errors name the rate as a checkpoint stores it.
+    pub fn from_map(config: &ConvNetConfig, rates: &ParamMap) -> Result<RateTable> {
         let bad = |msg: String| Error::Model(fewshot_model::Error::Params(msg));
         let specs = param_specs(config);
         let mut values = Vec::with_capacity(specs.len());
         for spec in &specs {
             let name = rate_name(&spec.name);
-            let t = rates.get(&name).ok_or_else(|| {
+            let t = rates.get(&spec.name).ok_or_else(|| {
                 bad(format!("missing learned rate `{name}` (learned inner rates need one per parameter)"))
             })?;
             let v: Vec<f64> = match t.dims() {
@@ -98,8 +74,8 @@ impl RateTable {
             };
             values.push(v);
         }
-        if let Some(extra) = rates.keys().find(|k| !specs.iter().any(|s| rate_name(&s.name) == **k)) {
-            return Err(bad(format!("unexpected parameter `{extra}`")));
+        if let Some(extra) = rates.keys().find(|k| !specs.iter().any(|s| s.name == **k)) {
+            return Err(bad(format!("unexpected parameter `{}`", rate_name(extra))));
         }
         let steps = values[0].len();
         if let Some((spec, v)) = specs.iter().zip(&values).find(|(_, v)| v.len() != steps) {
@@ -110,7 +86,7 @@ impl RateTable {
                 rate_name(&specs[0].name)
             )));
         }
-        Ok(Some(RateTable { values, steps }))
+        Ok(RateTable { values, steps })
     }
 
     /// The learned step that inner step `step` (0-based) uses: itself, or the last one.
@@ -118,14 +94,14 @@ impl RateTable {
         step.min(self.steps - 1)
     }
 
-    /// The rate gradients `grads[p * steps + s]` as `inner_lr.*` tensors of `dtype`.
+    /// The rate gradients `grads[p * steps + s]` as tensors of `dtype`, by parameter name.
     pub fn gradients(&self, config: &ConvNetConfig, grads: &[f64], dtype: DType) -> Result<ParamMap> {
         param_specs(config)
             .iter()
             .enumerate()
             .map(|(p, spec)| {
                 let g = grads[p * self.steps..(p + 1) * self.steps].to_vec();
-                Ok((rate_name(&spec.name), Tensor::from_vec(g, self.steps, &Device::Cpu)?.to_dtype(dtype)?))
+                Ok((spec.name.clone(), Tensor::from_vec(g, self.steps, &Device::Cpu)?.to_dtype(dtype)?))
             })
             .collect()
     }
@@ -142,27 +118,29 @@ mod tests {
     #[test]
     fn rates_sit_beside_the_parameters_and_are_checked() {
         let c = config();
-        let mut params = fewshot_model::init(&c, 0, DType::F32, &Device::Cpu).unwrap();
-        check_meta_params(&c, &params).unwrap();
-        assert!(!has_rates(&params));
-        params.extend(init_rates(&c, 3, 0.4, DType::F32, &Device::Cpu).unwrap());
-        check_meta_params(&c, &params).unwrap();
-        let (net, rates) = split_rates(&params);
-        assert_eq!(net.len(), param_specs(&c).len());
-        assert_eq!(rates.len(), net.len());
-        let table = RateTable::from_map(&c, &rates).unwrap().unwrap();
+        let net = fewshot_model::init(&c, 0, DType::F32, &Device::Cpu).unwrap();
+        let mut params = crate::MetaParams::from(net);
+        params.check(&c).unwrap();
+        assert!(params.rates.is_none());
+        params.rates = Some(init_rates(&c, 3, 0.4, DType::F32, &Device::Cpu).unwrap());
+        params.check(&c).unwrap();
+        let rates = params.rates.clone().unwrap();
+        assert_eq!(params.net.len(), param_specs(&c).len());
+        assert_eq!(rates.len(), params.net.len());
+        let table = RateTable::from_map(&c, &rates).unwrap();
         assert_eq!(table.steps, 3);
         assert!(table.values.iter().flatten().all(|&v| (v - 0.4).abs() < 1e-7));
         assert_eq!((table.step_index(1), table.step_index(7)), (1, 2), "later steps take the last rate");
 
-        // One rate missing, or of another length: refused, naming it.
-        let mut missing = params.clone();
+        // One rate missing, or of another length: refused, naming it as a checkpoint does.
+        let flat = params.to_map();
+        let mut missing = flat.clone();
         missing.remove("inner_lr.head.bias");
-        let e = check_meta_params(&c, &missing).unwrap_err().to_string();
+        let e = crate::MetaParams::from_map(&c, &missing).unwrap_err().to_string();
         assert!(e.contains("inner_lr.head.bias"), "{e}");
-        let mut uneven = params.clone();
+        let mut uneven = flat.clone();
         uneven.insert("inner_lr.head.bias".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
-        let e = check_meta_params(&c, &uneven).unwrap_err().to_string();
+        let e = crate::MetaParams::from_map(&c, &uneven).unwrap_err().to_string();
         assert!(e.contains("inner_lr.head.bias") && e.contains("same"), "{e}");
         assert!(init_rates(&c, 0, 0.4, DType::F32, &Device::Cpu).is_err());
     }

@@ -27,12 +27,16 @@ pub struct InnerLoop {
     /// MAML++'s multi-step loss: the meta-objective weighs the query loss after every inner
     /// step ([`MultiStepLoss::weights`]); `None`: the query loss after the last step only.
     pub multi_step: Option<MultiStepLoss>,
+    /// Proto-MAML: each task's head starts from the prototypes of its support set (row `2
+    /// c_k`, bias `-|c_k|^2`, `c_k` the mean features of class `k`'s support images), and the
+    /// meta-gradient goes through them (see [`crate::HeadInit::Prototypes`]).
+    pub prototypes: bool,
 }
 
 impl InnerLoop {
     /// `steps` steps of `inner_lr`, of the given order, the last step's query loss only.
     pub fn new(inner_lr: f64, steps: usize, order: Order) -> InnerLoop {
-        InnerLoop { inner_lr, steps, order, multi_step: None }
+        InnerLoop { inner_lr, steps, order, multi_step: None, prototypes: false }
     }
 
     /// Check the settings; errors name the setting and its range.
@@ -128,12 +132,14 @@ pub struct Adaptation {
     pub steps: usize,
     /// Which parameters move.
     pub scope: Scope,
+    /// The head starts from the prototypes of the support set (see [`InnerLoop::prototypes`]).
+    pub prototypes: bool,
 }
 
 impl Adaptation {
     /// `steps` steps of `inner_lr` on every parameter, as MAML adapts.
     pub fn all(inner_lr: f64, steps: usize) -> Adaptation {
-        Adaptation { inner_lr, steps, scope: Scope::All }
+        Adaptation { inner_lr, steps, scope: Scope::All, prototypes: false }
     }
 
     /// Check the settings; errors name the setting and its range.
@@ -143,7 +149,7 @@ impl Adaptation {
 
     /// The inner loop that computes the same fast weights, when every parameter moves.
     pub(crate) fn inner_loop(&self) -> InnerLoop {
-        InnerLoop::new(self.inner_lr, self.steps, Order::First)
+        InnerLoop { prototypes: self.prototypes, ..InnerLoop::new(self.inner_lr, self.steps, Order::First) }
     }
 }
 

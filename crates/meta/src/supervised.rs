@@ -2,12 +2,13 @@
 //! [`Learner`] whose step is the gradient of the batch's mean query loss followed by an Adam
 //! update. The support sets are not used.
 
-use fewshot_model::{ConvNetConfig, ParamMap};
+use fewshot_model::ConvNetConfig;
 
 use crate::batch::TaskBatch;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::learner::{Learner, Outer, StepStats, Trainable};
+use crate::meta_params::MetaParams;
 use crate::settings::{InnerLoop, Order};
 
 /// Supervised training of the whole net on labelled images, batch by batch. Each task of a
@@ -22,12 +23,12 @@ pub struct Supervised {
 impl Supervised {
     /// Start from `params` (see [`fewshot_model::init`]) with Adam as `outer` says, gradients
     /// computed by `engine`.
-    pub fn new(config: ConvNetConfig, params: &ParamMap, outer: Outer, engine: Engine) -> Result<Supervised> {
+    pub fn new(config: ConvNetConfig, params: &MetaParams, outer: Outer, engine: Engine) -> Result<Supervised> {
         Ok(Supervised { state: Trainable::new(config, params, outer)?, engine })
     }
 
     /// The gradient of the batch's loss, without updating anything.
-    pub fn gradient(&self, batch: &TaskBatch) -> Result<(ParamMap, StepStats)> {
+    pub fn gradient(&self, batch: &TaskBatch) -> Result<(MetaParams, StepStats)> {
         // A meta-gradient through zero inner steps is exactly the gradient of the query loss
         // at the parameters (the step size is never used).
         let no_adaptation = InnerLoop::new(1.0, 0, Order::First);

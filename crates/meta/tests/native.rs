@@ -3,7 +3,9 @@
 //! are in `second_order.rs`.
 
 use candle_core::{DType, Device, Tensor};
-use fewshot_meta::{Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, Order, Scope, TaskBatch};
+use fewshot_meta::{
+    Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MetaParams, Order, Scope, TaskBatch,
+};
 use fewshot_model::engine::{self, Layout, Real};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
 use rand::{Rng, SeedableRng};
@@ -28,9 +30,10 @@ fn batch(config: &ConvNetConfig, t: usize, k_shot: usize, n_query: usize, dtype:
 }
 
 /// Largest difference over all parameters, relative to the largest reference entry.
-fn rel_diff(a: &ParamMap, b: &ParamMap) -> f64 {
+fn rel_diff(a: &MetaParams, b: &MetaParams) -> f64 {
+    let (a, b) = (a.to_map(), b.to_map());
     let (mut diff, mut scale) = (0f64, 0f64);
-    for (name, bv) in b {
+    for (name, bv) in &b {
         let av = a[name].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let bv = bv.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for (x, y) in av.iter().zip(&bv) {
@@ -49,8 +52,10 @@ fn native_meta_gradient_equals_candle_in_f64() {
     for order in [Order::Second, Order::First] {
         for steps in [1, 3] {
             let inner = InnerLoop::new(0.3, steps, order);
-            let (reference, rs) = Engine::candle().meta_gradient(&config, &params, &batch, &inner).unwrap();
-            let (native, ns) = Engine::Native.meta_gradient(&config, &params, &batch, &inner).unwrap();
+            let (reference, rs) =
+                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
+            let (native, ns) =
+                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
             let err = rel_diff(&native, &reference);
             assert!(err < 1e-10, "{order:?}, {steps} steps: native differs by {err:e}");
             assert!((rs.loss - ns.loss).abs() < 1e-5 && rs.accuracy == ns.accuracy);
@@ -68,8 +73,10 @@ fn native_meta_gradient_equals_candle_at_omniglot_shapes() {
         let batch = batch(&config, 2, 1, 1, dtype, 2);
         for order in [Order::Second, Order::First] {
             let inner = InnerLoop::new(0.4, 1, order);
-            let (reference, _) = Engine::candle().meta_gradient(&config, &params, &batch, &inner).unwrap();
-            let (native, _) = Engine::Native.meta_gradient(&config, &params, &batch, &inner).unwrap();
+            let (reference, _) =
+                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
+            let (native, _) =
+                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
             let err = rel_diff(&native, &reference);
             println!("{dtype:?} {order:?}: relative difference {err:.2e}");
             assert!(err < bound, "{dtype:?} {order:?}: native differs by {err:e}");
@@ -87,9 +94,12 @@ fn adapted_logits_agree() {
     };
     let mut results = Vec::new();
     for scope in [Scope::All, Scope::Head] {
-        let adaptation = Adaptation { inner_lr: 0.4, steps: 3, scope };
-        let native = Engine::Native.adapted_logits(&config, &params, b.inputs(), &adaptation).unwrap();
-        let reference = Engine::candle().adapted_logits(&config, &params, b.inputs(), &adaptation).unwrap();
+        let adaptation = Adaptation { scope, ..Adaptation::all(0.4, 3) };
+        let native =
+            Engine::Native.adapted_logits(&config, &MetaParams::from(params.clone()), b.inputs(), &adaptation).unwrap();
+        let reference = Engine::candle()
+            .adapted_logits(&config, &MetaParams::from(params.clone()), b.inputs(), &adaptation)
+            .unwrap();
         assert_eq!(native.dims(), &[2, 12, 4]);
         assert!(max_diff(&native, &reference) < 1e-10, "{scope:?}");
         results.push(native);
@@ -111,8 +121,9 @@ fn head_scope_moves_only_the_head() {
     let b = batch(&config, 1, 2, 2, DType::F64, 9);
     let (support, labels, query) = (&b.support_images, &b.support_labels, &b.query_images);
     let lr = 0.3;
-    let adaptation = Adaptation { inner_lr: lr, steps: 1, scope: Scope::Head };
-    let got = Engine::Native.adapted_logits(&config, &params, b.inputs(), &adaptation).unwrap();
+    let adaptation = Adaptation { scope: Scope::Head, ..Adaptation::all(lr, 1) };
+    let got =
+        Engine::Native.adapted_logits(&config, &MetaParams::from(params.clone()), b.inputs(), &adaptation).unwrap();
     let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let features = |x: &candle_core::Tensor| -> Vec<Vec<f64>> {
         fewshot_model::features(&config, &fewshot_model::expand(&params, 1).unwrap(), x)
@@ -147,8 +158,9 @@ fn maml_steps_agree_across_engines() {
     let params = init(&config, 24, DType::F64, &Device::Cpu).unwrap();
     let inner = InnerLoop::new(0.4, 1, Order::Second);
     let settings = MamlSettings::new(inner, 1e-2);
-    let mut native = Maml::new(config, &params, settings).unwrap();
-    let mut candle = Maml::new(config, &params, MamlSettings { engine: Engine::candle(), ..settings }).unwrap();
+    let mut native = Maml::new(config, &params.clone().into(), settings).unwrap();
+    let mut candle =
+        Maml::new(config, &params.clone().into(), MamlSettings { engine: Engine::candle(), ..settings }).unwrap();
     assert_eq!(native.settings().engine, Engine::Native, "the fast path is the default");
     for step in 0..3 {
         let b = batch(&config, 4, 1, 2, DType::F64, 10 + step);
@@ -165,14 +177,17 @@ fn native_engine_rejects_bad_labels_and_hands_other_dtypes_to_candle() {
     let inner = InnerLoop::new(0.4, 1, Order::Second);
     let mut b = batch(&config, 1, 1, 1, DType::F32, 4);
     b.query_labels = Tensor::new(&[[0u32, 7]], &Device::Cpu).unwrap();
-    let err = Engine::Native.meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
+    let err =
+        Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &b, &inner).unwrap_err().to_string();
     assert!(err.contains("label = 7") && err.contains("n_way = 2"), "{err}");
     // A dtype the native engine does not compute in goes to the candle engine (whose custom
     // ops take f32 and f64 only on the CPU, so here both fail the same way; on other devices
     // the candle engine is the one that runs).
     let b = batch(&config, 1, 1, 1, DType::BF16, 4);
-    let native = Engine::Native.meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
-    let candle = Engine::candle().meta_gradient(&config, &params, &b, &inner).unwrap_err().to_string();
+    let native =
+        Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &b, &inner).unwrap_err().to_string();
+    let candle =
+        Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &b, &inner).unwrap_err().to_string();
     assert_eq!(native, candle);
 }
 
@@ -191,7 +206,7 @@ fn zero_and_shared_heads_do_not_depend_on_the_order_of_labels() {
     let adaptation = Adaptation::all(0.4, 2);
     let logits = |head: HeadInit, batch: &TaskBatch| {
         let p = head.task_params(&params, 3).unwrap();
-        Engine::Native.adapted_logits(&config, &p, batch.inputs(), &adaptation).unwrap()
+        Engine::Native.adapted_logits(&config, &MetaParams::from(p.clone()), batch.inputs(), &adaptation).unwrap()
     };
     for head in [HeadInit::Zero, HeadInit::Shared, HeadInit::Learned] {
         let (a, r) = (logits(head, &b), logits(head, &relabelled));
@@ -265,9 +280,12 @@ fn f32_meta_gradients_stay_close_to_f64_at_the_paper_shape() {
             ..b64.clone()
         };
         let inner = InnerLoop::new(0.4, 1, Order::Second);
-        let (g64, _) = Engine::Native.meta_gradient(&config, &params64, &b64, &inner).unwrap();
-        let (g32, _) = Engine::Native.meta_gradient(&config, &params32, &b32, &inner).unwrap();
+        let (g64, _) =
+            Engine::Native.meta_gradient(&config, &MetaParams::from(params64.clone()), &b64, &inner).unwrap();
+        let (g32, _) =
+            Engine::Native.meta_gradient(&config, &MetaParams::from(params32.clone()), &b32, &inner).unwrap();
         let mut worst = (0f64, String::new());
+        let (g64, g32) = (g64.net, g32.net);
         for (name, exact) in &g64 {
             let exact = exact.flatten_all().unwrap().to_vec1::<f64>().unwrap();
             let got = g32[name].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();

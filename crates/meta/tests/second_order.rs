@@ -6,12 +6,41 @@
 //! these show that second order is real and not first order under another name.
 
 use candle_core::{DType, Device, Tensor, Var};
-use fewshot_meta::{Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MultiStepLoss, Order, TaskBatch, adapt};
+use fewshot_meta::{
+    Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MetaParams, MultiStepLoss, Order, StepStats, TaskBatch,
+    TaskInputs, adapt,
+};
 use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const CONFIG: ConvNetConfig = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 3 };
+
+/// The groups of a flat parameter map (the names checkpoints store: the finite differences
+/// below perturb rates and sets by those names).
+fn groups(flat: &ParamMap) -> MetaParams {
+    MetaParams::from_map(&CONFIG, flat).unwrap()
+}
+
+/// `engine`'s meta-gradient at a flat parameter map, flat.
+fn meta_gradient(
+    engine: Engine,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+) -> fewshot_meta::Result<(ParamMap, StepStats)> {
+    engine.meta_gradient(&CONFIG, &groups(params), batch, inner).map(|(g, s)| (g.to_map(), s))
+}
+
+/// `engine`'s adapted logits at a flat parameter map.
+fn adapted_logits(
+    engine: Engine,
+    params: &ParamMap,
+    tasks: TaskInputs<'_>,
+    adaptation: &fewshot_meta::Adaptation,
+) -> fewshot_meta::Result<Tensor> {
+    engine.adapted_logits(&CONFIG, &groups(params), tasks, adaptation)
+}
 
 fn batch(seed: u64) -> TaskBatch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -36,7 +65,7 @@ fn batch(seed: u64) -> TaskBatch {
 fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
     let query_loss = |steps: usize| {
         let inner = InnerLoop { steps, ..*inner };
-        let fast = adapt(&CONFIG, params, &batch.support_images, &batch.support_labels, &inner).unwrap();
+        let fast = adapt(&CONFIG, &groups(params), &batch.support_images, &batch.support_labels, &inner).unwrap();
         let logits = forward(&CONFIG, &fast, &batch.query_images).unwrap();
         cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
     };
@@ -114,8 +143,8 @@ fn second_order_matches_finite_differences_after_one_and_two_steps() {
     // Both engines: candle's autograd (reference) and the native Hessian-vector-product path.
     for engine in ["candle", "native"] {
         let gradient = |inner: &InnerLoop| match engine {
-            "candle" => Engine::candle().meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
-            _ => Engine::Native.meta_gradient(&CONFIG, &params, &batch, inner).unwrap().0,
+            "candle" => meta_gradient(Engine::candle(), &params, &batch, inner).unwrap().0,
+            _ => meta_gradient(Engine::Native, &params, &batch, inner).unwrap().0,
         };
         for steps in [1, 2] {
             let inner = InnerLoop::new(0.5, steps, Order::Second);
@@ -147,7 +176,7 @@ fn multi_step_loss_matches_finite_differences() {
         for progress in [0.0, 0.6] {
             let multi_step = Some(MultiStepLoss { progress });
             let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
-            let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+            let (grads, _) = meta_gradient(Engine::Native, &params, &batch, &inner).unwrap();
             let c = compare_with_fd(&params, &grads, &batch, &inner);
             println!(
                 "multi-step loss, {steps} steps, progress {progress}: {} checked, {} skipped, worst {:.2e}",
@@ -159,7 +188,7 @@ fn multi_step_loss_matches_finite_differences() {
             let last_only = InnerLoop { multi_step: None, ..inner };
             let c = compare_with_fd(
                 &params,
-                &Engine::Native.meta_gradient(&CONFIG, &params, &batch, &last_only).unwrap().0,
+                &meta_gradient(Engine::Native, &params, &batch, &last_only).unwrap().0,
                 &batch,
                 &inner,
             );
@@ -168,13 +197,13 @@ fn multi_step_loss_matches_finite_differences() {
     }
     // First order: the weighted sum of the first-order gradients after 1, 2, 3 steps.
     let inner = InnerLoop { multi_step: Some(MultiStepLoss { progress: 0.3 }), ..InnerLoop::new(0.5, 3, Order::First) };
-    let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+    let (grads, _) = meta_gradient(Engine::Native, &params, &batch, &inner).unwrap();
     let weights = inner.step_weights();
     for (name, g) in &grads {
         let mut want = g.zeros_like().unwrap();
         for (i, w) in weights.iter().enumerate() {
             let fo = InnerLoop::new(0.5, i + 1, Order::First);
-            let (gi, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &fo).unwrap();
+            let (gi, _) = meta_gradient(Engine::candle(), &params, &batch, &fo).unwrap();
             want = (want + (&gi[name] * *w).unwrap()).unwrap();
         }
         let diff = max_abs_diff(g, &want);
@@ -189,9 +218,11 @@ fn shared_and_zero_heads_have_the_gradients_of_their_parameters() {
     let inner = InnerLoop::new(0.5, 2, Order::Second);
     for head in [HeadInit::Shared, HeadInit::Zero] {
         let maml =
-            Maml::new(CONFIG, &params, MamlSettings { head_init: head, ..MamlSettings::new(inner, 1e-3) }).unwrap();
-        let stored = maml.params();
+            Maml::new(CONFIG, &groups(&params), MamlSettings { head_init: head, ..MamlSettings::new(inner, 1e-3) })
+                .unwrap();
+        let stored = maml.params().to_map();
         let (grads, _) = maml.meta_gradient(&batch).unwrap();
+        let grads = grads.to_map();
         // The meta-loss as a function of the stored parameters: each task starts from the head
         // as `head` builds it.
         let loss = |p: &ParamMap| meta_loss(&head.task_params(p, CONFIG.n_way).unwrap(), &batch, &inner);
@@ -243,10 +274,10 @@ fn first_order_equals_query_gradient_at_fast_weights() {
     let batch = batch(2);
     for steps in [1, 3] {
         let inner = InnerLoop::new(0.4, steps, Order::First);
-        let (fo, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+        let (fo, _) = meta_gradient(Engine::candle(), &params, &batch, &inner).unwrap();
         // Fast weights as fresh leaves; the query-loss gradient there, summed over tasks
         // (every task starts from the same initial parameters).
-        let fast = adapt(&CONFIG, &params, &batch.support_images, &batch.support_labels, &inner).unwrap();
+        let fast = adapt(&CONFIG, &groups(&params), &batch.support_images, &batch.support_labels, &inner).unwrap();
         let fast_vars = fewshot_model::ParamVars::new(&fast).unwrap();
         let fast_map = fast_vars.tensors();
         let logits = forward(&CONFIG, &fast_map, &batch.query_images).unwrap();
@@ -287,7 +318,7 @@ fn results_do_not_depend_on_the_callers_environment() {
                 let x = Var::new(1f64, &Device::Cpu).unwrap();
                 x.as_tensor().sqr().unwrap().backward().unwrap();
             }
-            let (g, _) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+            let (g, _) = meta_gradient(Engine::candle(), &params, &batch, &inner).unwrap();
             g["block0.conv.weight"].flatten_all().unwrap().to_vec1::<f64>().unwrap()
         })
         .join()
@@ -301,16 +332,15 @@ fn chunking_tasks_does_not_change_the_meta_gradient() {
     let params = init(&CONFIG, 9, DType::F64, &Device::Cpu).unwrap();
     let batch = batch(4);
     let inner = InnerLoop::new(0.4, 2, Order::Second);
-    let (whole, s1) = Engine::Candle { task_chunk: 2 }.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
-    let (chunked, s2) = Engine::candle().meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
+    let (whole, s1) = meta_gradient(Engine::Candle { task_chunk: 2 }, &params, &batch, &inner).unwrap();
+    let (chunked, s2) = meta_gradient(Engine::candle(), &params, &batch, &inner).unwrap();
     assert!((s1.loss - s2.loss).abs() < 1e-6 && s1.accuracy == s2.accuracy);
     for (name, g) in &whole {
         let diff = max_abs_diff(g, &chunked[name]);
         assert!(diff < 1e-12, "{name}: {diff}");
     }
     assert!(
-        Engine::Candle { task_chunk: 0 }
-            .meta_gradient(&CONFIG, &params, &batch, &inner)
+        meta_gradient(Engine::Candle { task_chunk: 0 }, &params, &batch, &inner)
             .unwrap_err()
             .to_string()
             .contains("task_chunk")
@@ -324,7 +354,7 @@ fn with_rates(params: &ParamMap, steps: usize, seed: u64) -> ParamMap {
     let mut out = params.clone();
     for (name, r) in fewshot_meta::init_rates(&CONFIG, steps, 0.5, DType::F64, &Device::Cpu).unwrap() {
         let v: Vec<f64> = (0..r.elem_count()).map(|_| rng.random_range(0.2..0.7)).collect();
-        out.insert(name, Tensor::from_vec(v, steps, &Device::Cpu).unwrap());
+        out.insert(fewshot_meta::rate_name(&name), Tensor::from_vec(v, steps, &Device::Cpu).unwrap());
     }
     out
 }
@@ -341,7 +371,7 @@ fn learned_inner_rates_have_exact_meta_gradients() {
                     continue; // the multi-step loss is the native engine's
                 }
                 let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
-                let (grads, _) = engine.meta_gradient(&CONFIG, &p, &batch, &inner).unwrap();
+                let (grads, _) = meta_gradient(engine, &p, &batch, &inner).unwrap();
                 assert_eq!(grads.len(), p.len(), "a gradient for every parameter and rate");
                 let c = compare_with_fd(&p, &grads, &batch, &inner);
                 println!(
@@ -357,8 +387,8 @@ fn learned_inner_rates_have_exact_meta_gradients() {
         }
         // First order: the two engines agree, rates included.
         let fo = InnerLoop::new(0.5, steps, Order::First);
-        let (a, _) = Engine::candle().meta_gradient(&CONFIG, &p, &batch, &fo).unwrap();
-        let (b, _) = Engine::Native.meta_gradient(&CONFIG, &p, &batch, &fo).unwrap();
+        let (a, _) = meta_gradient(Engine::candle(), &p, &batch, &fo).unwrap();
+        let (b, _) = meta_gradient(Engine::Native, &p, &batch, &fo).unwrap();
         for (name, g) in &a {
             let diff = max_abs_diff(g, &b[name]);
             assert!(diff < 1e-12, "first order, {name}: engines differ by {diff:e}");
@@ -367,9 +397,10 @@ fn learned_inner_rates_have_exact_meta_gradients() {
     // Rates all equal to inner_lr: the same net gradient as the plain inner loop.
     let inner = InnerLoop::new(0.5, 2, Order::Second);
     let mut uniform = params.clone();
-    uniform.extend(fewshot_meta::init_rates(&CONFIG, 2, 0.5, DType::F64, &Device::Cpu).unwrap());
-    let (plain, _) = Engine::Native.meta_gradient(&CONFIG, &params, &batch, &inner).unwrap();
-    let (learned, _) = Engine::Native.meta_gradient(&CONFIG, &uniform, &batch, &inner).unwrap();
+    let rates = fewshot_meta::init_rates(&CONFIG, 2, 0.5, DType::F64, &Device::Cpu).unwrap();
+    uniform.extend(rates.into_iter().map(|(name, r)| (fewshot_meta::rate_name(&name), r)));
+    let (plain, _) = meta_gradient(Engine::Native, &params, &batch, &inner).unwrap();
+    let (learned, _) = meta_gradient(Engine::Native, &uniform, &batch, &inner).unwrap();
     for (name, g) in &plain {
         assert!(max_abs_diff(g, &learned[name]) < 1e-12, "{name}");
     }
@@ -380,8 +411,8 @@ fn evaluation_beyond_the_learned_steps_takes_the_last_rate() {
     let params = with_rates(&init(&CONFIG, 19, DType::F64, &Device::Cpu).unwrap(), 2, 3);
     let batch = batch(7);
     let adaptation = fewshot_meta::Adaptation::all(0.5, 4);
-    let native = Engine::Native.adapted_logits(&CONFIG, &params, batch.inputs(), &adaptation).unwrap();
-    let candle = Engine::candle().adapted_logits(&CONFIG, &params, batch.inputs(), &adaptation).unwrap();
+    let native = adapted_logits(Engine::Native, &params, batch.inputs(), &adaptation).unwrap();
+    let candle = adapted_logits(Engine::candle(), &params, batch.inputs(), &adaptation).unwrap();
     assert!(max_abs_diff(&native, &candle) < 1e-10);
     // Spelled out: rates of 4 steps whose last two repeat the second give the same logits.
     let mut spelled = params.clone();
@@ -391,11 +422,11 @@ fn evaluation_beyond_the_learned_steps_takes_the_last_rate() {
             spelled.insert(name.clone(), Tensor::new(&[v[0], v[1], v[1], v[1]], &Device::Cpu).unwrap());
         }
     }
-    let again = Engine::Native.adapted_logits(&CONFIG, &spelled, batch.inputs(), &adaptation).unwrap();
+    let again = adapted_logits(Engine::Native, &spelled, batch.inputs(), &adaptation).unwrap();
     assert!(max_abs_diff(&native, &again) < 1e-14);
     // And they matter: the plain inner_lr labels differently.
-    let (net, _) = fewshot_meta::split_rates(&params);
-    let plain = Engine::Native.adapted_logits(&CONFIG, &net, batch.inputs(), &adaptation).unwrap();
+    let net = groups(&params).net;
+    let plain = adapted_logits(Engine::Native, &net, batch.inputs(), &adaptation).unwrap();
     assert!(max_abs_diff(&native, &plain) > 1e-6);
 }
 
@@ -405,7 +436,7 @@ fn evaluation_beyond_the_learned_steps_takes_the_last_rate() {
 fn native_meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
     let query_loss = |steps: usize| {
         let adaptation = fewshot_meta::Adaptation::all(inner.inner_lr, steps);
-        let logits = Engine::Native.adapted_logits(&CONFIG, params, batch.inputs(), &adaptation).unwrap();
+        let logits = adapted_logits(Engine::Native, params, batch.inputs(), &adaptation).unwrap();
         cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
     };
     inner.step_weights().iter().enumerate().filter(|(_, w)| **w != 0.0).map(|(i, w)| w * query_loss(i + 1)).sum()
@@ -420,7 +451,7 @@ fn with_bn_steps(params: &ParamMap, steps: usize, seed: u64) -> ParamMap {
         let v: Vec<f64> = (0..t.elem_count())
             .map(|_| if gain { rng.random_range(0.5..1.5) } else { rng.random_range(-0.3..0.3) })
             .collect();
-        out.insert(name, Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap());
+        out.insert(fewshot_meta::bn_step_name(&name), Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap());
     }
     out
 }
@@ -444,7 +475,7 @@ fn per_step_batch_norm_has_exact_meta_gradients() {
             p = with_rates(&p, steps, 9);
         }
         let inner = InnerLoop { multi_step, ..InnerLoop::new(0.5, steps, Order::Second) };
-        let (grads, _) = Engine::Native.meta_gradient(&CONFIG, &p, &batch, &inner).unwrap();
+        let (grads, _) = meta_gradient(Engine::Native, &p, &batch, &inner).unwrap();
         assert_eq!(grads.len(), p.len(), "a gradient for every parameter and set");
         let c = compare_loss_with_fd(|q| native_meta_loss(q, &batch, &inner), &p, &grads);
         println!(
@@ -461,6 +492,6 @@ fn per_step_batch_norm_has_exact_meta_gradients() {
     }
     // The candle reference has no per-step batch norm: it says so.
     let p = with_bn_steps(&params, 1, 1);
-    let e = Engine::candle().meta_gradient(&CONFIG, &p, &batch, &plain).unwrap_err().to_string();
+    let e = meta_gradient(Engine::candle(), &p, &batch, &plain).unwrap_err().to_string();
     assert!(e.contains("per-step batch"), "{e}");
 }

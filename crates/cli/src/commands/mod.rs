@@ -20,7 +20,8 @@ pub(crate) fn check_n_way(settings: &Settings, n_way: usize, checkpoint: &Path, 
     if n_way != trained && !settings.evaluation.any_way() {
         bail!(
             "{} is a {trained}-way model and {what} {n_way}-way: use {trained}-way tasks (a model trained with \
-             train.head_init = \"zero\" or \"shared\" takes any number of classes)",
+             train.head_init = \"zero\", \"shared\" or \"prototypes\", or a protonet, takes any number of \
+             classes)",
             checkpoint.display()
         );
     }

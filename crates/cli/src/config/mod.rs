@@ -140,6 +140,12 @@ pub enum Method {
     /// tasks (labels local to each task, no inner loop), then fine-tuned as a whole on each
     /// test task's support set.
     TaskClassifier,
+    /// Prototypical networks (Snell et al. 2017): each query is labelled by its squared
+    /// Euclidean distance to the mean embedding of each class's support images; no inner loop
+    /// (`train.inner_steps = 0`). Trained by the engine's forward and backward passes as MAML
+    /// with the prototype head (`train.head_init = "prototypes"`) and no inner step; evaluates
+    /// on any number of classes.
+    Protonet,
 }
 
 /// `[train]`
@@ -206,9 +212,11 @@ pub struct TrainConfig {
     /// extending a run with `--resume` does not change the schedule it trained under).
     pub meta_lr_cosine_steps: usize,
     /// How the head starts each task (MAML and first-order MAML): `learned` (MAML's), `zero`
-    /// (zeroed before every inner loop) or `shared` (one learned row copied to every class).
-    /// With `zero` or `shared` the model is invariant to the order of labels and evaluates on
-    /// any number of classes (`fewshot eval --n-way`, `predict`).
+    /// (zeroed before every inner loop), `shared` (one learned row copied to every class) or
+    /// `prototypes` (Proto-MAML: class `k`'s row `2 c_k` and bias `-|c_k|^2`, `c_k` the mean
+    /// features of its support images; the meta-gradient goes through them). With any but
+    /// `learned` the model is invariant to the order of labels and evaluates on any number of
+    /// classes (`fewshot eval --n-way`, `predict`).
     pub head_init: fewshot_meta::HeadInit,
     /// What computes gradients: `native` (the hand-written engine) or `candle` (the reference
     /// path through candle's autograd; slower, for checking).

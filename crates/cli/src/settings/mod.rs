@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use fewshot_meta::{Adaptation, Annealing, Engine, HeadInit, InnerLoop, LrSchedule, MamlSettings, Order, Outer};
+use fewshot_meta::{
+    Adaptation, Annealing, Engine, HeadInit, InnerLoop, LrSchedule, MamlSettings, MetaParams, Order, Outer,
+};
 use fewshot_model::{ConvNetConfig, ParamMap};
 use fewshot_tasks::{EpisodeSpec, Protocol, TaskAugment};
 
@@ -170,22 +172,30 @@ impl Evaluation {
         self.head != EvalHead::Task(HeadInit::Learned)
     }
 
-    /// The parameters a task of `n_way` classes starts from. For the transfer baseline, the
-    /// trained feature extractor with a zero `n_way` head (a random head's logits are noise
-    /// that the first fine-tuning steps must undo; from zero, one head-only step already gives
-    /// a nearest-prototype classifier, and the result does not depend on a head seed).
-    pub fn params(&self, net: &NetShape, params: &ParamMap, n_way: usize) -> anyhow::Result<ParamMap> {
-        match self.head {
-            EvalHead::Task(head) => Ok(head.task_params(params, n_way)?),
+    /// The parameters a task of `n_way` classes starts from, from a checkpoint's flat map,
+    /// checked. For the transfer baseline, the trained feature extractor with a zero `n_way`
+    /// head (a random head's logits are noise that the first fine-tuning steps must undo; from
+    /// zero, one head-only step already gives a nearest-prototype classifier, and the result
+    /// does not depend on a head seed).
+    pub fn params(&self, net: &NetShape, flat: &ParamMap, n_way: usize) -> anyhow::Result<MetaParams> {
+        self.task_params(net, MetaParams::split(flat), n_way)
+    }
+
+    /// [`Evaluation::params`] from a learner's parameters.
+    pub fn task_params(&self, net: &NetShape, mut params: MetaParams, n_way: usize) -> anyhow::Result<MetaParams> {
+        params.net = match self.head {
+            EvalHead::Task(head) => head.task_params(&params.net, n_way)?,
             EvalHead::Fresh => {
                 use candle_core::{DType, Device, Tensor};
                 let features = net.net(n_way).features();
-                let mut out = params.clone();
+                let mut out = params.net.clone();
                 out.insert("head.weight".into(), Tensor::zeros((n_way, features), DType::F32, &Device::Cpu)?);
                 out.insert("head.bias".into(), Tensor::zeros(n_way, DType::F32, &Device::Cpu)?);
-                Ok(out)
+                out
             }
-        }
+        };
+        params.check(&net.net(n_way))?;
+        Ok(params)
     }
 }
 
@@ -265,11 +275,37 @@ impl Settings {
                 t.method
             );
         }
+        // The head a task starts from: a protonet's is the prototype head.
+        let head_init = if t.method == Method::Protonet { HeadInit::Prototypes } else { t.head_init };
+        if t.method == Method::Protonet {
+            let inner_loop_only = t.multi_step_loss || t.first_order_steps > 0 || t.learned_inner_lr || t.per_step_bn;
+            if inner_loop_only || !matches!(t.head_init, HeadInit::Learned | HeadInit::Prototypes) {
+                bail!(
+                    "train.method = \"protonet\" has no inner loop and its own head: leave train.multi_step_loss, \
+                     train.first_order_steps, train.learned_inner_lr, train.per_step_bn and train.head_init at their \
+                     defaults (or use maml with train.head_init = \"prototypes\": Proto-MAML)"
+                );
+            }
+            if t.inner_steps != 0 {
+                bail!(
+                    "train.inner_steps = {}: a protonet takes no inner step in training; set train.inner_steps = 0 \
+                     (and train.eval_inner_steps = 0 to evaluate it as one; more steps fine-tune its prototype head)",
+                    t.inner_steps
+                );
+            }
+        }
+        if head_init == HeadInit::Prototypes && t.per_step_bn {
+            bail!(
+                "train.head_init = \"prototypes\" with train.per_step_bn = true: the two are not combined (the \
+                 prototypes are read before the first step's batch-norm set); drop one"
+            );
+        }
         let engine = match t.engine {
             EngineKind::Native => Engine::Native,
             EngineKind::Candle => Engine::Candle { task_chunk: t.task_chunk },
         };
-        let adaptation = Adaptation { inner_lr: t.inner_lr, steps: t.eval_inner_steps, scope: t.finetune };
+        let prototypes = head_init == HeadInit::Prototypes;
+        let adaptation = Adaptation { inner_lr: t.inner_lr, steps: t.eval_inner_steps, scope: t.finetune, prototypes };
         adaptation.validate().map_err(|e| named("train", e))?;
         let episodes = episodes(&config)?;
         for (key, v) in [
@@ -303,8 +339,8 @@ impl Settings {
             NetShape { image_size: d.image_size as usize, hidden: config.model.hidden, depth: config.model.depth };
         net.net(episodes.eval.n_way).validate().map_err(|err| anyhow::anyhow!("model: {err}"))?;
         let learner = match t.method {
-            Method::Maml | Method::Fomaml => {
-                let order = if t.method == Method::Maml { Order::Second } else { Order::First };
+            Method::Maml | Method::Fomaml | Method::Protonet => {
+                let order = if t.method == Method::Fomaml { Order::First } else { Order::Second };
                 let maml = MamlSettings {
                     inner: InnerLoop::new(t.inner_lr, t.inner_steps, order),
                     outer,
@@ -312,7 +348,7 @@ impl Settings {
                         first_order_steps: t.first_order_steps as u64,
                         multi_step_steps: t.multi_step_loss.then_some(t.multi_step_loss_steps as u64),
                     },
-                    head_init: t.head_init,
+                    head_init,
                     engine,
                 };
                 maml.validate().map_err(|e| named("train", e))?;
@@ -323,7 +359,7 @@ impl Settings {
             }
             Method::Transfer | Method::TaskClassifier => LearnerSettings::Supervised { outer, engine },
         };
-        let head = if t.method == Method::Transfer { EvalHead::Fresh } else { EvalHead::Task(t.head_init) };
+        let head = if t.method == Method::Transfer { EvalHead::Fresh } else { EvalHead::Task(head_init) };
         let schedule = Schedule {
             steps: t.steps,
             meta_batch_size: t.meta_batch_size,
@@ -398,12 +434,13 @@ fn episodes(config: &Config) -> anyhow::Result<Episodes> {
         if w < 2 {
             bail!("episodes.train_n_way = {w}: must be at least 2");
         }
-        let any_way = matches!(t.method, Method::Maml | Method::Fomaml) && t.head_init != HeadInit::Learned;
+        let any_way = (matches!(t.method, Method::Maml | Method::Fomaml) && t.head_init != HeadInit::Learned)
+            || t.method == Method::Protonet;
         if !any_way {
             bail!(
-                "episodes.train_n_way = {w} differs from episodes.n_way = {}: only a MAML model whose head adapts \
-                 to any number of classes can train on other tasks than it is tested on (set train.head_init = \
-                 \"zero\" or \"shared\", or remove train_n_way)",
+                "episodes.train_n_way = {w} differs from episodes.n_way = {}: only a model whose head adapts to any \
+                 number of classes can train on other tasks than it is tested on (set train.head_init = \"zero\", \
+                 \"shared\" or \"prototypes\", use train.method = \"protonet\", or remove train_n_way)",
                 e.n_way
             );
         }

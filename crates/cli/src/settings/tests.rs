@@ -72,3 +72,36 @@ fn shipped_configs_parse() {
     }
     assert!(n >= 6, "{n} configs");
 }
+
+#[test]
+fn a_protonet_is_maml_with_the_prototype_head_and_no_inner_step() {
+    let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let p = Settings::parse(
+        "name = \"x\"\n",
+        "t",
+        &sets(&["train.method=\"protonet\"", "train.inner_steps=0", "train.eval_inner_steps=0"]),
+    )
+    .unwrap();
+    let LearnerSettings::Maml { maml, .. } = p.learner else { panic!("a protonet trains as MAML") };
+    assert_eq!((maml.head_init, maml.inner.steps), (HeadInit::Prototypes, 0));
+    assert!(p.evaluation.adaptation.prototypes && p.evaluation.any_way());
+    check_err(
+        "name = \"x\"\n",
+        &["train.method=\"protonet\""],
+        "train.inner_steps = 1: a protonet takes no inner step",
+    );
+    check_err(
+        "name = \"x\"\n",
+        &["train.method=\"protonet\"", "train.inner_steps=0", "train.learned_inner_lr=true"],
+        "has no inner loop and its own head",
+    );
+    check_err("name = \"x\"\n", &["train.head_init=\"prototypes\"", "train.per_step_bn=true"], "are not combined");
+    // Proto-MAML: a head for any number of classes, so smaller training tasks are allowed.
+    let m = Settings::parse(
+        "name = \"x\"\n",
+        "t",
+        &sets(&["train.head_init=\"prototypes\"", "episodes.n_way=20", "episodes.train_n_way=5"]),
+    )
+    .unwrap();
+    assert_eq!((m.episodes.train.n_way, m.episodes.eval.n_way), (5, 20));
+}

@@ -349,3 +349,40 @@ fn signals_write_a_checkpoint_exit_non_zero_and_a_folder_has_one_writer() {
         assert!(log.contains(&format!("trained {} steps", step + 1)), "{log}");
     }
 }
+
+#[test]
+fn a_protonet_and_proto_maml_train_and_label_tasks_of_any_number_of_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let tasks = tmp.path().join("tasks");
+    task_folder(&tasks, 2, 4);
+    for (method, sets) in [
+        ("protonet", ["train.inner_steps=0", "train.eval_inner_steps=0"]),
+        ("maml", ["train.head_init=\"prototypes\"", "train.eval_inner_steps=1"]),
+    ] {
+        let cfg = config(tmp.path(), method);
+        let out = tmp.path().join(format!("run-{method}-prototypes"));
+        let mut args = train_args(&cfg, &out, &["--set", "train.steps=4"]);
+        sets.iter().for_each(|s| args.extend(["--set", s]));
+        let log = ok(fewshot(&args, &data));
+        assert!(log.contains("trained 4 steps"), "{method}: {log}");
+        let ckpt = out.join("checkpoints/last.safetensors");
+        // Trained on 5-way tasks, evaluated 3-way and 7-way.
+        for n_way in ["3", "7"] {
+            let eval = ok(fewshot(
+                &["eval", "--checkpoint", ckpt.to_str().unwrap(), "--n", "6", "--n-way", n_way, "--json"],
+                &data,
+            ));
+            let v: serde_json::Value = serde_json::from_str(eval.lines().next().unwrap()).unwrap();
+            assert_eq!(v["n_way"].as_u64().unwrap().to_string(), n_way, "{method}");
+            assert!((0.0..=1.0).contains(&v["accuracy"].as_f64().unwrap()));
+        }
+        let csv = tmp.path().join(format!("predictions-{method}.csv"));
+        let (c, t, o) = (ckpt.to_str().unwrap(), tasks.to_str().unwrap(), csv.to_str().unwrap());
+        ok(fewshot(&["predict", "--checkpoint", c, "--tasks", t, "--out", o], &data));
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(text.lines().count(), 1 + 8, "{method}: 2 tasks of 4 queries");
+        assert!(text.lines().skip(1).all(|r| r.split(',').nth(1).unwrap().parse::<u32>().unwrap() < 4));
+    }
+}

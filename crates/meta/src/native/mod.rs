@@ -4,19 +4,21 @@
 //! in task order. Same mathematics as the candle path ([`crate::candle`]): tests hold the two
 //! to each other and to finite differences.
 
+mod prototypes;
 mod task;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_model::engine::{Layout, Real};
-use fewshot_model::{ConvNetConfig, ParamMap, ParamRole, param_specs};
+use fewshot_model::{ConvNetConfig, ParamRole, param_specs};
 
 use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
-use crate::bn_steps::{BnStepTable, split_bn_steps};
+use crate::bn_steps::BnStepTable;
 use crate::error::{Error, Result};
-use crate::rates::{RateTable, split_rates};
+use crate::meta_params::MetaParams;
+use crate::rates::RateTable;
 use crate::settings::{Adaptation, InnerLoop};
 use crate::workers::{self, Job};
 use task::{BnSets, StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
@@ -79,7 +81,7 @@ impl<T: Real> FlatBatch<T> {
     }
 }
 
-/// What a meta-learner's parameter map becomes on the native engine.
+/// What a meta-learner's parameters become on the native engine.
 struct Prepared<T> {
     layout: Arc<Layout>,
     /// The net's parameters, packed.
@@ -90,16 +92,14 @@ struct Prepared<T> {
     bn_table: Option<BnStepTable>,
 }
 
-/// Split `params` into the net's parameters, learned rates and per-step batch-norm sets, and
-/// lay them out: the inner loop's step sizes are the learned rates when the map holds them,
-/// else `inner_lr`; with per-step batch norm, zero for the batch-norm parameters.
-fn prepare<T: Real>(config: &ConvNetConfig, params: &ParamMap, inner_lr: f64) -> Result<Prepared<T>> {
-    let (rest, rates) = split_rates(params);
-    let (net, sets) = split_bn_steps(&rest);
-    let rates = RateTable::from_map(config, &rates)?;
-    let bn_table = BnStepTable::from_map(config, &sets)?;
+/// Lay out the net's parameters, learned rates and per-step batch-norm sets: the inner loop's
+/// step sizes are the learned rates when there are some, else `inner_lr`; with per-step batch
+/// norm, zero for the batch-norm parameters.
+fn prepare<T: Real>(config: &ConvNetConfig, params: &MetaParams, inner_lr: f64) -> Result<Prepared<T>> {
+    let rates = params.rates.as_ref().map(|r| RateTable::from_map(config, r)).transpose()?;
+    let bn_table = params.bn_steps.as_ref().map(|s| BnStepTable::from_map(config, s)).transpose()?;
     let layout = Layout::new(config)?;
-    let theta = layout.pack(&net)?;
+    let theta = layout.pack(&params.net)?;
     let specs = param_specs(config);
     let frozen = |role: ParamRole| bn_table.is_some() && matches!(role, ParamRole::BnScale(_) | ParamRole::BnShift(_));
     let sizes = match (&rates, &bn_table) {
@@ -140,6 +140,19 @@ fn prepare<T: Real>(config: &ConvNetConfig, params: &ParamMap, inner_lr: f64) ->
     Ok(Prepared { layout: Arc::new(layout), theta: Arc::new(theta), sizes: Arc::new(sizes), bn, rates, bn_table })
 }
 
+/// Prototypes are read at the initial parameters, per-step batch norm has a set per step: the
+/// two are not combined (the prototypes' pass would need set 0's slots and their gradient).
+fn refuse_prototypes_with_bn_steps(prototypes: bool, params: &MetaParams) -> Result<()> {
+    if prototypes && params.bn_steps.is_some() {
+        return Err(Error::InvalidSetting {
+            name: "head_init",
+            value: "prototypes".into(),
+            expected: "another head with per-step batch norm (the two are not combined)".into(),
+        });
+    }
+    Ok(())
+}
+
 fn unsupported(dtype: DType) -> Error {
     Error::InvalidSetting {
         name: "dtype",
@@ -154,11 +167,12 @@ fn unsupported(dtype: DType) -> Error {
 /// dtype of the batch's images (f32 or f64).
 pub(crate) fn meta_gradient(
     config: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     batch: &TaskBatch,
     inner: &InnerLoop,
-) -> Result<(ParamMap, StepStats)> {
+) -> Result<(MetaParams, StepStats)> {
     inner.validate()?;
+    refuse_prototypes_with_bn_steps(inner.prototypes, params)?;
     match batch.support_images.dtype() {
         DType::F32 => meta_gradient_typed::<f32>(config, params, batch, inner),
         DType::F64 => meta_gradient_typed::<f64>(config, params, batch, inner),
@@ -168,10 +182,10 @@ pub(crate) fn meta_gradient(
 
 fn meta_gradient_typed<T: Real>(
     config: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     batch: &TaskBatch,
     inner: &InnerLoop,
-) -> Result<(ParamMap, StepStats)> {
+) -> Result<(MetaParams, StepStats)> {
     let Prepared { layout, theta, sizes, bn, rates, bn_table } = prepare::<T>(config, params, inner.inner_lr)?;
     let flat = Arc::new(FlatBatch::<T>::new(&layout, batch.inputs(), Some(&batch.query_labels))?);
     let t = batch.n_tasks();
@@ -199,15 +213,15 @@ fn meta_gradient_typed<T: Real>(
         return Err(Error::NonFinite(loss as f32));
     }
     let mean: Vec<T> = sum.iter().map(|s| T::from_f64(s / t as f64)).collect();
-    let dtype = params.values().next().map_or(T::DTYPE, |p| p.dtype());
-    let mut grads = layout.unpack(&mean, dtype, &Device::Cpu)?;
+    let dtype = params.net.values().next().map_or(T::DTYPE, |p| p.dtype());
+    let mut grads = MetaParams::from(layout.unpack(&mean, dtype, &Device::Cpu)?);
     if let Some(table) = &rates {
         rate_sum.iter_mut().for_each(|s| *s /= t as f64);
-        grads.extend(table.gradients(config, &rate_sum, dtype)?);
+        grads.rates = Some(table.gradients(config, &rate_sum, dtype)?);
     }
     if let Some(table) = &bn_table {
         bn_sum.iter_mut().for_each(|s| *s /= t as f64);
-        grads.extend(table.gradients(config, &bn_sum, dtype)?);
+        grads.bn_steps = Some(table.gradients(config, &bn_sum, dtype)?);
     }
     let stats =
         StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
@@ -217,11 +231,12 @@ fn meta_gradient_typed<T: Real>(
 /// Query logits `[t, n_query, n_way]` of each task after adapting as `adaptation` says.
 pub(crate) fn adapted_logits(
     config: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     tasks: TaskInputs<'_>,
     adaptation: &Adaptation,
 ) -> Result<Tensor> {
     adaptation.validate()?;
+    refuse_prototypes_with_bn_steps(adaptation.prototypes, params)?;
     match tasks.support_images.dtype() {
         DType::F32 => adapted_logits_typed::<f32>(config, params, tasks, adaptation),
         DType::F64 => adapted_logits_typed::<f64>(config, params, tasks, adaptation),
@@ -231,7 +246,7 @@ pub(crate) fn adapted_logits(
 
 fn adapted_logits_typed<T: Real>(
     config: &ConvNetConfig,
-    params: &ParamMap,
+    params: &MetaParams,
     tasks: TaskInputs<'_>,
     adaptation: &Adaptation,
 ) -> Result<Tensor> {

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use fewshot_model::engine::{self, Backward, Forward, Layout, Real};
 
+use super::prototypes::with_prototype_head;
 use crate::settings::{Adaptation, InnerLoop, Order, Scope};
 
 /// One task's images and labels, images channels last (see
@@ -246,7 +247,14 @@ pub(crate) fn task_meta_gradient<T: Real>(
         (Order::First, true) => Keep::Parameters,
         (Order::First, false) => Keep::Nothing,
     };
-    let adapted = adapt(layout, theta, task, (inner.steps, sizes, bn), 0, keep);
+    let (start, prototypes) = match inner.prototypes {
+        true => {
+            let (start, head) = with_prototype_head(layout, theta, task);
+            (std::borrow::Cow::Owned(start), Some(head))
+        }
+        false => (std::borrow::Cow::Borrowed(theta), None),
+    };
+    let adapted = adapt(layout, &start, task, (inner.steps, sizes, bn), 0, keep);
     let fwd = engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query);
     let mut grad = vec![T::default(); layout.len()];
     engine::gradient(layout, &adapted.fast, &fwd, task.query_labels, &mut grad);
@@ -300,6 +308,9 @@ pub(crate) fn task_meta_gradient<T: Real>(
     if let Some(bn) = bn {
         bn.take_gradient(0, &mut grad, &mut bn_grad); // with no inner step, set 0's
     }
+    if let Some(head) = prototypes {
+        head.pull_back(layout, theta, task.support_labels, &mut grad);
+    }
     TaskOutcome { grad, loss: fwd.loss(task.query_labels), correct: fwd.correct(task.query_labels), rate_grad, bn_grad }
 }
 
@@ -346,6 +357,10 @@ pub(crate) fn task_adapted_logits<T: Real>(
         Scope::All => 0,
         Scope::Head => layout.head_start(),
     };
-    let adapted = adapt(layout, theta, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
+    let start = match adaptation.prototypes {
+        true => std::borrow::Cow::Owned(with_prototype_head(layout, theta, task).0),
+        false => std::borrow::Cow::Borrowed(theta),
+    };
+    let adapted = adapt(layout, &start, task, (adaptation.steps, sizes, bn), from, Keep::Nothing);
     engine::forward_for_gradient(layout, &adapted.fast, task.query, task.n_query).logits
 }

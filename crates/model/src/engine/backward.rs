@@ -21,11 +21,30 @@ pub struct Backward<T: Real> {
     pub(crate) dz: Vec<Buffer<T>>,
 }
 
+/// Where the reverse pass starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Upstream<'a, T> {
+    /// The mean cross-entropy against these labels (one per image).
+    Labels(&'a [u32]),
+    /// A given gradient with respect to the head's input, the features (`[batch,
+    /// features]`): the gradient of `<d, features>`, in which the head takes no part.
+    Features(&'a [T]),
+}
+
 /// The gradient of the mean cross-entropy against `labels` at `theta`, written into `grad`
 /// (overwritten), from a forward pass at the same `theta`.
 #[inline]
 pub fn gradient<T: Real>(layout: &Layout, theta: &[T], fwd: &Forward<T>, labels: &[u32], grad: &mut [T]) {
-    T::backward_pass(layout, theta, fwd, labels, grad, false);
+    T::backward_pass(layout, theta, fwd, Upstream::Labels(labels), grad, false);
+}
+
+/// The gradient of `<d, features>` at `theta` (`d`: `[batch, features]`, the gradient of some
+/// loss with respect to the head's input), written into `grad` (overwritten; the head's part
+/// is zero), from a forward pass at the same `theta`: the reverse pass of the feature
+/// extractor alone, for losses the head does not compute (prototypes, say).
+#[inline]
+pub fn features_gradient<T: Real>(layout: &Layout, theta: &[T], fwd: &Forward<T>, d: &[T], grad: &mut [T]) {
+    T::backward_pass(layout, theta, fwd, Upstream::Features(d), grad, false);
 }
 
 /// [`gradient`], also returning what [`super::hvp`] needs at `theta`.
@@ -37,7 +56,7 @@ pub fn backward<T: Real>(
     labels: &[u32],
     grad: &mut [T],
 ) -> Backward<T> {
-    T::backward_pass(layout, theta, fwd, labels, grad, true)
+    T::backward_pass(layout, theta, fwd, Upstream::Labels(labels), grad, true)
 }
 
 /// The reverse pass; with `keep`, each block's `dy` and `dz` are kept for the Hessian-vector
@@ -48,29 +67,40 @@ pub(crate) fn pass<T: Real>(
     layout: &Layout,
     theta: &[T],
     fwd: &Forward<T>,
-    labels: &[u32],
+    upstream: Upstream<'_, T>,
     grad: &mut [T],
     keep: bool,
 ) -> Backward<T> {
     assert_eq!(grad.len(), layout.len(), "gradient vector of the wrong length");
-    assert_eq!(labels.len(), fwd.batch, "one label per image");
     let batch = fwd.batch;
     let n_way = layout.config().n_way;
     let features = layout.config().features();
     grad.fill(T::default());
-    // d loss / d logits = (softmax - one_hot) / batch.
-    let inv_b = T::from_f64(1.0 / batch as f64);
-    let mut dlogits = fwd.probs.clone(); // [batch, n_way]
-    for (i, &y) in labels.iter().enumerate() {
-        dlogits[i * n_way + y as usize] -= T::from_f64(1.0);
-    }
-    dlogits.iter_mut().for_each(|d| *d = *d * inv_b);
-    let h = fwd.features();
-    let (gw, gb) = grad[layout.head_weight..].split_at_mut(n_way * features);
-    matmul_tn(gw, &dlogits, h, [n_way, features, batch], Out::Set);
-    channel_sums(&dlogits, n_way, &mut gb[..n_way]);
     let mut da = Buffer::scratch(batch * features); // [batch, features]
-    matmul_nn(&mut da, &dlogits, &theta[layout.head_weight..], [batch, features, n_way], Out::Set);
+    let dlogits = match upstream {
+        Upstream::Labels(labels) => {
+            assert_eq!(labels.len(), fwd.batch, "one label per image");
+            // d loss / d logits = (softmax - one_hot) / batch.
+            let inv_b = T::from_f64(1.0 / batch as f64);
+            let mut dlogits = fwd.probs.clone(); // [batch, n_way]
+            for (i, &y) in labels.iter().enumerate() {
+                dlogits[i * n_way + y as usize] -= T::from_f64(1.0);
+            }
+            dlogits.iter_mut().for_each(|d| *d = *d * inv_b);
+            let h = fwd.features();
+            let (gw, gb) = grad[layout.head_weight..].split_at_mut(n_way * features);
+            matmul_tn(gw, &dlogits, h, [n_way, features, batch], Out::Set);
+            channel_sums(&dlogits, n_way, &mut gb[..n_way]);
+            matmul_nn(&mut da, &dlogits, &theta[layout.head_weight..], [batch, features, n_way], Out::Set);
+            dlogits
+        }
+        Upstream::Features(d) => {
+            assert_eq!(d.len(), batch * features, "one feature gradient per image and feature");
+            assert!(!keep, "the Hessian-vector product starts from labels");
+            da.copy_from_slice(d);
+            Vec::new()
+        }
+    };
 
     let depth = layout.blocks.len();
     let (mut dys, mut dzs) = (Vec::with_capacity(depth), Vec::with_capacity(depth));

@@ -81,7 +81,7 @@ impl<T: Real> Forward<T> {
     }
 
     /// The last block's output, the head's input: `[batch, features]`.
-    pub(crate) fn features(&self) -> &[T] {
+    pub fn features(&self) -> &[T] {
         &self.blocks.last().expect("depth >= 1").out
     }
 

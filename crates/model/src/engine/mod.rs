@@ -48,7 +48,7 @@ mod real;
 mod simd;
 mod winograd;
 
-pub use backward::{Backward, backward, gradient};
+pub use backward::{Backward, Upstream, backward, features_gradient, gradient};
 pub use buffer::{Buffer, Pooled};
 pub use conv::{ConvAlgorithm, conv_algorithm, set_conv_algorithm};
 pub use forward::{Forward, forward, forward_for_gradient};

@@ -7,7 +7,7 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub, SubAssign};
 
 use candle_core::{DType, Tensor};
 
-use super::backward::{self, Backward};
+use super::backward::{self, Backward, Upstream};
 use super::buffer::Pooled;
 use super::forward::{self, Forward};
 use super::hvp;
@@ -54,13 +54,14 @@ pub trait Real:
     /// [`super::forward`] (`lean`: [`super::forward_for_gradient`]) at this type.
     #[doc(hidden)]
     fn forward_pass(layout: &Layout, theta: &[Self], images: &[Self], batch: usize, lean: bool) -> Forward<Self>;
-    /// [`super::backward`] (`keep`) or [`super::gradient`] at this type.
+    /// [`super::backward`] (`keep`), [`super::gradient`] or [`super::features_gradient`] at
+    /// this type.
     #[doc(hidden)]
     fn backward_pass(
         layout: &Layout,
         theta: &[Self],
         fwd: &Forward<Self>,
-        labels: &[u32],
+        upstream: Upstream<'_, Self>,
         grad: &mut [Self],
         keep: bool,
     ) -> Backward<Self>;
@@ -113,13 +114,13 @@ macro_rules! real {
                 layout: &Layout,
                 theta: &[$t],
                 fwd: &Forward<$t>,
-                labels: &[u32],
+                upstream: Upstream<'_, $t>,
                 grad: &mut [$t],
                 keep: bool,
             ) -> Backward<$t> {
                 $level(
                     #[inline(always)]
-                    || backward::pass(layout, theta, fwd, labels, grad, keep),
+                    || backward::pass(layout, theta, fwd, upstream, grad, keep),
                 )
             }
             fn hvp_pass(
