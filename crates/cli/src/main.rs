@@ -85,10 +85,14 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Classes per fresh episode (--protocol or --validation), when the model can take a
-        /// number other than the one it trained on (`train.head_init = "zero"` or `"shared"`,
-        /// or the transfer baseline).
+        /// number other than the one it trained on (`train.head_init = "zero"`, `"shared"` or
+        /// `"prototypes"`, a protonet, or the transfer baseline).
         #[arg(long)]
         n_way: Option<usize>,
+        /// Queries per class of each fresh episode (default: the config's `episodes.n_query`),
+        /// e.g. the paper's 15 for a model validated on another shape.
+        #[arg(long)]
+        n_query: Option<usize>,
     },
     /// The shipped configs: `config list` (each with its purpose), `config show NAME|FILE`
     /// (the resolved config with every default, so every key is discoverable).
@@ -194,10 +198,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::train::TrainArgs { config, overrides, out, resume, overwrite, seed },
             threads,
         ),
-        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way } => {
+        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way, n_query } => {
             let protocol = protocol.map(protocol_of);
-            let args =
-                commands::eval::EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way };
+            let args = commands::eval::EvalArgs {
+                checkpoint,
+                episodes,
+                protocol,
+                validation,
+                n,
+                inner_steps,
+                json,
+                n_way,
+                n_query,
+            };
             commands::eval::run(args, threads)
         }
         Command::Config { action: ConfigAction::List } => commands::config::list(),

@@ -38,11 +38,13 @@ pub struct EvalArgs {
     pub json: bool,
     /// Classes of fresh episodes (a model with a head for any number of classes).
     pub n_way: Option<usize>,
+    /// Queries per class of fresh episodes.
+    pub n_query: Option<usize>,
 }
 
 /// Run `fewshot eval` on `threads` threads.
 pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
-    let EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way } = args;
+    let EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way, n_query } = args;
     let paths = checkpoint_files(&checkpoint)?;
     let mut models = Vec::with_capacity(paths.len());
     for path in &paths {
@@ -72,13 +74,17 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if n == Some(0) {
         bail!("--n 0: give at least 1 episode");
     }
-    // The settings that draw fresh episodes: the trained ones, or with --n-way classes.
+    // The settings that draw fresh episodes: the trained ones, or with --n-way classes and
+    // --n-query queries per class.
     let mut settings = trained.clone();
-    if let Some(n_way) = n_way {
+    if n_way.is_some() || n_query.is_some() {
         if episodes.is_some() {
-            bail!("--n-way sets the classes of fresh episodes; an --episodes file has its own");
+            bail!("--n-way and --n-query shape fresh episodes; an --episodes file has its own");
         }
-        settings = trained.with_eval_n_way(n_way).with_context(|| format!("--n-way {n_way}"))?;
+        let what = [n_way.map(|n| format!("--n-way {n}")), n_query.map(|n| format!("--n-query {n}"))];
+        settings = trained
+            .with_eval_shape(n_way, n_query)
+            .with_context(|| what.into_iter().flatten().collect::<Vec<_>>().join(" "))?;
     }
     let spec = settings.episodes.eval;
     let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1) && settings.data.is_omniglot();
@@ -155,6 +161,7 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
                 &serde_json::json!({
                     "checkpoint": checkpoint, "episodes": acc.episodes, "accuracy": acc.mean,
                     "ci95": acc.ci95, "inner_steps": steps, "n_way": n_way, "k_shot": spec.k_shot,
+                    "n_query": spec.n_query,
                     "description": description, "members": members,
                 })
                 .to_string(),

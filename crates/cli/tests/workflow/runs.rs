@@ -368,14 +368,14 @@ fn a_protonet_and_proto_maml_train_and_label_tasks_of_any_number_of_classes() {
         let log = ok(fewshot(&args, &data));
         assert!(log.contains("trained 4 steps"), "{method}: {log}");
         let ckpt = out.join("checkpoints/last.safetensors");
-        // Trained on 5-way tasks, evaluated 3-way and 7-way.
-        for n_way in ["3", "7"] {
-            let eval = ok(fewshot(
-                &["eval", "--checkpoint", ckpt.to_str().unwrap(), "--n", "6", "--n-way", n_way, "--json"],
-                &data,
-            ));
+        // Trained on 5-way tasks, evaluated 3-way and 7-way, with 1 query (its own) or 3.
+        for (n_way, n_query) in [("3", "1"), ("7", "3")] {
+            let c = ckpt.to_str().unwrap();
+            let args = ["eval", "--checkpoint", c, "--n", "6", "--n-way", n_way, "--n-query", n_query, "--json"];
+            let eval = ok(fewshot(&args, &data));
             let v: serde_json::Value = serde_json::from_str(eval.lines().next().unwrap()).unwrap();
             assert_eq!(v["n_way"].as_u64().unwrap().to_string(), n_way, "{method}");
+            assert_eq!(v["n_query"].as_u64().unwrap().to_string(), n_query, "{method}");
             assert!((0.0..=1.0).contains(&v["accuracy"].as_f64().unwrap()));
         }
         let csv = tmp.path().join(format!("predictions-{method}.csv"));
