@@ -16,11 +16,13 @@ pub fn list() -> anyhow::Result<ExitCode> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     paths.sort();
+    // One column of names, as wide as the longest.
+    let width = paths.iter().map(|p| p.display().to_string().chars().count()).max().unwrap_or(0);
     for path in paths {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let purpose: Vec<&str> =
             text.lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim()).collect();
-        stdout::line(&format!("{:<28} {}", path.display(), purpose.join(" ")))?;
+        stdout::line(&format!("{:<width$} {}", path.display().to_string(), purpose.join(" ")))?;
     }
     Ok(ExitCode::SUCCESS)
 }
