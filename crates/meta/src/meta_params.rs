@@ -98,16 +98,6 @@ impl MetaParams {
         })
     }
 
-    /// Whether `other` has the same groups, names and shapes.
-    pub fn same_shape(&self, other: &MetaParams) -> bool {
-        let shapes = |m: Option<&ParamMap>| -> Option<Vec<(String, Vec<usize>)>> {
-            m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect())
-        };
-        shapes(Some(&self.net)) == shapes(Some(&other.net))
-            && shapes(self.rates.as_ref()) == shapes(other.rates.as_ref())
-            && shapes(self.bn_steps.as_ref()) == shapes(other.bn_steps.as_ref())
-    }
-
     fn group(&self, group: Group) -> Option<&ParamMap> {
         match group {
             Group::Rates => self.rates.as_ref(),
@@ -134,6 +124,15 @@ mod tests {
 
     use super::*;
 
+    /// One group's names and shapes.
+    type Shapes = Option<Vec<(String, Vec<usize>)>>;
+
+    /// The groups' names and shapes.
+    fn shapes(p: &MetaParams) -> [Shapes; 3] {
+        let of = |m: Option<&ParamMap>| m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect());
+        [of(Some(&p.net)), of(p.rates.as_ref()), of(p.bn_steps.as_ref())]
+    }
+
     /// Checkpoints written before the groups existed keep loading: the flat names are those
     /// of then (`inner_lr.<parameter>`, `bn_step.<parameter>`), both ways.
     #[test]
@@ -154,7 +153,7 @@ mod tests {
         }
         assert_eq!(flat.len(), 2 * 10 + 4, "10 net parameters, 10 rates, 4 batch-norm sets");
         let back = MetaParams::from_map(&c, &flat).unwrap();
-        assert!(back.same_shape(&params));
+        assert_eq!(shapes(&back), shapes(&params));
         assert_eq!(back.to_map().keys().collect::<Vec<_>>(), flat.keys().collect::<Vec<_>>());
         // A net-only map is a net-only group.
         let plain = MetaParams::from_map(&c, &params.net).unwrap();

@@ -11,6 +11,9 @@ use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, expand, features, fo
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{central_difference, max_abs_diff};
+
 const CONFIG: ConvNetConfig = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 3 };
 
 /// Two tasks of 3 classes: 2 support images per class (class 2 of the second task has 1, and
@@ -44,29 +47,8 @@ fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
     cross_entropy(&logits, &batch.query_labels).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
 }
 
-fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMap {
-    let mut out = params.clone();
-    let p = &params[name];
-    let mut v = p.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    v[index] += delta;
-    out.insert(name.to_owned(), Tensor::from_vec(v, p.dims(), &Device::Cpu).unwrap());
-    out
-}
-
-/// Central differences (steps 1e-5 and 1e-6; `None` where they disagree, near a kink).
-fn central_difference(loss: impl Fn(&ParamMap) -> f64, params: &ParamMap, name: &str, index: usize) -> Option<f64> {
-    let fd =
-        |h: f64| (loss(&perturbed(params, name, index, h)) - loss(&perturbed(params, name, index, -h))) / (2.0 * h);
-    let (a, b) = (fd(1e-5), fd(1e-6));
-    ((a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1e-7)).then_some(b)
-}
-
 fn values(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    values(&(a - b).unwrap()).iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 #[test]

@@ -14,6 +14,9 @@ use fewshot_model::{ConvNetConfig, ParamMap, cross_entropy, forward, init};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{central_difference, max_abs_diff, perturbed};
+
 const CONFIG: ConvNetConfig = ConvNetConfig { in_channels: 1, image_size: 8, hidden: 3, depth: 2, n_way: 3 };
 
 /// The groups of a flat parameter map (the names checkpoints store: the finite differences
@@ -75,34 +78,10 @@ fn meta_loss(params: &ParamMap, batch: &TaskBatch, inner: &InnerLoop) -> f64 {
     inner.step_weights().iter().enumerate().map(|(i, w)| w * query_loss(i + 1)).sum()
 }
 
-fn perturbed(params: &ParamMap, name: &str, index: usize, delta: f64) -> ParamMap {
-    let mut out = params.clone();
-    let p = &params[name];
-    let mut v = p.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    v[index] += delta;
-    out.insert(name.to_owned(), Tensor::from_vec(v, p.dims(), &Device::Cpu).unwrap());
-    out
-}
-
-/// Largest absolute difference of two tensors of one shape.
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-}
-
 struct Comparison {
     checked: usize,
     skipped: usize,
     worst_rel: f64,
-}
-
-/// The central difference of `loss` along coordinate `index` of parameter `name` (step 1e-6),
-/// or `None` where steps of 1e-5 and 1e-6 disagree: a ReLU or max-pool kink is near.
-fn central_difference(loss: impl Fn(&ParamMap) -> f64, params: &ParamMap, name: &str, index: usize) -> Option<f64> {
-    let fd =
-        |h: f64| (loss(&perturbed(params, name, index, h)) - loss(&perturbed(params, name, index, -h))) / (2.0 * h);
-    let (a, b) = (fd(1e-5), fd(1e-6));
-    let scale = a.abs().max(b.abs()).max(1e-7);
-    ((a - b).abs() <= 1e-5 * scale).then_some(b)
 }
 
 /// `|fd - got|` relative to the larger of the two (and 1e-7).
