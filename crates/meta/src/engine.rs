@@ -64,7 +64,10 @@ impl Engine {
     ) -> Result<(MetaParams, StepStats)> {
         match self.for_images(&batch.support_images) {
             Engine::Native => native::meta_gradient(config, params, batch, inner),
-            Engine::Candle { task_chunk } => candle::meta_gradient(config, params, batch, inner, task_chunk),
+            Engine::Candle { task_chunk } => {
+                refuse_groups()?;
+                candle::meta_gradient(config, params, batch, inner, task_chunk)
+            }
         }
     }
 
@@ -82,7 +85,27 @@ impl Engine {
     ) -> Result<Tensor> {
         match self.for_images(tasks.support_images) {
             Engine::Native => native::adapted_logits(config, params, tasks, adaptation),
-            Engine::Candle { .. } => candle::adapted_logits(config, params, tasks, adaptation),
+            Engine::Candle { .. } => {
+                refuse_groups()?;
+                candle::adapted_logits(config, params, tasks, adaptation)
+            }
         }
+    }
+}
+
+/// The candle engine computes every task in this process: under a group of ranks
+/// ([`crate::distributed`]) it would not split the work, so it is refused rather than run
+/// once per rank.
+fn refuse_groups() -> Result<()> {
+    match crate::distributed::current() {
+        Some(g) => Err(crate::error::Error::InvalidSetting {
+            name: "engine",
+            value: "candle".into(),
+            expected: format!(
+                "the native engine when running as {} ranks (only it splits a batch's tasks over ranks)",
+                g.size()
+            ),
+        }),
+        None => Ok(()),
     }
 }

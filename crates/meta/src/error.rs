@@ -14,6 +14,14 @@ pub enum Error {
     /// stopped.
     #[error("worker threads: {0}")]
     Workers(String),
+    /// A group of processes ([`crate::distributed`]) failed to exchange numbers.
+    #[error("rank {rank}: {message}")]
+    Group {
+        /// The rank that saw the failure.
+        rank: usize,
+        /// What failed.
+        message: String,
+    },
     /// A setting is out of range.
     #[error("invalid {name} = {value}: expected {expected}")]
     InvalidSetting {

@@ -47,6 +47,7 @@ mod adam;
 mod batch;
 mod bn_steps;
 mod candle;
+pub mod distributed;
 mod engine;
 mod error;
 mod eval;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::meta_params::MetaParams;
 use crate::rates::RateTable;
 use crate::settings::{Adaptation, InnerLoop};
+use crate::distributed;
 use crate::workers::{self, Job};
 use task::{BnSets, StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
 
@@ -190,7 +191,9 @@ fn meta_gradient_typed<T: Real>(
     let flat = Arc::new(FlatBatch::<T>::new(&layout, batch.inputs(), Some(&batch.query_labels))?);
     let t = batch.n_tasks();
     let inner = *inner;
-    let jobs: Vec<Job<TaskOutcome<T>>> = (0..t)
+    let group = distributed::current();
+    let mine = group.as_ref().map_or(0..t, |g| distributed::share(t, g.rank(), g.size()));
+    let jobs: Vec<Job<TaskOutcome<T>>> = mine
         .map(|i| -> Job<TaskOutcome<T>> {
             let (layout, theta, flat, sizes, bn) =
                 (layout.clone(), theta.clone(), flat.clone(), sizes.clone(), bn.clone());
@@ -198,17 +201,30 @@ fn meta_gradient_typed<T: Real>(
         })
         .collect();
     let outcomes = workers::plain()?.run(jobs)?;
-    let (mut loss, mut correct) = (0f64, 0usize);
-    let mut sum = vec![0f64; layout.len()];
-    let mut rate_sum = vec![0f64; rates.as_ref().map_or(0, |r| r.values.len() * r.steps)];
-    let mut bn_sum = vec![0f64; outcomes.first().map_or(0, |o| o.bn_grad.len())];
-    for o in &outcomes {
-        loss += o.loss;
-        correct += o.correct;
-        sum.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
-        rate_sum.iter_mut().zip(&o.rate_grad).for_each(|(s, g)| *s += g);
-        bn_sum.iter_mut().zip(&o.bn_grad).for_each(|(s, g)| *s += g);
+    // One buffer, summed in task order in f64: [loss, correct, net gradient, rates, batch norm].
+    let (n_net, n_rates) = (layout.len(), rates.as_ref().map_or(0, |r| r.values.len() * r.steps));
+    let n_bn = bn.as_ref().map_or(0, |bn| bn.sets.len() * bn.sets[0].len());
+    let mut sum = vec![0f64; 2 + n_net + n_rates + n_bn];
+    let add = |sum: &mut [f64]| {
+        let (head, rest) = sum.split_at_mut(2);
+        let (net, rest) = rest.split_at_mut(n_net);
+        let (rate_sum, bn_sum) = rest.split_at_mut(n_rates);
+        for o in &outcomes {
+            head[0] += o.loss;
+            head[1] += o.correct as f64;
+            net.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
+            rate_sum.iter_mut().zip(&o.rate_grad).for_each(|(s, g)| *s += g);
+            bn_sum.iter_mut().zip(&o.bn_grad).for_each(|(s, g)| *s += g);
+        }
+    };
+    match &group {
+        Some(g) => distributed::ordered_sum(&**g, &mut sum, add)?,
+        None => add(&mut sum),
     }
+    let (loss, correct) = (sum[0], sum[1] as usize);
+    let (sum, rest) = sum[2..].split_at(n_net);
+    let (rate_sum, bn_sum) = rest.split_at(n_rates);
+    let (mut rate_sum, mut bn_sum) = (rate_sum.to_vec(), bn_sum.to_vec());
     if !loss.is_finite() {
         return Err(Error::NonFinite(loss as f32));
     }
@@ -254,14 +270,21 @@ fn adapted_logits_typed<T: Real>(
     let flat = Arc::new(FlatBatch::<T>::new(&layout, tasks, None)?);
     let t = tasks.n_tasks();
     let adaptation = *adaptation;
-    let jobs: Vec<Job<Vec<T>>> = (0..t)
+    let group = distributed::current();
+    let mine = group.as_ref().map_or(0..t, |g| distributed::share(t, g.rank(), g.size()));
+    let jobs: Vec<Job<Vec<T>>> = mine
         .map(|i| -> Job<Vec<T>> {
             let (layout, theta, flat, sizes, bn) =
                 (layout.clone(), theta.clone(), flat.clone(), sizes.clone(), bn.clone());
             Box::new(move || task_adapted_logits(&layout, &theta, &flat.task(i), &adaptation, &sizes, bn.as_deref()))
         })
         .collect();
-    let logits: Vec<f64> = workers::plain()?.run(jobs)?.into_iter().flatten().map(|v| v.to_f64()).collect();
+    let mut logits: Vec<f64> = workers::plain()?.run(jobs)?.into_iter().flatten().map(|v| v.to_f64()).collect();
+    if let Some(g) = &group {
+        let per_task = flat.n_query * config.n_way;
+        let counts: Vec<usize> = (0..g.size()).map(|r| distributed::share(t, r, g.size()).len() * per_task).collect();
+        logits = g.all_gather(&logits, &counts)?;
+    }
     let out = Tensor::from_vec(logits, (t, flat.n_query, config.n_way), &Device::Cpu)?;
     Ok(out.to_dtype(T::DTYPE)?)
 }
