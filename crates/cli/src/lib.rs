@@ -13,6 +13,7 @@ pub mod episodes;
 pub mod evaluate;
 pub mod omniglot;
 pub mod predict;
+pub mod ranks;
 pub mod run_dir;
 pub mod seeds;
 pub mod settings;

@@ -21,7 +21,8 @@ use fewshot_tasks::Protocol;
     after_help = "Example:\n  fewshot train --config configs/hw15-medium.toml\n  fewshot eval --checkpoint runs/hw15-medium/checkpoints/best.safetensors"
 )]
 struct Cli {
-    /// Threads: tasks processed in parallel, each on single-threaded kernels (default: all cores).
+    /// Threads: tasks processed in parallel, each on single-threaded kernels (default: all cores;
+    /// under MPI, each rank's share of its machine's cores).
     #[arg(long, global = true, allow_negative_numbers = true, value_parser = positive_count)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -163,28 +164,48 @@ enum ProtocolArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Join the MPI job, if this process is one of its ranks, before any thread starts.
+    let membership = match fewshot_cli::ranks::start() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ranks other than 0 log only warnings and errors: rank 0 speaks for the job.
+    let level = if fewshot_cli::ranks::is_writer() { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .with_ansi(stderr_is_terminal()) // no colour codes in log files
         .init();
-    match run(cli) {
+    match run(cli, &membership) {
         Ok(code) => code,
         // The reader of our output went away (`| head`): it has what it wanted.
         Err(e) if e.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", fewshot_cli::ranks::prefix());
+            if fewshot_cli::ranks::size() > 1 {
+                // The other ranks may be waiting for this one: stop them all.
+                membership.abort(1);
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, membership: &fewshot_cli::ranks::Membership) -> anyhow::Result<ExitCode> {
+    // Ranks on one machine share its cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = (cores / membership.local_ranks()).max(1);
     let threads = match cli.threads {
         // More threads than cores only time-slice the same cores (100x slower at 10000).
         Some(t) if t > cores => {
-            tracing::warn!("--threads {t}: this machine has {cores} cores; using {cores}");
+            let what = match membership.local_ranks() {
+                1 => format!("this machine has {cores} cores"),
+                n => format!("this machine's cores shared by its {n} ranks give each {cores}"),
+            };
+            tracing::warn!("--threads {t}: {what}; using {cores}");
             cores
         }
         Some(t) => t,

@@ -202,9 +202,12 @@ pub fn csv_field(s: &str) -> String {
 
 /// Write `bytes` to `out`: `-` is standard output; a regular file (or a symlink to one, or a
 /// new path) is replaced atomically, through the symlink; anything else that exists (a
-/// device, a pipe) is written directly, never replaced.
+/// device, a pipe) is written directly, never replaced. Under MPI, rank 0 alone writes.
 pub fn write_output(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
+    if !crate::ranks::is_writer() {
+        return Ok(());
+    }
     if out.as_os_str() == "-" {
         if crate::stdout::closed_at_start() {
             bail!("--out -: standard output is closed; redirect it (`> predictions.csv`) or give --out a file");

@@ -81,7 +81,7 @@ impl StopSignal {
         } else {
             None
         }?;
-        if !self.noticed.swap(true, Ordering::SeqCst) {
+        if !self.noticed.swap(true, Ordering::SeqCst) && crate::ranks::is_writer() {
             eprintln!(
                 "{}: stopping after the current step (and its validation, if it has one), then writing the \
                  last checkpoint; send {} again to leave at once, without it",

@@ -20,8 +20,12 @@ impl std::fmt::Display for ClosedPipe {
 impl std::error::Error for ClosedPipe {}
 
 /// Write `bytes` to standard output and flush: [`ClosedPipe`] when the reader went away, an
-/// error naming standard output when the write fails.
+/// error naming standard output when the write fails. Under MPI, rank 0 alone writes (the
+/// others computed the same result).
 pub fn write(bytes: &[u8]) -> anyhow::Result<()> {
+    if !crate::ranks::is_writer() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),

@@ -77,25 +77,34 @@ pub fn train(
     let validation = validation_episodes(&settings.episodes, seed, data, t.val_episodes)
         .context("episodes vs the validation pool")?;
     let mut learner = learner(settings, splits.train.len())?;
-    let mut run = Run::new(settings, &options.out);
-    let _lock = crate::run_dir::prepare(&options.out, options.resume, options.overwrite)?;
+    // Under MPI, rank 0 alone writes (see `crate::ranks`); the others read what they resume.
+    let writer = crate::ranks::is_writer();
+    let mut run = Run::new(settings, &options.out, writer);
+    let _lock =
+        if writer { Some(crate::run_dir::prepare(&options.out, options.resume, options.overwrite)?) } else { None };
     if options.resume {
         run.resume(learner.as_mut())?;
-    } else {
+    } else if writer {
         write_run_files(settings, &options.out)?;
         omniglot_data::write_atomic(&run.metrics_path, b"")?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&run.metrics_path)
-        .with_context(|| format!("opening {}", run.metrics_path.display()))?;
-    let bar = progress_bar(options.progress, t.steps, run.step);
+    ranks_agree(settings, learner.as_ref(), run.step)?;
+    let mut metrics = if writer {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&run.metrics_path)
+            .with_context(|| format!("opening {}", run.metrics_path.display()))?;
+        Some(file)
+    } else {
+        None
+    };
+    let bar = progress_bar(options.progress && writer, t.steps, run.step);
     let start = Instant::now();
     let first_step = run.step;
     let log_points = log_spaced(t.steps, t.val_log_points);
     let mut interrupted = None;
     while run.step < t.steps {
-        if let Some(signal) = stop.received() {
+        if let Some(signal) = agreed_stop(stop.received())? {
             interrupted = Some(signal);
             break;
         }
@@ -129,7 +138,9 @@ pub fn train(
             run.checkpoint(learner.as_ref(), val.map(|v| v.mean), &run.last_path)?;
             run.last_saved = Some(step);
         }
-        if step.is_multiple_of(t.log_every) || val.is_some() || step == t.steps {
+        if let Some(metrics) = metrics.as_mut()
+            && (step.is_multiple_of(t.log_every) || val.is_some() || step == t.steps)
+        {
             let line = Metrics {
                 step,
                 tasks_seen: step * t.meta_batch_size,
@@ -166,6 +177,52 @@ pub fn train(
         bar.finish();
     }
     Ok(TrainSummary { steps: run.step, trained: run.step - first_step, best_val: run.best_val, interrupted })
+}
+
+/// Under MPI: the signal that stops the job, agreed by all ranks (the strongest any rank has
+/// seen), so that every rank stops after the same step. Alone: `mine`.
+fn agreed_stop(mine: Option<Signal>) -> anyhow::Result<Option<Signal>> {
+    if crate::ranks::size() == 1 {
+        return Ok(mine);
+    }
+    let code = match mine {
+        None => 0,
+        Some(Signal::Interrupt) => 1,
+        Some(Signal::Terminate) => 2,
+    };
+    Ok(match fewshot_meta::distributed::max(code)? {
+        0 => None,
+        1 => Some(Signal::Interrupt),
+        _ => Some(Signal::Terminate),
+    })
+}
+
+/// Under MPI: check that every rank starts from the same config, step and parameters (they
+/// read them from their own copies of the config and the run folder), naming the first rank
+/// that differs from rank 0. Alone: nothing to check.
+fn ranks_agree(settings: &Settings, learner: &dyn Learner, step: usize) -> anyhow::Result<()> {
+    use std::hash::{Hash, Hasher};
+    if crate::ranks::size() == 1 {
+        return Ok(());
+    }
+    // The same binary on every rank: std's SipHash with its fixed keys gives the same digest.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    settings.config.to_toml().hash(&mut h);
+    (step, learner.optimizer().step).hash(&mut h);
+    for (name, t) in learner.params().to_map() {
+        name.hash(&mut h);
+        let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        values.iter().for_each(|v| v.to_bits().hash(&mut h));
+    }
+    let digests = fewshot_meta::distributed::gather_u64(h.finish() >> 11)?;
+    if let Some(rank) = digests.iter().position(|&d| d != digests[0]) {
+        bail!(
+            "rank {rank} starts from another config, step or parameters than rank 0: every rank must read \
+             the same config file and run folder (a file system shared by the machines)"
+        );
+    }
+    Ok(())
 }
 
 /// The meta-train episode sampler, with its augmentation.
@@ -241,10 +298,12 @@ struct Run<'a> {
     last_saved: Option<usize>,
     /// Wall time of the run before this process (when resumed).
     wall_before: f64,
+    /// Whether this process writes the run's files (rank 0 under MPI; see `crate::ranks`).
+    writer: bool,
 }
 
 impl<'a> Run<'a> {
-    fn new(settings: &'a Settings, out: &Path) -> Run<'a> {
+    fn new(settings: &'a Settings, out: &Path, writer: bool) -> Run<'a> {
         let checkpoints = out.join("checkpoints");
         Run {
             settings,
@@ -257,6 +316,7 @@ impl<'a> Run<'a> {
             best_val: None,
             last_saved: None,
             wall_before: 0.0,
+            writer,
         }
     }
 
@@ -301,6 +361,9 @@ impl<'a> Run<'a> {
         self.step = ckpt.state.step;
         self.best_val = ckpt.state.best_val;
         self.last_saved = (self.step > 0).then_some(self.step);
+        if !self.writer {
+            return Ok(()); // rank 0 tidies the run folder
+        }
         self.wall_before = truncate_metrics(&self.metrics_path, self.step)?;
         // Top checkpoints of steps after the resumed one belong to the abandoned stretch
         // (they come back, identical, when those steps are trained again).
@@ -313,6 +376,9 @@ impl<'a> Run<'a> {
 
     /// Save the learner's state at this step to `path` (atomically).
     fn checkpoint(&self, learner: &dyn Learner, val_acc: Option<f64>, path: &Path) -> anyhow::Result<()> {
+        if !self.writer {
+            return Ok(());
+        }
         let adam = learner.optimizer().clone();
         Checkpoint {
             params: learner.params().to_map(),
@@ -337,7 +403,7 @@ impl<'a> Run<'a> {
     /// those that fall out.
     fn keep_if_top(&self, learner: &dyn Learner, val: f64) -> anyhow::Result<()> {
         let k = self.settings.schedule.keep_best;
-        if k == 0 {
+        if k == 0 || !self.writer {
             return Ok(());
         }
         let mut kept = top_checkpoints(&self.top_dir)?;

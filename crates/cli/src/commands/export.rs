@@ -10,6 +10,9 @@ use crate::checkpoint::Checkpoint;
 
 /// `fewshot export --checkpoint CHECKPOINT --out OUT`.
 pub fn run(checkpoint: PathBuf, out: PathBuf) -> anyhow::Result<ExitCode> {
+    if !crate::ranks::is_writer() {
+        return Ok(ExitCode::SUCCESS); // rank 0 writes the file
+    }
     refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it exports")], None)?;
     let mut ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
     ckpt.adam_m.clear();

@@ -49,6 +49,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         csv += "\n";
     }
     crate::predict::write_output(&out, csv.as_bytes())?;
-    eprintln!("wrote {} predictions for {} tasks to {}", rows.len(), folder_tasks.len(), out.display());
+    if crate::ranks::is_writer() {
+        eprintln!("wrote {} predictions for {} tasks to {}", rows.len(), folder_tasks.len(), out.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,12 @@ pub fn run(args: TrainArgs, threads: usize) -> anyhow::Result<ExitCode> {
     let data = settings.data.load()?;
     let options = TrainOptions { out: out.clone(), resume, overwrite, progress: stderr_is_terminal() };
     let summary = train(&settings, &data, &options, &stop)?;
+    if !crate::ranks::is_writer() {
+        return Ok(match summary.interrupted {
+            Some(signal) => ExitCode::from(signal.exit_code()),
+            None => ExitCode::SUCCESS,
+        });
+    }
     let best = summary.best_val.map(|b| format!("{b:.4}")).unwrap_or_else(|| "n/a".into());
     if let Some(signal) = summary.interrupted {
         eprintln!(
