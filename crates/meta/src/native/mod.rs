@@ -205,21 +205,20 @@ fn meta_gradient_typed<T: Real>(
     let (n_net, n_rates) = (layout.len(), rates.as_ref().map_or(0, |r| r.values.len() * r.steps));
     let n_bn = bn.as_ref().map_or(0, |bn| bn.sets.len() * bn.sets[0].len());
     let mut sum = vec![0f64; 2 + n_net + n_rates + n_bn];
-    let add = |sum: &mut [f64]| {
-        let (head, rest) = sum.split_at_mut(2);
-        let (net, rest) = rest.split_at_mut(n_net);
-        let (rate_sum, bn_sum) = rest.split_at_mut(n_rates);
+    // Each element gets the tasks' terms in task order (one process's order; see
+    // `distributed::ordered_sum` for the same sum over ranks, segment by segment).
+    let add = |segment: &mut [f64], offset: usize| {
+        use distributed::add_block;
         for o in &outcomes {
-            head[0] += o.loss;
-            head[1] += o.correct as f64;
-            net.iter_mut().zip(&o.grad).for_each(|(s, g)| *s += g.to_f64());
-            rate_sum.iter_mut().zip(&o.rate_grad).for_each(|(s, g)| *s += g);
-            bn_sum.iter_mut().zip(&o.bn_grad).for_each(|(s, g)| *s += g);
+            add_block(segment, offset, 0, &[o.loss, o.correct as f64], |v| v);
+            add_block(segment, offset, 2, &o.grad, |g| g.to_f64());
+            add_block(segment, offset, 2 + n_net, &o.rate_grad, |v| v);
+            add_block(segment, offset, 2 + n_net + n_rates, &o.bn_grad, |v| v);
         }
     };
     match &group {
         Some(g) => distributed::ordered_sum(&**g, &mut sum, add)?,
-        None => add(&mut sum),
+        None => add(&mut sum, 0),
     }
     let (loss, correct) = (sum[0], sum[1] as usize);
     let (sum, rest) = sum[2..].split_at(n_net);
