@@ -196,14 +196,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, membership: &fewshot_cli::ranks::Membership) -> anyhow::Result<ExitCode> {
     // Ranks on one machine share its cores.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cores = (cores / membership.local_ranks()).max(1);
+    let cores = membership.cores();
     let threads = match cli.threads {
         // More threads than cores only time-slice the same cores (100x slower at 10000).
         Some(t) if t > cores => {
             let what = match membership.local_ranks() {
                 1 => format!("this machine has {cores} cores"),
-                n => format!("this machine's cores shared by its {n} ranks give each {cores}"),
+                n => format!("this rank has {cores} of the cores its machine's {n} ranks share"),
             };
             tracing::warn!("--threads {t}: {what}; using {cores}");
             cores

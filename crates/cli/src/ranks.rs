@@ -48,6 +48,17 @@ impl Membership {
         self.local
     }
 
+    /// The cores this process may use by default: those it is bound to when a launcher bound
+    /// it to part of the machine (mpirun's `--bind-to core`, Slurm's `--cpus-per-task` with
+    /// binding), else its share of the machine's cores among the ranks running there.
+    pub fn cores(&self) -> usize {
+        let allowed = std::thread::available_parallelism().map_or(1, |n| n.get()); // the affinity mask
+        let online = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|t| t.lines().filter(|l| l.starts_with("processor")).count())
+            .unwrap_or(0);
+        if self.local > 1 && allowed >= online { (allowed / self.local).max(1) } else { allowed }
+    }
+
     /// Stop every rank of the job at once with `code` (after an error on this one, so that the
     /// others do not wait for it forever). Alone: exit with `code`.
     pub fn abort(&self, code: i32) -> ! {

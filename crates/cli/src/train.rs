@@ -44,6 +44,8 @@ pub struct TrainSummary {
     pub best_val: Option<f64>,
     /// The signal that stopped it early, if one did.
     pub interrupted: Option<Signal>,
+    /// Seconds this call spent in its training loop.
+    pub wall_s: f64,
 }
 
 /// One line of `metrics.jsonl`.
@@ -176,7 +178,13 @@ pub fn train(
     } else {
         bar.finish();
     }
-    Ok(TrainSummary { steps: run.step, trained: run.step - first_step, best_val: run.best_val, interrupted })
+    Ok(TrainSummary {
+        steps: run.step,
+        trained: run.step - first_step,
+        best_val: run.best_val,
+        interrupted,
+        wall_s: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Under MPI: the signal that stops the job, agreed by all ranks (the strongest any rank has

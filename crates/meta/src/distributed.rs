@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +45,28 @@ pub trait Collective {
 
 thread_local! {
     static GROUP: RefCell<Option<Rc<dyn Collective>>> = const { RefCell::new(None) };
+    /// Time this thread spent in collective calls, waiting for other ranks included.
+    static IN_EXCHANGES: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Time this thread has spent in the group's collective calls (the meta-gradient chain, the
+/// gathering of logits and of small values), waiting for slower ranks included: the
+/// communication side of a step, against the rest, its compute.
+pub fn time_in_exchanges() -> Duration {
+    IN_EXCHANGES.with(|t| t.get())
+}
+
+/// Run `f`, adding its time to [`time_in_exchanges`].
+fn timed<R>(f: impl FnOnce() -> R) -> R {
+    let start = Instant::now();
+    let r = f();
+    IN_EXCHANGES.with(|t| t.set(t.get() + start.elapsed()));
+    r
+}
+
+/// Collective: [`Collective::all_gather`] on `group`, timed (see [`time_in_exchanges`]).
+pub fn all_gather(group: &dyn Collective, mine: &[f64], counts: &[usize]) -> Result<Vec<f64>> {
+    timed(|| group.all_gather(mine, counts))
 }
 
 /// Split the native engine's work over `group` for calls made on this thread from now on (a
@@ -87,7 +110,11 @@ pub const SEGMENT: usize = 1 << 14;
 /// chain runs segment by segment ([`SEGMENT`] numbers), so that the ranks work as a pipeline:
 /// for `n` ranks and `b` bytes it takes about `(n - 1)` segment hops plus `b` over the link's
 /// bandwidth, instead of `(n - 1)` times `b`.
-pub fn ordered_sum(group: &dyn Collective, sum: &mut [f64], mut add: impl FnMut(&mut [f64], usize)) -> Result<()> {
+pub fn ordered_sum(group: &dyn Collective, sum: &mut [f64], add: impl FnMut(&mut [f64], usize)) -> Result<()> {
+    timed(|| chain(group, sum, add))
+}
+
+fn chain(group: &dyn Collective, sum: &mut [f64], mut add: impl FnMut(&mut [f64], usize)) -> Result<()> {
     let (rank, size) = (group.rank(), group.size());
     for (i, segment) in sum.chunks_mut(SEGMENT).enumerate() {
         if rank > 0 {
@@ -133,7 +160,7 @@ pub fn gather_u64(mine: u64) -> Result<Vec<u64>> {
             expected: "at most 2^53 (exact in an f64)".into(),
         });
     }
-    let all = group.all_gather(&[mine as f64], &vec![1; group.size()])?;
+    let all = all_gather(&*group, &[mine as f64], &vec![1; group.size()])?;
     Ok(all.into_iter().map(|v| v as u64).collect())
 }
 

@@ -64,5 +64,14 @@ pub fn run(args: TrainArgs, threads: usize) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("trained {} steps; best validation accuracy {best}; outputs in {}", summary.steps, out.display());
+    if crate::ranks::size() > 1 {
+        let (exchanges, wall) = (fewshot_meta::distributed::time_in_exchanges().as_secs_f64(), summary.wall_s);
+        eprintln!(
+            "{} ranks: rank 0 spent {exchanges:.2} s of {wall:.1} s ({:.1}%) in exchanges with the others \
+             (waiting for slower ranks included)",
+            crate::ranks::size(),
+            100.0 * exchanges / wall.max(1e-9)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

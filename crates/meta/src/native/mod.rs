@@ -282,7 +282,7 @@ fn adapted_logits_typed<T: Real>(
     if let Some(g) = &group {
         let per_task = flat.n_query * config.n_way;
         let counts: Vec<usize> = (0..g.size()).map(|r| distributed::share(t, r, g.size()).len() * per_task).collect();
-        logits = g.all_gather(&logits, &counts)?;
+        logits = distributed::all_gather(&**g, &logits, &counts)?;
     }
     let out = Tensor::from_vec(logits, (t, flat.n_query, config.n_way), &Device::Cpu)?;
     Ok(out.to_dtype(T::DTYPE)?)
