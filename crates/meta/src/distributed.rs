@@ -180,8 +180,8 @@ pub struct LocalGroup {
 impl LocalGroup {
     /// `n` connected ranks, in rank order.
     pub fn new(n: usize) -> Vec<LocalGroup> {
-        let mut links: Vec<Vec<(Sender<Vec<f64>>, Receiver<Vec<f64>>)>> =
-            (0..n).map(|_| (0..n).map(|_| channel()).collect()).collect();
+        type Link = (Sender<Vec<f64>>, Receiver<Vec<f64>>);
+        let mut links: Vec<Vec<Link>> = (0..n).map(|_| (0..n).map(|_| channel()).collect()).collect();
         // links[a][b] carries a -> b: rank a keeps the senders of row a, rank b the receivers of
         // column b.
         let mut to: Vec<Vec<Sender<Vec<f64>>>> = vec![Vec::new(); n];
@@ -293,10 +293,15 @@ mod tests {
     #[test]
     fn the_ordered_chain_adds_in_one_process_order_bit_for_bit() {
         // Terms whose sum depends on the order of addition in f64.
-        let terms: Vec<f64> = (0..23).map(|i| (1.0 + i as f64 * 0.37).powi(7) * if i % 3 == 0 { -1.0 } else { 1e-9 }).collect();
+        let terms: Vec<f64> =
+            (0..23).map(|i| (1.0 + i as f64 * 0.37).powi(7) * if i % 3 == 0 { -1.0 } else { 1e-9 }).collect();
         let serial = terms.iter().fold(0.0, |s, t| s + t);
         let reversed = terms.iter().rev().fold(0.0, |s, t| s + t);
-        assert_ne!(serial.to_bits(), reversed.to_bits(), "the terms must be order-sensitive for this test to mean anything");
+        assert_ne!(
+            serial.to_bits(),
+            reversed.to_bits(),
+            "the terms must be order-sensitive for this test to mean anything"
+        );
         for n in [1, 2, 3, 5, 30] {
             let terms = terms.clone();
             let sums = on_local_ranks(n, move || {
@@ -340,7 +345,12 @@ mod tests {
     fn ranks_agree_on_any_and_max() {
         let got = on_local_ranks(3, || {
             let (rank, _) = rank_and_size();
-            (any(rank == 1).unwrap(), any(false).unwrap(), max(10 + rank as u64).unwrap(), gather_u64(rank as u64).unwrap())
+            (
+                any(rank == 1).unwrap(),
+                any(false).unwrap(),
+                max(10 + rank as u64).unwrap(),
+                gather_u64(rank as u64).unwrap(),
+            )
         });
         for g in got {
             assert_eq!(g, (true, false, 12, vec![0, 1, 2]));

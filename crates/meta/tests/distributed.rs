@@ -34,7 +34,9 @@ fn batch(t: usize, seed: u64) -> TaskBatch {
 fn bits(p: &MetaParams) -> Vec<(String, Vec<u32>)> {
     p.to_map()
         .into_iter()
-        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()))
+        .map(|(name, t)| {
+            (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())
+        })
         .collect()
 }
 

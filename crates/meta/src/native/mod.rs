@@ -16,11 +16,11 @@ use fewshot_model::{ConvNetConfig, ParamRole, param_specs};
 use crate::StepStats;
 use crate::batch::{TaskBatch, TaskInputs};
 use crate::bn_steps::BnStepTable;
+use crate::distributed;
 use crate::error::{Error, Result};
 use crate::meta_params::MetaParams;
 use crate::rates::RateTable;
 use crate::settings::{Adaptation, InnerLoop};
-use crate::distributed;
 use crate::workers::{self, Job};
 use task::{BnSets, StepSizes, TaskData, TaskOutcome, task_adapted_logits, task_meta_gradient};
 
