@@ -1,0 +1,95 @@
+//! The cache of a folder's decoded images: one u8 safetensors file `[images, channels, size,
+//! size]` whose metadata holds the key it was built for (a SHA-256 over the format version,
+//! size, channels and every image file's path, length and modification time), plus a JSON
+//! manifest beside it for people. A cache whose key differs is not read; it is replaced.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::scan::ScannedClass;
+use crate::{FolderClass, FolderOptions};
+
+/// Bump when decoding or the layout changes: older caches are then rebuilt.
+pub const FORMAT_VERSION: u32 = 1;
+
+const PIXELS: &str = "pixels";
+
+/// The key of a folder's state as `options` read it.
+pub fn key(classes: &[ScannedClass], options: &FolderOptions) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("fewshot-images {FORMAT_VERSION} {} {:?}\n", options.image_size, options.channels));
+    for class in classes {
+        h.update(format!("class {:?} {}\n", class.split, class.name));
+        for file in &class.files {
+            let meta = std::fs::metadata(file).map_err(|e| Error::io("reading", file, e))?;
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            h.update(format!("{name}\t{}\t{mtime}\n", meta.len()));
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The stem every cache of `root` at this size and channel count shares.
+fn stem(root: &Path, options: &FolderOptions) -> String {
+    let name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "folder".into());
+    let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("{name}-{}px-{}ch-", options.image_size, options.channels.count())
+}
+
+/// The cache file of `root` in state `key`.
+pub fn path(cache_dir: &Path, root: &Path, options: &FolderOptions, key: &str) -> PathBuf {
+    cache_dir.join(format!("{}{}.safetensors", stem(root, options), &key[..16]))
+}
+
+/// The pixels of a current cache at `path` (`len` bytes, built for `key`), or `None`.
+pub fn read(path: &Path, key: &str, len: usize) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    if meta.metadata().as_ref()?.get("key")? != key {
+        return None;
+    }
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+    let view = tensors.tensor(PIXELS).ok()?;
+    (view.dtype() == safetensors::Dtype::U8 && view.data().len() == len).then(|| view.data().to_vec())
+}
+
+/// Write the cache (atomically) and its manifest, and remove the caches of older states of the
+/// same folder.
+pub fn write(cache_dir: &Path, path: &Path, key: &str, classes: &[FolderClass], pixels: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io("creating the cache folder", cache_dir, e))?;
+    let images: usize = classes.iter().map(|c| c.images).sum();
+    let shape = vec![images, pixels.len() / images.max(1)];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, shape, pixels)
+        .map_err(|e| Error::Layout { path: path.to_owned(), problem: format!("cannot lay out the cache: {e}") })?;
+    let metadata = std::collections::HashMap::from([
+        ("key".to_owned(), key.to_owned()),
+        ("format_version".to_owned(), FORMAT_VERSION.to_string()),
+    ]);
+    let bytes = safetensors::serialize([(PIXELS, view)], Some(metadata))
+        .map_err(|e| Error::Layout { path: path.to_owned(), problem: format!("cannot write the cache: {e}") })?;
+    // Older states of this folder: their stem is ours, their key another.
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ours = &file_name[..file_name.len() - ".safetensors".len() - 16];
+    if let Ok(entries) = std::fs::read_dir(cache_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(ours) && !name.starts_with(&file_name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    omniglot_data::write_atomic(path, &bytes)?;
+    let manifest = serde_json::json!({ "format_version": FORMAT_VERSION, "key": key, "classes": classes });
+    let mut manifest_path = path.as_os_str().to_owned();
+    manifest_path.push(".json");
+    omniglot_data::write_atomic(Path::new(&manifest_path), serde_json::to_string_pretty(&manifest).unwrap_or_default().as_bytes())?;
+    Ok(())
+}
