@@ -39,8 +39,13 @@ fn activations_per_image(net: &NetShape) -> f64 {
 fn parameters(net: &NetShape, n_way: usize) -> f64 {
     let (h, depth) = (net.hidden as f64, net.depth.min(64) as f64);
     let side = (net.image_size as f64 / 2f64.powf(depth)).floor();
-    // conv weights (1 input channel, then h) and bias, batch-norm scale and shift, the head.
-    9.0 * h + 9.0 * h * h * (depth - 1.0).max(0.0) + 3.0 * h * depth + h * side * side * n_way as f64 + n_way as f64
+    // conv weights (`channels` input channels, then h) and bias, batch-norm scale and shift,
+    // the head.
+    9.0 * h * net.channels as f64
+        + 9.0 * h * h * (depth - 1.0).max(0.0)
+        + 3.0 * h * depth
+        + h * side * side * n_way as f64
+        + n_way as f64
 }
 
 /// The tasks in flight: each keeps its support passes (all inner steps' in second order) and
@@ -68,8 +73,8 @@ fn tasks_in_flight(
 
 /// A batch of `tasks` rendered tasks' pixels (u8, then f32).
 fn batch(net: &NetShape, tasks: usize, images_per_task: usize, key: String) -> Need {
-    let size = net.image_size as f64;
-    Need { what: "a batch of task images", keys: key, bytes: tasks as f64 * images_per_task as f64 * size * size * 5.0 }
+    let values = (net.image_size * net.image_size * net.channels) as f64;
+    Need { what: "a batch of task images", keys: key, bytes: tasks as f64 * images_per_task as f64 * values * 5.0 }
 }
 
 /// A list of `n` episode descriptions of `examples` examples each.

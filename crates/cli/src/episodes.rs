@@ -4,19 +4,22 @@
 use fewshot_tasks::{Class, Episode, EpisodeSet, EpisodeSpec, Protocol, Splits};
 use rand::Rng;
 
-use crate::omniglot::Omniglot;
+use crate::data::Data;
 use crate::seeds::{stream_rng, streams};
 use crate::settings::Episodes;
 
 /// Class pools of the protocol for the loaded dataset, split by `seed` (the meta-train pool cut
 /// to `episodes.train_classes` when set).
-pub fn splits(episodes: &Episodes, seed: u64, data: &Omniglot) -> anyhow::Result<Splits> {
-    let mut splits = episodes.protocol.splits_for(data.n_background(), data.n_evaluation(), seed).ok_or_else(|| {
-        anyhow::anyhow!(
-            "episodes.protocol = \"paper\" needs the full Omniglot dataset (1,623 characters); this data has {}",
-            data.n_background() + data.n_evaluation()
-        )
-    })?;
+pub fn splits(episodes: &Episodes, seed: u64, data: &Data) -> anyhow::Result<Splits> {
+    let mut splits = match data {
+        Data::Omniglot(o) => episodes.protocol.splits_for(o.n_background(), o.n_evaluation(), seed).ok_or_else(|| {
+            anyhow::anyhow!(
+                "episodes.protocol = \"paper\" needs the full Omniglot dataset (1,623 characters); this data has {}",
+                o.n_background() + o.n_evaluation()
+            )
+        })?,
+        Data::Folder(f) => f.splits(seed, episodes.train.n_way.max(episodes.eval.n_way))?,
+    };
     if let Some(n) = episodes.train_classes {
         if n > splits.train.len() {
             anyhow::bail!("episodes.train_classes = {n}: the meta-train pool has only {} classes", splits.train.len());
@@ -32,6 +35,8 @@ pub fn splits(episodes: &Episodes, seed: u64, data: &Omniglot) -> anyhow::Result
 #[derive(Debug, Clone)]
 pub struct Drawn {
     classes: Vec<Class>,
+    /// The images of each class, when not Omniglot's 20.
+    sizes: Option<Vec<u32>>,
     seed: u64,
     /// Shape of every episode.
     pub spec: EpisodeSpec,
@@ -44,47 +49,60 @@ pub struct Drawn {
 impl Drawn {
     /// The episodes, drawn as they are read; the same as [`Drawn::collect`]'s.
     pub fn episodes(&self) -> anyhow::Result<impl Iterator<Item = Episode> + use<>> {
-        Ok(EpisodeSet::draw(self.classes.clone(), self.spec, self.seed)?.take(self.n))
+        let sampler = crate::data::sampler(&self.classes, self.sizes.clone(), self.spec)?;
+        Ok(EpisodeSet::draw_from(sampler, self.seed).take(self.n))
     }
 
     /// The episodes as a set.
     pub fn collect(&self) -> anyhow::Result<EpisodeSet> {
-        Ok(EpisodeSet::generate(self.classes.clone(), self.spec, self.n, self.seed, &self.description)?)
+        Ok(EpisodeSet {
+            version: fewshot_tasks::EPISODE_SET_VERSION,
+            description: self.description.clone(),
+            spec: self.spec,
+            seed: self.seed,
+            episodes: self.episodes()?.collect(),
+        })
     }
 }
 
 /// The run's fixed validation episodes (the first `n` of them; a run validates on
 /// `train.val_episodes`), seeded by the run's `seed`, drawn.
-pub fn validation_draw(episodes: &Episodes, seed: u64, data: &Omniglot, n: usize) -> anyhow::Result<Drawn> {
+pub fn validation_draw(episodes: &Episodes, seed: u64, data: &Data, n: usize) -> anyhow::Result<Drawn> {
     let splits = splits(episodes, seed, data)?;
     let draw_seed = stream_rng(seed, streams::VALIDATION, 0).random();
-    Ok(Drawn { classes: splits.validation, seed: draw_seed, spec: episodes.eval, n, description: "validation".into() })
+    let sizes = data.sizes(&splits.validation);
+    Ok(Drawn {
+        classes: splits.validation,
+        sizes,
+        seed: draw_seed,
+        spec: episodes.eval,
+        n,
+        description: "validation".into(),
+    })
 }
 
 /// The run's fixed validation episodes (the first `n` of them).
-pub fn validation_episodes(episodes: &Episodes, seed: u64, data: &Omniglot, n: usize) -> anyhow::Result<EpisodeSet> {
+pub fn validation_episodes(episodes: &Episodes, seed: u64, data: &Data, n: usize) -> anyhow::Result<EpisodeSet> {
     validation_draw(episodes, seed, data, n)?.collect()
 }
 
 /// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`, drawn.
-pub fn test_draw(
-    episodes: &Episodes,
-    seed: u64,
-    data: &Omniglot,
-    protocol: Protocol,
-    n: usize,
-) -> anyhow::Result<Drawn> {
+pub fn test_draw(episodes: &Episodes, seed: u64, data: &Data, protocol: Protocol, n: usize) -> anyhow::Result<Drawn> {
     let pool = splits(&Episodes { protocol, ..episodes.clone() }, seed, data)?.test;
     let draw_seed = stream_rng(seed, streams::TEST, 0).random();
-    let description = format!("{protocol:?} protocol test episodes");
-    Ok(Drawn { classes: pool, seed: draw_seed, spec: episodes.eval, n, description })
+    let description = match data {
+        Data::Omniglot(_) => format!("{protocol:?} protocol test episodes"),
+        Data::Folder(f) => format!("test episodes of {}", f.images.root().display()),
+    };
+    let sizes = data.sizes(&pool);
+    Ok(Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description })
 }
 
 /// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`.
 pub fn test_episodes(
     episodes: &Episodes,
     seed: u64,
-    data: &Omniglot,
+    data: &Data,
     protocol: Protocol,
     n: usize,
 ) -> anyhow::Result<EpisodeSet> {

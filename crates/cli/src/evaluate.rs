@@ -6,7 +6,7 @@ use fewshot_meta::{Accuracy, Adaptation, Engine, MetaParams, TaskBatch};
 use fewshot_model::ConvNetConfig;
 use fewshot_tasks::Episode;
 
-use crate::omniglot::Omniglot;
+use crate::data::Data;
 
 /// Episodes evaluated per batched computation.
 pub const EVAL_BATCH: usize = 32;
@@ -51,7 +51,7 @@ impl Tally {
 /// Render `episodes` [`EVAL_BATCH`] at a time and hand each batch to `f`, so an iterator that
 /// draws them is never held whole; an error when there were none.
 fn for_each_batch(
-    data: &Omniglot,
+    data: &Data,
     episodes: impl IntoIterator<Item = Episode>,
     mut f: impl FnMut(&TaskBatch) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -77,7 +77,7 @@ pub fn evaluate(
     engine: Engine,
     net: &ConvNetConfig,
     params: &MetaParams,
-    data: &Omniglot,
+    data: &Data,
     episodes: impl IntoIterator<Item = Episode>,
     adaptation: &Adaptation,
 ) -> anyhow::Result<Accuracy> {
@@ -108,7 +108,7 @@ pub struct Member {
 /// each member's own, measured on the same episodes.
 pub fn evaluate_ensemble(
     members: &[Member],
-    data: &Omniglot,
+    data: &Data,
     episodes: impl IntoIterator<Item = Episode>,
 ) -> anyhow::Result<(Accuracy, Vec<Accuracy>)> {
     if members.is_empty() {

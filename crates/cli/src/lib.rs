@@ -9,6 +9,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod data;
 pub mod episodes;
 pub mod evaluate;
 pub mod omniglot;

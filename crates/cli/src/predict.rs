@@ -45,6 +45,39 @@ pub fn read_image(path: &Path, size: u32) -> anyhow::Result<Vec<f32>> {
     Ok(omniglot_data::resize_gray(&img, size).into_iter().map(fewshot_tasks::ink_intensity).collect())
 }
 
+/// How a model reads its images: their side, channels and intensity mapping (from its
+/// config's `[data]` and `[model]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Side of the square images.
+    pub size: u32,
+    /// Channels (1 or 3).
+    pub channels: usize,
+    /// How stored values become inputs.
+    pub intensity: fewshot_tasks::Intensity,
+}
+
+impl Reading {
+    /// How the model of `settings` reads images.
+    pub fn of(settings: &crate::settings::Settings) -> Reading {
+        let d = &settings.data;
+        Reading { size: d.image_size, channels: d.channels, intensity: d.intensity }
+    }
+}
+
+/// Read an image as the model that `reading` describes sees it: Omniglot's way
+/// ([`read_image`]) for gray ink models, else as the image-folder cache decodes its images
+/// (`fewshot_images::decode`), mapped by the intensity.
+pub fn read_image_as(path: &Path, reading: Reading) -> anyhow::Result<Vec<f32>> {
+    use fewshot_tasks::Intensity;
+    if reading.channels == 1 && reading.intensity == Intensity::Ink {
+        return read_image(path, reading.size);
+    }
+    let channels = fewshot_images::Channels::from_count(reading.channels)?;
+    let raw = fewshot_images::decode(path, reading.size, channels)?;
+    Ok(raw.into_iter().map(|v| reading.intensity.value(v)).collect())
+}
+
 /// `image_<X>.png` files of a folder, sorted by their suffix, as `(suffix, path)`.
 fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -63,7 +96,7 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Read every task under `dir`.
-pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
+pub fn read_tasks(dir: &Path, reading: Reading) -> anyhow::Result<Vec<FolderTask>> {
     // The folder itself first: a file, a missing path or a symlink cycle is named as such.
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -119,7 +152,7 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
             let class: u32 = suffix
                 .parse()
                 .with_context(|| format!("{}: expected image_C.png with C a class number", path.display()))?;
-            support.push((class, read_image(&path, size)?));
+            support.push((class, read_image_as(&path, reading)?));
         }
         let n_way = support.len();
         let classes: Vec<u32> = support.iter().map(|(c, _)| *c).collect();
@@ -132,7 +165,7 @@ pub fn read_tasks(dir: &Path, size: u32) -> anyhow::Result<Vec<FolderTask>> {
         }
         let query = images_in(&qdir)?
             .into_iter()
-            .map(|(j, p)| Ok((j, read_image(&p, size)?)))
+            .map(|(j, p)| Ok((j, read_image_as(&p, reading)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if query.is_empty() {
             bail!("{} holds no image_J.png files", qdir.display());
@@ -169,7 +202,7 @@ pub fn predict(
     tasks: &[FolderTask],
     adaptation: &Adaptation,
 ) -> anyhow::Result<Vec<Prediction>> {
-    let size = net.image_size;
+    let (size, c) = (net.image_size, net.in_channels);
     let mut rows = Vec::new();
     for task in tasks {
         // Tasks may differ in query count: one task per batched computation.
@@ -178,9 +211,9 @@ pub fn predict(
         let support: Vec<f32> = task.support.iter().flat_map(|(_, p)| p.iter().copied()).collect();
         let labels: Vec<u32> = task.support.iter().map(|(c, _)| *c).collect();
         let query: Vec<f32> = task.query.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-        let support = Tensor::from_vec(support, (1, ns, 1, size, size), &Device::Cpu)?;
+        let support = Tensor::from_vec(support, (1, ns, c, size, size), &Device::Cpu)?;
         let labels = Tensor::from_vec(labels, (1, ns), &Device::Cpu)?;
-        let query = Tensor::from_vec(query, (1, nq, 1, size, size), &Device::Cpu)?;
+        let query = Tensor::from_vec(query, (1, nq, c, size, size), &Device::Cpu)?;
         let inputs = TaskInputs { support_images: &support, support_labels: &labels, query_images: &query };
         let logits = Engine::default().adapted_logits(net, params, inputs, adaptation)?;
         let predicted = logits.argmax(2)?.squeeze(0)?.to_vec1::<u32>()?;

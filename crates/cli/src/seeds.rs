@@ -27,4 +27,6 @@ pub mod streams {
     pub const VALIDATION: u64 = 3;
     /// Fresh test episodes for `fewshot eval --protocol`.
     pub const TEST: u64 = 4;
+    /// The split of a folder's classes into train, validation and test (`data.split`).
+    pub const FOLDER_SPLIT: u64 = 5;
 }

@@ -13,9 +13,9 @@ use rand::Rng;
 
 use crate::checkpoint::{CHECKPOINT_FORMAT, Checkpoint, State};
 use crate::config::Method;
+use crate::data::Data;
 use crate::episodes::{splits, validation_episodes};
 use crate::evaluate::evaluate;
-use crate::omniglot::Omniglot;
 use crate::seeds::{stream_rng, streams};
 use crate::settings::{Episodes, LearnerSettings, Settings};
 use crate::signals::{Signal, StopSignal};
@@ -69,13 +69,13 @@ struct Metrics {
 /// task-local labels (see [`training_batch`]).
 pub fn train(
     settings: &Settings,
-    data: &Omniglot,
+    data: &Data,
     options: &TrainOptions,
     stop: &StopSignal,
 ) -> anyhow::Result<TrainSummary> {
     let (seed, t) = (settings.seed, &settings.schedule);
     let splits = splits(&settings.episodes, seed, data)?;
-    let sampler = sampler(&settings.episodes, &splits.train)?;
+    let sampler = sampler(&settings.episodes, &splits.train, data)?;
     let validation = validation_episodes(&settings.episodes, seed, data, t.val_episodes)
         .context("episodes vs the validation pool")?;
     let mut learner = learner(settings, splits.train.len())?;
@@ -234,8 +234,8 @@ fn ranks_agree(settings: &Settings, learner: &dyn Learner, step: usize) -> anyho
 }
 
 /// The meta-train episode sampler, with its augmentation.
-fn sampler(episodes: &Episodes, pool: &[Class]) -> anyhow::Result<Sampler> {
-    let mut sampler = Sampler::new(pool.to_vec(), episodes.train).context("episodes vs the meta-train pool")?;
+fn sampler(episodes: &Episodes, pool: &[Class], data: &Data) -> anyhow::Result<Sampler> {
+    let mut sampler = data.sampler(pool, episodes.train).context("episodes vs the meta-train pool")?;
     sampler.rotate_classes = episodes.rotate_classes;
     sampler.task_augment = episodes.task_augment;
     Ok(sampler)
@@ -268,12 +268,7 @@ fn learner(settings: &Settings, pool_size: usize) -> anyhow::Result<Box<dyn Lear
 }
 
 /// Validation accuracy of the learner's current parameters on the fixed validation episodes.
-fn validate(
-    settings: &Settings,
-    data: &Omniglot,
-    learner: &dyn Learner,
-    episodes: &[Episode],
-) -> anyhow::Result<Accuracy> {
+fn validate(settings: &Settings, data: &Data, learner: &dyn Learner, episodes: &[Episode]) -> anyhow::Result<Accuracy> {
     let n_way = settings.episodes.eval.n_way;
     let e = &settings.evaluation;
     let params = e.task_params(&settings.net, learner.params(), n_way)?;
@@ -494,7 +489,7 @@ fn training_batch(
     method: Method,
     spec: &EpisodeSpec,
     tasks: usize,
-    data: &Omniglot,
+    data: &Data,
     sampler: &Sampler,
     pool: &[Class],
     rng: &mut impl Rng,
@@ -522,7 +517,7 @@ fn training_batch(
                         .iter()
                         .map(|&l| Example {
                             class: pool[l as usize],
-                            drawing: rng.random_range(0..fewshot_tasks::DRAWINGS) as u8,
+                            drawing: rng.random_range(0..fewshot_tasks::DRAWINGS) as u32,
                             label: 0,
                         })
                         .collect();

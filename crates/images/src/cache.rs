@@ -25,7 +25,8 @@ pub fn key(classes: &[ScannedClass], options: &FolderOptions) -> Result<String> 
         h.update(format!("class {:?} {}\n", class.split, class.name));
         for file in &class.files {
             let meta = std::fs::metadata(file).map_err(|e| Error::io("reading", file, e))?;
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+            let mtime =
+                meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             h.update(format!("{name}\t{}\t{mtime}\n", meta.len()));
         }
@@ -90,6 +91,9 @@ pub fn write(cache_dir: &Path, path: &Path, key: &str, classes: &[FolderClass], 
     let manifest = serde_json::json!({ "format_version": FORMAT_VERSION, "key": key, "classes": classes });
     let mut manifest_path = path.as_os_str().to_owned();
     manifest_path.push(".json");
-    omniglot_data::write_atomic(Path::new(&manifest_path), serde_json::to_string_pretty(&manifest).unwrap_or_default().as_bytes())?;
+    omniglot_data::write_atomic(
+        Path::new(&manifest_path),
+        serde_json::to_string_pretty(&manifest).unwrap_or_default().as_bytes(),
+    )?;
     Ok(())
 }

@@ -63,7 +63,10 @@ pub fn is_image(path: &Path) -> bool {
 pub fn scan(root: &Path) -> Result<Vec<ScannedClass>> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io("reading the image folder", root, e))?;
     if !meta.is_dir() {
-        return Err(Error::Layout { path: root.to_owned(), problem: "is a file, not a folder of class folders".into() });
+        return Err(Error::Layout {
+            path: root.to_owned(),
+            problem: "is a file, not a folder of class folders".into(),
+        });
     }
     let split_dirs: Vec<Split> = Split::ALL.into_iter().filter(|s| root.join(s.folder()).is_dir()).collect();
     let mut classes = Vec::new();

@@ -37,7 +37,10 @@ fn nested_classes_of_any_size_and_format_load_resized_channels_first() {
     assert_eq!(blue.len(), 3 * plane);
     // JPEG: within its loss.
     let near = |v: u8, want: u8| v.abs_diff(want) <= 3;
-    assert!(blue[..2 * plane].iter().all(|&v| near(v, 0)) && blue[2 * plane..].iter().all(|&v| near(v, 255)), "RGB planes");
+    assert!(
+        blue[..2 * plane].iter().all(|&v| near(v, 0)) && blue[2 * plane..].iter().all(|&v| near(v, 255)),
+        "RGB planes"
+    );
     let red = f.image(1, 0);
     assert!(red[..plane].iter().all(|&v| v == 255) && red[plane..].iter().all(|&v| v == 0));
     assert!(f.image(1, 1)[..plane].iter().all(|&v| near(v, 250)));
@@ -97,7 +100,10 @@ fn split_folders_give_the_splits() {
     }
     let f = ImageFolder::load(&root, &options(tmp.path(), 4, Channels::Gray), &|_| {}).unwrap();
     let got: Vec<(Option<Split>, &str)> = f.classes().iter().map(|c| (c.split, c.name.as_str())).collect();
-    assert_eq!(got, [(Some(Split::Train), "a"), (Some(Split::Train), "b"), (Some(Split::Val), "c"), (Some(Split::Test), "g/d")]);
+    assert_eq!(
+        got,
+        [(Some(Split::Train), "a"), (Some(Split::Train), "b"), (Some(Split::Val), "c"), (Some(Split::Test), "g/d")]
+    );
     // A class in two splits.
     write_image(&root.join("test/a/0.png"), 5, 5, [0, 0, 0]);
     assert!(err(&root).contains("the class a is in both train/ and test/"), "{}", err(&root));

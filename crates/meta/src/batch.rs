@@ -24,7 +24,8 @@ pub struct TaskBatch {
 }
 
 impl TaskBatch {
-    /// Stack rendered episodes (one channel) into a batch of `dtype` on `device`.
+    /// Stack rendered episodes (of one shape and channel count) into a batch of `dtype` on
+    /// `device`.
     pub fn from_pixels(episodes: &[EpisodePixels], dtype: DType, device: &Device) -> Result<TaskBatch> {
         let first = episodes.first().ok_or_else(|| Error::InvalidSetting {
             name: "episodes",
@@ -33,10 +34,17 @@ impl TaskBatch {
         })?;
         let size = first.image_size;
         let shape = |e: &EpisodePixels| {
-            format!("{} support, {} query at {}px", e.support_labels.len(), e.query_labels.len(), e.image_size)
+            format!(
+                "{} support, {} query at {}px, {} channel(s)",
+                e.support_labels.len(),
+                e.query_labels.len(),
+                e.image_size,
+                e.channels
+            )
         };
         for (i, e) in episodes.iter().enumerate() {
             if e.image_size != size
+                || e.channels != first.channels
                 || e.support_labels.len() != first.support_labels.len()
                 || e.query_labels.len() != first.query_labels.len()
             {
@@ -44,7 +52,7 @@ impl TaskBatch {
             }
         }
         let t = episodes.len();
-        let (ns, nq) = (first.support_labels.len(), first.query_labels.len());
+        let (ns, nq, c) = (first.support_labels.len(), first.query_labels.len(), first.channels);
         let cat_f = |f: fn(&EpisodePixels) -> &Vec<f32>| {
             episodes.iter().flat_map(|e| f(e).iter().copied()).collect::<Vec<f32>>()
         };
@@ -52,9 +60,9 @@ impl TaskBatch {
             episodes.iter().flat_map(|e| f(e).iter().copied()).collect::<Vec<u32>>()
         };
         Ok(TaskBatch {
-            support_images: Tensor::from_vec(cat_f(|e| &e.support), (t, ns, 1, size, size), device)?.to_dtype(dtype)?,
+            support_images: Tensor::from_vec(cat_f(|e| &e.support), (t, ns, c, size, size), device)?.to_dtype(dtype)?,
             support_labels: Tensor::from_vec(cat_u(|e| &e.support_labels), (t, ns), device)?,
-            query_images: Tensor::from_vec(cat_f(|e| &e.query), (t, nq, 1, size, size), device)?.to_dtype(dtype)?,
+            query_images: Tensor::from_vec(cat_f(|e| &e.query), (t, nq, c, size, size), device)?.to_dtype(dtype)?,
             query_labels: Tensor::from_vec(cat_u(|e| &e.query_labels), (t, nq), device)?,
         })
     }

@@ -16,8 +16,9 @@ pub const DRAWINGS: usize = 20;
 pub struct Example {
     /// The class (character and its rotation).
     pub class: Class,
-    /// Drawing index, 0 to 19.
-    pub drawing: u8,
+    /// Drawing (image) index within its class: 0 to 19 for Omniglot, below the class's image
+    /// count for other data (see [`Sampler::with_sizes`]).
+    pub drawing: u32,
     /// Label within the episode, 0 to n_way - 1.
     pub label: u8,
 }
@@ -63,8 +64,15 @@ pub struct EpisodeSpec {
 }
 
 impl EpisodeSpec {
-    /// Check the spec against a class pool of `pool` classes; errors name the value and range.
+    /// Check the spec against a class pool of `pool` Omniglot classes (20 drawings each);
+    /// errors name the value and range.
     pub fn validate(&self, pool: usize) -> Result<()> {
+        self.validate_sized(pool, None)
+    }
+
+    /// [`EpisodeSpec::validate`] for classes whose smallest has `min_images` images (`None`:
+    /// Omniglot's 20 drawings).
+    pub fn validate_sized(&self, pool: usize, min_images: Option<usize>) -> Result<()> {
         let bad =
             |name: &'static str, value: usize, expected: String| Err(Error::InvalidSpec { name, value, expected });
         if self.n_way < 2 {
@@ -82,16 +90,26 @@ impl EpisodeSpec {
         if self.n_query == 0 {
             return bad("n_query", self.n_query, "at least 1".into());
         }
-        match self.drawing_split {
-            DrawingSplit::Any if self.k_shot + self.n_query > DRAWINGS => bad(
+        match (self.drawing_split, min_images) {
+            (DrawingSplit::Any, None) if self.k_shot + self.n_query > DRAWINGS => bad(
                 "k_shot + n_query",
                 self.k_shot + self.n_query,
                 format!("at most {DRAWINGS} drawings per character"),
             ),
-            DrawingSplit::FirstTenSupport if self.k_shot > 10 => {
+            (DrawingSplit::Any, Some(min)) if self.k_shot + self.n_query > min => bad(
+                "k_shot + n_query",
+                self.k_shot + self.n_query,
+                format!("at most {min}, the images of the smallest class"),
+            ),
+            (DrawingSplit::FirstTenSupport, Some(min)) if min < DRAWINGS => bad(
+                "drawing_split",
+                min,
+                format!("classes of {DRAWINGS} drawings or more for \"first_ten_support\" (Omniglot's split)"),
+            ),
+            (DrawingSplit::FirstTenSupport, _) if self.k_shot > 10 => {
                 bad("k_shot", self.k_shot, "at most 10 (support from drawings 1-10)".into())
             }
-            DrawingSplit::FirstTenSupport if self.n_query > 10 => {
+            (DrawingSplit::FirstTenSupport, _) if self.n_query > 10 => {
                 bad("n_query", self.n_query, "at most 10 (query from drawings 11-20)".into())
             }
             _ => Ok(()),
@@ -122,6 +140,8 @@ pub enum TaskAugment {
 #[derive(Debug, Clone)]
 pub struct Sampler {
     classes: Vec<Class>,
+    /// Images of each class; `None`: Omniglot's [`DRAWINGS`] each.
+    sizes: Option<Vec<u32>>,
     spec: EpisodeSpec,
     /// Give each sampled class a random quarter-turn rotation (class augmentation).
     pub rotate_classes: bool,
@@ -133,7 +153,25 @@ impl Sampler {
     /// A sampler over `classes` (distinct) for `spec`; errors if the spec does not fit the pool.
     pub fn new(classes: Vec<Class>, spec: EpisodeSpec) -> Result<Sampler> {
         spec.validate(classes.len())?;
-        Ok(Sampler { classes, spec, rotate_classes: false, task_augment: TaskAugment::None })
+        Ok(Sampler { classes, sizes: None, spec, rotate_classes: false, task_augment: TaskAugment::None })
+    }
+
+    /// The same sampler for classes of `sizes[i]` images each (rather than Omniglot's 20
+    /// drawings), `sizes` in the order of the classes; errors if a size is missing or the
+    /// smallest class is too small for the spec. With all sizes 20 it draws the episodes
+    /// [`Sampler::new`]'s does.
+    pub fn with_sizes(mut self, sizes: Vec<u32>) -> Result<Sampler> {
+        if sizes.len() != self.classes.len() {
+            return Err(Error::InvalidSpec {
+                name: "class sizes",
+                value: sizes.len(),
+                expected: format!("one per class ({})", self.classes.len()),
+            });
+        }
+        let min = sizes.iter().map(|&s| s as usize).min().unwrap_or(0);
+        self.spec.validate_sized(self.classes.len(), Some(min))?;
+        self.sizes = Some(sizes);
+        Ok(self)
     }
 
     /// The episode shape.
@@ -148,28 +186,30 @@ impl Sampler {
         let picked = index::sample(rng, self.classes.len(), n_way);
         let mut labels: Vec<u8> = (0..n_way).map(|l| l as u8).collect();
         labels.shuffle(rng);
-        let mut by_label: Vec<(u8, Class, Vec<u8>, Vec<u8>)> = Vec::with_capacity(n_way);
+        let mut by_label: Vec<(u8, Class, Vec<u32>, Vec<u32>)> = Vec::with_capacity(n_way);
         for (i, label) in picked.into_iter().zip(labels) {
             let mut class = self.classes[i];
             if self.rotate_classes {
                 let extra = Rotation::from_quarter_turns(rng.random_range(0..4));
                 class.rotation = Rotation::from_quarter_turns(class.rotation.quarter_turns() + extra.quarter_turns());
             }
-            let (support, query): (Vec<u8>, Vec<u8>) = match drawing_split {
+            let available = self.sizes.as_ref().map_or(DRAWINGS, |s| s[i] as usize);
+            let (support, query): (Vec<u32>, Vec<u32>) = match drawing_split {
                 DrawingSplit::Any => {
-                    let d: Vec<u8> =
-                        index::sample(rng, DRAWINGS, k_shot + n_query).into_iter().map(|d| d as u8).collect();
+                    let d: Vec<u32> =
+                        index::sample(rng, available, k_shot + n_query).into_iter().map(|d| d as u32).collect();
                     (d[..k_shot].to_vec(), d[k_shot..].to_vec())
                 }
                 DrawingSplit::FirstTenSupport => (
-                    index::sample(rng, 10, k_shot).into_iter().map(|d| d as u8).collect(),
-                    index::sample(rng, 10, n_query).into_iter().map(|d| d as u8 + 10).collect(),
+                    index::sample(rng, 10, k_shot).into_iter().map(|d| d as u32).collect(),
+                    index::sample(rng, 10, n_query).into_iter().map(|d| d as u32 + 10).collect(),
                 ),
             };
             by_label.push((label, class, support, query));
         }
         by_label.sort_by_key(|(label, ..)| *label);
-        let examples = |pick: fn(&(u8, Class, Vec<u8>, Vec<u8>)) -> &Vec<u8>| -> Vec<Example> {
+        type Entry = (u8, Class, Vec<u32>, Vec<u32>);
+        let examples = |pick: fn(&Entry) -> &Vec<u32>| -> Vec<Example> {
             by_label
                 .iter()
                 .flat_map(|entry| {
@@ -198,46 +238,90 @@ pub fn ink_intensity(gray: u8) -> f32 {
     1.0 - gray as f32 / 255.0
 }
 
-/// An episode's pixels, ready for a model: f32 in [0, 1] with ink = 1 and paper = 0 (so a
-/// conv net's zero padding looks like paper), labels as u32.
+/// How stored u8 values become a model's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intensity {
+    /// Dark marks on a light page (Omniglot): [`ink_intensity`], `1 - v / 255`, so that the
+    /// page is 0, like a conv net's zero padding.
+    #[default]
+    Ink,
+    /// Photographs and other images: `v / 255`.
+    Plain,
+}
+
+impl Intensity {
+    /// The input value of the stored value `v`.
+    pub fn value(self, v: u8) -> f32 {
+        match self {
+            Intensity::Ink => ink_intensity(v),
+            Intensity::Plain => v as f32 / 255.0,
+        }
+    }
+}
+
+/// An episode's pixels, ready for a model: f32 in [0, 1] (with [`Intensity::Ink`], ink = 1 and
+/// paper = 0, so a conv net's zero padding looks like paper), channels first, labels as u32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpisodePixels {
     /// Side of the square images.
     pub image_size: usize,
-    /// Support images, `[n_support, size, size]` flattened.
+    /// Channels per image (1 gray, 3 colour).
+    pub channels: usize,
+    /// Support images, `[n_support, channels, size, size]` flattened.
     pub support: Vec<f32>,
     /// Support labels, one per image.
     pub support_labels: Vec<u32>,
-    /// Query images, `[n_query, size, size]` flattened.
+    /// Query images, `[n_query, channels, size, size]` flattened.
     pub query: Vec<f32>,
     /// Query labels, one per image.
     pub query_labels: Vec<u32>,
 }
 
 impl Episode {
-    /// Render the episode's images: look each drawing up with `image(character, drawing)`
-    /// (u8 gray, `size * size`, 255 = paper), map to ink intensity `1 - gray / 255` (ink = 1,
-    /// paper = 0), apply the class rotation, then the task rotation.
+    /// Render the episode's Omniglot images: look each drawing up with `image(character,
+    /// drawing)` (u8 gray, `size * size`, 255 = paper), map to ink intensity `1 - gray / 255`
+    /// (ink = 1, paper = 0), apply the class rotation, then the task rotation.
     pub fn render<'a>(&self, size: usize, image: impl Fn(u32, usize) -> &'a [u8]) -> EpisodePixels {
+        self.render_images(size, 1, Intensity::Ink, image)
+    }
+
+    /// Render images of `channels` planes of `size * size` u8 values each (channels first),
+    /// mapped by `intensity`; rotations turn every plane alike.
+    pub fn render_images<'a>(
+        &self,
+        size: usize,
+        channels: usize,
+        intensity: Intensity,
+        image: impl Fn(u32, usize) -> &'a [u8],
+    ) -> EpisodePixels {
+        let plane = size * size;
         let render_part = |examples: &[Example]| -> (Vec<f32>, Vec<u32>) {
-            let mut pixels = Vec::with_capacity(examples.len() * size * size);
+            let mut pixels = Vec::with_capacity(examples.len() * channels * plane);
             let mut labels = Vec::with_capacity(examples.len());
             for ex in examples {
                 let raw = image(ex.class.character, ex.drawing as usize);
-                assert_eq!(raw.len(), size * size, "image of character {} is not {size}x{size}", ex.class.character);
-                let ink: Vec<f32> = raw.iter().map(|&p| ink_intensity(p)).collect();
-                let mut img = crate::augment::rotate_quarter(&ink, size, ex.class.rotation);
-                if let Some(t) = self.task_rotation {
-                    img = t.apply(&img, size, 0.0);
+                assert_eq!(
+                    raw.len(),
+                    channels * plane,
+                    "image of class {} is not {channels}x{size}x{size}",
+                    ex.class.character
+                );
+                for channel in raw.chunks(plane) {
+                    let values: Vec<f32> = channel.iter().map(|&p| intensity.value(p)).collect();
+                    let mut img = crate::augment::rotate_quarter(&values, size, ex.class.rotation);
+                    if let Some(t) = self.task_rotation {
+                        img = t.apply(&img, size, 0.0);
+                    }
+                    pixels.extend_from_slice(&img);
                 }
-                pixels.extend_from_slice(&img);
                 labels.push(ex.label as u32);
             }
             (pixels, labels)
         };
         let (support, support_labels) = render_part(&self.support);
         let (query, query_labels) = render_part(&self.query);
-        EpisodePixels { image_size: size, support, support_labels, query, query_labels }
+        EpisodePixels { image_size: size, channels, support, support_labels, query, query_labels }
     }
 }
 
@@ -275,8 +359,8 @@ mod tests {
                     assert_eq!(qry.len(), n_query);
                     let class = sup[0].class;
                     assert!(sup.iter().chain(&qry).all(|e| e.class == class), "one class per label");
-                    let s: BTreeSet<u8> = sup.iter().map(|e| e.drawing).collect();
-                    let q: BTreeSet<u8> = qry.iter().map(|e| e.drawing).collect();
+                    let s: BTreeSet<u32> = sup.iter().map(|e| e.drawing).collect();
+                    let q: BTreeSet<u32> = qry.iter().map(|e| e.drawing).collect();
                     assert_eq!(s.len() + q.len(), k_shot + n_query, "distinct drawings");
                     assert!(s.is_disjoint(&q), "support and query disjoint");
                     if split == DrawingSplit::FirstTenSupport {

@@ -44,9 +44,14 @@ impl EpisodeSet {
     /// The episodes [`EpisodeSet::generate`] draws from `classes` with `seed`, one at a time and
     /// without end: its first `n` are that set's, so a large set can be used without being held.
     pub fn draw(classes: Vec<Class>, spec: EpisodeSpec, seed: u64) -> Result<impl Iterator<Item = Episode>> {
-        let sampler = Sampler::new(classes, spec)?;
+        Ok(EpisodeSet::draw_from(Sampler::new(classes, spec)?, seed))
+    }
+
+    /// The episodes `sampler` draws with `seed`, one at a time and without end (for classes of
+    /// other sizes than Omniglot's, see [`Sampler::with_sizes`]).
+    pub fn draw_from(sampler: Sampler, seed: u64) -> impl Iterator<Item = Episode> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Ok(std::iter::repeat_with(move || sampler.sample(&mut rng)))
+        std::iter::repeat_with(move || sampler.sample(&mut rng))
     }
 
     /// Serialise: one header, then one line per episode (diff-friendly and small).

@@ -35,7 +35,8 @@ mod split;
 
 pub use augment::{Rotation, TaskRotation, rotate_bilinear, rotate_quarter};
 pub use episode::{
-    DRAWINGS, DrawingSplit, Episode, EpisodePixels, EpisodeSpec, Example, Sampler, TaskAugment, ink_intensity,
+    DRAWINGS, DrawingSplit, Episode, EpisodePixels, EpisodeSpec, Example, Intensity, Sampler, TaskAugment,
+    ink_intensity,
 };
 pub use error::{Error, Result};
 pub use evalset::{EPISODE_SET_VERSION, EpisodeSet};

@@ -92,6 +92,17 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if n.is_some() && fixed {
         bail!("--n counts fresh episodes, but these episodes are a fixed set: use it with --protocol or --validation");
     }
+    if settings.data.folder.is_some() {
+        if episodes.is_some() {
+            bail!(
+                "--episodes: episode files describe Omniglot episodes; a model trained on data.folder is evaluated \
+                 on episodes drawn from the folder's test classes (drop --episodes; --n sets how many)"
+            );
+        }
+        if protocol.is_some() {
+            bail!("--protocol chooses Omniglot's class pools; a folder's test classes are its own (drop --protocol)");
+        }
+    }
     let data = settings.data.load()?;
     let (e, seed) = (&settings.episodes, settings.seed);
     let n_fresh = n.unwrap_or(600);
@@ -127,7 +138,7 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     }
     // A file's characters must exist in the data (drawn sets' do by construction).
     if let Episodes::File(set, origin) = &source {
-        set.check_characters(data.n_background() + data.n_evaluation(), origin)?;
+        set.check_characters(data.n_classes(), origin)?;
     }
     let ev = &settings.evaluation;
     let steps = if inner_steps.is_empty() { vec![ev.adaptation.steps] } else { inner_steps };

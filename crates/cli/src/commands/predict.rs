@@ -29,7 +29,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it reads")], Some(&tasks))?;
     let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
     let settings = ckpt.settings(&checkpoint)?;
-    let folder_tasks = crate::predict::read_tasks(&tasks, settings.data.image_size)?;
+    let folder_tasks = crate::predict::read_tasks(&tasks, crate::predict::Reading::of(&settings))?;
     let n_way = folder_tasks[0].support.len();
     check_n_way(&settings, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
     let e = &settings.evaluation;

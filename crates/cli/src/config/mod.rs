@@ -47,6 +47,39 @@ pub struct DataConfig {
     pub image_size: u32,
     /// `omniglot` (the real counts are checked) or `any` (for small generated data sets).
     pub expect: ExpectCounts,
+    /// A folder of your own labelled images instead of Omniglot: one folder of images (PNG,
+    /// JPEG) per class, possibly grouped in folders, with the splits in `train/`, `val/`,
+    /// `test/` folders or cut by `split`. Decoded images are cached in `dir` (default
+    /// `data/folders`).
+    pub folder: Option<PathBuf>,
+    /// How stored values become inputs: `ink` (`1 - v/255`: dark marks on a light page, as
+    /// Omniglot) or `plain` (`v/255`: photographs). Default: `ink` for Omniglot, `plain` for a
+    /// folder.
+    pub intensity: Option<fewshot_tasks::Intensity>,
+    /// With `folder` and no split folders: the fractions of its classes that train, validate
+    /// and test (seeded by `seed`).
+    pub split: SplitConfig,
+    /// With `folder`: leave out, with a count, classes with fewer images than an episode takes
+    /// from a class (`k_shot + n_query`); otherwise they are an error that names them.
+    pub skip_small_classes: bool,
+}
+
+/// `[data] split`: fractions of a folder's classes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Meta-training.
+    pub train: f64,
+    /// Validation.
+    pub val: f64,
+    /// Test.
+    pub test: f64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig { train: 0.7, val: 0.15, test: 0.15 }
+    }
 }
 
 /// Which dataset counts to insist on.
@@ -61,7 +94,16 @@ pub enum ExpectCounts {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { dir: None, source: None, image_size: 28, expect: ExpectCounts::Omniglot }
+        DataConfig {
+            dir: None,
+            source: None,
+            image_size: 28,
+            expect: ExpectCounts::Omniglot,
+            folder: None,
+            intensity: None,
+            split: SplitConfig::default(),
+            skip_small_classes: false,
+        }
     }
 }
 
@@ -116,11 +158,13 @@ pub struct ModelConfig {
     pub hidden: usize,
     /// Number of conv blocks.
     pub depth: usize,
+    /// Input channels: 1 (gray) or 3 (colour, with `data.folder`).
+    pub channels: usize,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { hidden: 64, depth: 4 }
+        ModelConfig { hidden: 64, depth: 4, channels: 1 }
     }
 }
 

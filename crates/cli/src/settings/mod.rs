@@ -61,17 +61,64 @@ pub struct Data {
     pub image_size: u32,
     /// Which dataset counts to insist on.
     pub expected: omniglot_data::Expected,
+    /// A folder of the user's images instead of Omniglot.
+    pub folder: Option<FolderSource>,
+    /// How stored values become inputs.
+    pub intensity: fewshot_tasks::Intensity,
+    /// Channels per image.
+    pub channels: usize,
+}
+
+/// `[data] folder` and what goes with it, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderSource {
+    /// The folder of class folders.
+    pub path: PathBuf,
+    /// Where its decoded images are cached.
+    pub cache_dir: PathBuf,
+    /// The class fractions of a folder without split folders.
+    pub fractions: crate::data::Fractions,
+    /// Leave out classes with fewer than `need` images instead of refusing them.
+    pub skip_small_classes: bool,
+    /// Images an episode takes from a class (the most of training and evaluation episodes).
+    pub need: usize,
 }
 
 impl Data {
-    /// Load both subsets (fetching missing archives from the source).
-    pub fn load(&self) -> anyhow::Result<Omniglot> {
-        Omniglot::load(&self.dir, Some(&self.source), self.image_size, self.expected)
+    /// Load the data: both Omniglot subsets (fetching missing archives from the source), or
+    /// the folder (decoding it when its cache is not current, with a progress bar on a
+    /// terminal).
+    pub fn load(&self) -> anyhow::Result<crate::data::Data> {
+        let Some(folder) = &self.folder else {
+            let omniglot = Omniglot::load(&self.dir, Some(&self.source), self.image_size, self.expected)?;
+            return Ok(crate::data::Data::Omniglot(omniglot));
+        };
+        let options = fewshot_images::FolderOptions {
+            image_size: self.image_size,
+            channels: fewshot_images::Channels::from_count(self.channels)?,
+            cache_dir: folder.cache_dir.clone(),
+        };
+        let bar = if crate::train::stderr_is_terminal() && crate::ranks::is_writer() {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("decoding {pos} images [{elapsed}] {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let images = fewshot_images::ImageFolder::load(&folder.path, &options, &|n| bar.set_position(n as u64))
+            .map_err(|e| anyhow::anyhow!("data.folder: {e}"))?;
+        bar.finish_and_clear();
+        let kept = crate::data::usable_classes(&images, folder.need, folder.skip_small_classes)?;
+        let folder = crate::data::Folder { images, intensity: self.intensity, kept, fractions: folder.fractions };
+        Ok(crate::data::Data::Folder(folder))
     }
 
     /// Whether these are the real Omniglot counts (the shipped episode files index them).
     pub fn is_omniglot(&self) -> bool {
-        self.expected == omniglot_data::Expected::Omniglot
+        self.folder.is_none() && self.expected == omniglot_data::Expected::Omniglot
     }
 }
 
@@ -101,12 +148,20 @@ pub struct NetShape {
     pub hidden: usize,
     /// Conv blocks.
     pub depth: usize,
+    /// Input channels.
+    pub channels: usize,
 }
 
 impl NetShape {
     /// The net with `n_way` outputs.
     pub fn net(&self, n_way: usize) -> ConvNetConfig {
-        ConvNetConfig { in_channels: 1, image_size: self.image_size, hidden: self.hidden, depth: self.depth, n_way }
+        ConvNetConfig {
+            in_channels: self.channels,
+            image_size: self.image_size,
+            hidden: self.hidden,
+            depth: self.depth,
+            n_way,
+        }
     }
 }
 
@@ -332,11 +387,46 @@ impl Settings {
             );
         }
         let d = &config.data;
-        if !(1..=105).contains(&d.image_size) {
-            bail!("data.image_size = {}: must be in 1..=105", d.image_size);
+        let channels = config.model.channels;
+        match &d.folder {
+            None => {
+                if !(1..=105).contains(&d.image_size) {
+                    bail!("data.image_size = {}: must be in 1..=105 (Omniglot's drawings are 105x105)", d.image_size);
+                }
+                if channels != 1 {
+                    bail!(
+                        "model.channels = {channels}: Omniglot is gray (1 channel); colour needs your own images \
+                         (data.folder)"
+                    );
+                }
+            }
+            Some(_) => {
+                if !(1..=1024).contains(&d.image_size) {
+                    bail!("data.image_size = {}: must be in 1..=1024", d.image_size);
+                }
+                if channels != 1 && channels != 3 {
+                    bail!("model.channels = {channels}: must be 1 (gray) or 3 (colour)");
+                }
+                let f = d.split;
+                if [f.train, f.val, f.test].iter().any(|v| !(*v > 0.0 && *v < 1.0))
+                    || (f.train + f.val + f.test - 1.0).abs() > 1e-6
+                {
+                    bail!(
+                        "data.split = {{ train = {}, val = {}, test = {} }}: each must be between 0 and 1 and they \
+                         must add up to 1",
+                        f.train,
+                        f.val,
+                        f.test
+                    );
+                }
+            }
         }
-        let net =
-            NetShape { image_size: d.image_size as usize, hidden: config.model.hidden, depth: config.model.depth };
+        let net = NetShape {
+            image_size: d.image_size as usize,
+            hidden: config.model.hidden,
+            depth: config.model.depth,
+            channels,
+        };
         net.net(episodes.eval.n_way).validate().map_err(|err| anyhow::anyhow!("model: {err}"))?;
         let learner = match t.method {
             Method::Maml | Method::Fomaml | Method::Protonet => {
@@ -378,6 +468,19 @@ impl Settings {
                 ExpectCounts::Omniglot => omniglot_data::Expected::Omniglot,
                 ExpectCounts::Any => omniglot_data::Expected::Any,
             },
+            folder: d.folder.as_ref().map(|path| FolderSource {
+                path: path.clone(),
+                cache_dir: d.dir.clone().unwrap_or_else(|| PathBuf::from("data/folders")),
+                fractions: crate::data::Fractions { train: d.split.train, val: d.split.val, test: d.split.test },
+                skip_small_classes: d.skip_small_classes,
+                need: episodes.train.k_shot + episodes.train.n_query.max(episodes.eval.n_query),
+            }),
+            intensity: d.intensity.unwrap_or(if d.folder.is_some() {
+                fewshot_tasks::Intensity::Plain
+            } else {
+                fewshot_tasks::Intensity::Ink
+            }),
+            channels,
         };
         Ok(Settings {
             seed: config.seed,
@@ -454,14 +557,16 @@ fn episodes(config: &Config) -> anyhow::Result<Episodes> {
     if e.train_n_query == Some(0) {
         bail!("episodes.train_n_query = 0: must be at least 1 (or absent, to train with episodes.n_query)");
     }
-    if let Some(q) = e.train_n_query.filter(|q| e.k_shot + q > fewshot_tasks::DRAWINGS) {
+    // A folder's classes have their own sizes, checked when it is read.
+    let omniglot = config.data.folder.is_none();
+    if let Some(q) = e.train_n_query.filter(|q| omniglot && e.k_shot + q > fewshot_tasks::DRAWINGS) {
         bail!(
             "episodes.k_shot + episodes.train_n_query = {}: must be at most {} (drawings per character)",
             e.k_shot + q,
             fewshot_tasks::DRAWINGS
         );
     }
-    if e.k_shot + e.n_query > fewshot_tasks::DRAWINGS {
+    if omniglot && e.k_shot + e.n_query > fewshot_tasks::DRAWINGS {
         bail!(
             "episodes.k_shot + episodes.n_query = {}: must be at most {} (drawings per character)",
             e.k_shot + e.n_query,

@@ -3,6 +3,7 @@
 //! helpers: running the binary, a generated data set, a config, a folder of tasks.
 
 mod errors;
+mod folders;
 mod runs;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,143 @@
+//! Training on a folder of the user's own images (`[data] folder`): colour, any size, PNG and
+//! JPEG, nested classes, splits by fractions or by folders; errors that name the folder.
+
+use std::path::Path;
+
+use super::{fails, fewshot, ok};
+
+/// A synthetic colour dataset: `classes` classes of `per_class` images, each class a colour
+/// and a bar at its own place, images of several sizes, a third of them JPEG; grouped in two
+/// folders (`warm/`, `cool/`) as Omniglot's characters are in alphabets.
+fn colour_folder(root: &Path, classes: usize, per_class: usize) {
+    for c in 0..classes {
+        let group = if c % 2 == 0 { "warm" } else { "cool" };
+        let dir = root.join(group).join(format!("class{c:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let colour = [(c * 53 % 256) as u8, (c * 97 % 256) as u8, (c * 151 % 256) as u8];
+        for i in 0..per_class {
+            let (w, h) = [(20, 20), (31, 24), (48, 48)][i % 3];
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let bar = (x * 5 / w) as usize == c % 5 || (y * 4 / h) as usize == (c / 5) % 4;
+                let noise = ((x * 7 + y * 13 + i as u32 * 29) % 40) as u8;
+                if bar { image::Rgb(colour.map(|v| v.saturating_add(noise))) } else { image::Rgb([noise; 3]) }
+            });
+            let ext = if i % 3 == 2 { "jpg" } else { "png" };
+            img.save(dir.join(format!("{i}.{ext}"))).unwrap();
+        }
+    }
+}
+
+fn folder_config(dir: &Path, folder: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("colour.toml");
+    let text = format!(
+        "name = \"colour\"\nseed = 5\n[data]\nfolder = \"{}\"\ndir = \"{}\"\nimage_size = 16\n{extra}\n\
+         [model]\nhidden = 8\nchannels = 3\n[episodes]\nn_way = 3\nk_shot = 1\nn_query = 2\n\
+         [train]\nsteps = 4\nmeta_batch_size = 2\nval_every = 2\nval_episodes = 4\ncheckpoint_every = 2\n",
+        folder.display(),
+        dir.join("cache").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_colour_folder_trains_evaluates_and_labels_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("photos");
+    colour_folder(&folder, 24, 5);
+    let cfg = folder_config(tmp.path(), &folder, "");
+    let run = tmp.path().join("run");
+    let data = tmp.path().join("unused-omniglot");
+    ok(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()], &data));
+    let caches: Vec<_> = std::fs::read_dir(tmp.path().join("cache")).unwrap().flatten().collect();
+    assert_eq!(caches.len(), 2, "one cache and its manifest");
+    let best = run.join("checkpoints/best.safetensors");
+    let said = ok(fewshot(&["eval", "--checkpoint", best.to_str().unwrap(), "--n", "12", "--json"], &data));
+    let line: serde_json::Value = serde_json::from_str(said.lines().next().unwrap()).unwrap();
+    let acc = line["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{said}");
+    // Tasks from test images, in predict's layout (colour PNGs of any size).
+    let tasks = tmp.path().join("tasks");
+    for split in ["support", "query"] {
+        std::fs::create_dir_all(tasks.join(split).join("0000")).unwrap();
+    }
+    for (c, class) in ["warm/class00", "cool/class01", "warm/class02"].iter().enumerate() {
+        let from = folder.join(class);
+        std::fs::copy(from.join("0.png"), tasks.join("support/0000").join(format!("image_{c}.png"))).unwrap();
+        std::fs::copy(from.join("1.png"), tasks.join("query/0000").join(format!("image_{c}.png"))).unwrap();
+    }
+    let csv = tmp.path().join("predictions.csv");
+    ok(fewshot(
+        &[
+            "predict",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            "--tasks",
+            tasks.to_str().unwrap(),
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        &data,
+    ));
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(rows.lines().count(), 4, "a header and three queries:\n{rows}");
+    // Episode files are Omniglot's: refused with a folder model, saying what to do.
+    let err = fails(fewshot(
+        &["eval", "--checkpoint", best.to_str().unwrap(), "--episodes", "configs/episodes/course-test-5w1s1q-640.json"],
+        &data,
+    ));
+    assert!(err.contains("--episodes") && err.contains("drop --episodes"), "{err}");
+}
+
+#[test]
+fn split_folders_and_small_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("split");
+    for split in ["train", "val", "test"] {
+        colour_folder(&folder.join(split), 4, 4);
+    }
+    // The same class names in each split: refused, naming one.
+    let cfg = folder_config(tmp.path(), &folder, "");
+    let data = tmp.path().join("unused");
+    let train = |cfg: &Path, out: &str| {
+        fewshot(&["train", "--config", cfg.to_str().unwrap(), "--out", tmp.path().join(out).to_str().unwrap()], &data)
+    };
+    let err = fails(train(&cfg, "a"));
+    assert!(err.contains("is in both train/ and val/"), "{err}");
+    std::fs::rename(folder.join("val/warm"), folder.join("val/hot")).unwrap();
+    std::fs::rename(folder.join("val/cool"), folder.join("val/cold")).unwrap();
+    std::fs::rename(folder.join("test/warm"), folder.join("test/red")).unwrap();
+    std::fs::rename(folder.join("test/cool"), folder.join("test/blue")).unwrap();
+    ok(train(&cfg, "b"));
+    // A class too small for an episode (k_shot + n_query = 3): named, or left out on request.
+    for f in ["1.png", "2.jpg", "3.png"] {
+        std::fs::remove_file(folder.join("train/warm/class00").join(f)).unwrap();
+    }
+    let err = fails(train(&cfg, "c"));
+    assert!(err.contains("warm/class00 (1 images)") && err.contains("data.skip_small_classes"), "{err}");
+    let skip = folder_config(tmp.path(), &folder, "skip_small_classes = true");
+    let said = ok(train(&skip, "d"));
+    assert!(said.contains("left out 1 class(es)"), "{said}");
+    // Too few classes left in a split for a 3-way episode.
+    std::fs::remove_dir_all(folder.join("test/red")).unwrap();
+    let err = fails(train(&cfg, "e"));
+    assert!(err.contains("test/ holds 2 usable classes, fewer than the 3"), "{err}");
+}
+
+#[test]
+fn colour_needs_a_folder_and_bad_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("unused");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "name = \"c\"\n[model]\nchannels = 3\n").unwrap();
+    let err = fails(fewshot(&["train", "--config", cfg.to_str().unwrap()], &data));
+    assert!(err.contains("model.channels = 3") && err.contains("data.folder"), "{err}");
+    let missing = folder_config(tmp.path(), &tmp.path().join("nowhere"), "");
+    let err = fails(fewshot(&["train", "--config", missing.to_str().unwrap()], &data));
+    assert!(err.contains("data.folder") && err.contains("nowhere"), "{err}");
+    let folder = tmp.path().join("strays");
+    colour_folder(&folder, 4, 3);
+    std::fs::write(folder.join("warm/class00/readme.txt"), "x").unwrap();
+    let err = fails(fewshot(&["train", "--config", folder_config(tmp.path(), &folder, "").to_str().unwrap()], &data));
+    assert!(err.contains("readme.txt") && err.contains("not images"), "{err}");
+}
