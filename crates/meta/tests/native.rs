@@ -17,8 +17,9 @@ fn batch(config: &ConvNetConfig, t: usize, k_shot: usize, n_query: usize, dtype:
     let mut images = |n: usize| {
         // Continuous values: no exact or near ties in max-pooling (at a tie each engine may route
         // the gradient to a different, equally valid element).
-        let data: Vec<f32> = (0..t * n * s * s).map(|_| rng.random_range(0.0..1.0)).collect();
-        Tensor::from_vec(data, (t, n, 1, s, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        let c = config.in_channels;
+        let data: Vec<f32> = (0..t * n * c * s * s).map(|_| rng.random_range(0.0..1.0)).collect();
+        Tensor::from_vec(data, (t, n, c, s, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
     };
     let (support_images, query_images) = (images(config.n_way * k_shot), images(config.n_way * n_query));
     let mut labels = |n: usize| {
@@ -80,6 +81,30 @@ fn native_meta_gradient_equals_candle_at_omniglot_shapes() {
             let err = rel_diff(&native, &reference);
             println!("{dtype:?} {order:?}: relative difference {err:.2e}");
             assert!(err < bound, "{dtype:?} {order:?}: native differs by {err:e}");
+        }
+    }
+}
+
+#[test]
+fn native_meta_gradient_equals_candle_at_the_mini_imagenet_shape() {
+    // The MAML paper's mini-ImageNet net: 84 x 84 RGB (3 input channels), 4 blocks of 32
+    // filters, a batch norm per block; 5-way 1-shot with 2 queries, 2 inner steps at 0.01 (the
+    // paper takes 5), both orders, in f64. (In f32, random images make near ties among the
+    // max-pool windows likely enough that one routes differently: see the f32 test below.)
+    let config = ConvNetConfig { in_channels: 3, image_size: 84, hidden: 32, depth: 4, n_way: 5 };
+    for (dtype, bound) in [(DType::F64, 1e-10)] {
+        let params = init(&config, 31, dtype, &Device::Cpu).unwrap();
+        let batch = batch(&config, 2, 1, 2, dtype, 5);
+        for order in [Order::Second, Order::First] {
+            let inner = InnerLoop::new(0.01, 2, order);
+            let (reference, r) =
+                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
+            let (native, n) =
+                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
+            let err = rel_diff(&native, &reference);
+            println!("84x84x3 {dtype:?} {order:?}: relative difference {err:.2e}");
+            assert!(err < bound, "{dtype:?} {order:?}: native differs by {err:e}");
+            assert!((r.loss - n.loss).abs() < 1e-5);
         }
     }
 }
