@@ -17,7 +17,9 @@ pub struct Args {
     threads: Vec<usize>,
     /// Cases: 5w1s (meta-batch 32, 1 inner step, 1 query per class), 20w1s (meta-batch 16, 5
     /// inner steps, 1 query) and the paper protocol's training shapes 5w1s15q (15 queries per
-    /// class) and 20w1s5q (5 queries per class).
+    /// class), 20w1s5q (5 queries per class) and 84rgb (the MAML paper's mini-ImageNet
+    /// shape: 84x84 RGB, 32 filters, 5-way 1-shot, 15 queries, 5 inner steps; not run unless
+    /// named).
     #[arg(long, default_value = "5w1s,20w1s,5w1s15q,20w1s5q", value_delimiter = ',')]
     cases: Vec<String>,
     /// Modes: so (second-order meta-train), fo (first-order), eval.
@@ -57,13 +59,67 @@ struct Case {
     meta_batch: usize,
     train_steps: usize,
     eval_steps: usize,
+    inner_lr: f64,
+    /// Input shape and filters: (image side, channels, filters per block).
+    shape: (usize, usize, usize),
 }
 
-const CASES: [Case; 4] = [
-    Case { name: "5w1s", n_way: 5, q_query: 1, meta_batch: 32, train_steps: 1, eval_steps: 3 },
-    Case { name: "20w1s", n_way: 20, q_query: 1, meta_batch: 16, train_steps: 5, eval_steps: 5 },
-    Case { name: "5w1s15q", n_way: 5, q_query: 15, meta_batch: 32, train_steps: 1, eval_steps: 3 },
-    Case { name: "20w1s5q", n_way: 20, q_query: 5, meta_batch: 16, train_steps: 5, eval_steps: 5 },
+/// Omniglot's net: 28x28 gray, 64 filters.
+const OMNIGLOT: (usize, usize, usize) = (28, 1, 64);
+
+const CASES: [Case; 5] = [
+    Case {
+        name: "5w1s",
+        n_way: 5,
+        q_query: 1,
+        meta_batch: 32,
+        train_steps: 1,
+        eval_steps: 3,
+        inner_lr: 0.4,
+        shape: OMNIGLOT,
+    },
+    Case {
+        name: "20w1s",
+        n_way: 20,
+        q_query: 1,
+        meta_batch: 16,
+        train_steps: 5,
+        eval_steps: 5,
+        inner_lr: 0.4,
+        shape: OMNIGLOT,
+    },
+    Case {
+        name: "5w1s15q",
+        n_way: 5,
+        q_query: 15,
+        meta_batch: 32,
+        train_steps: 1,
+        eval_steps: 3,
+        inner_lr: 0.4,
+        shape: OMNIGLOT,
+    },
+    Case {
+        name: "20w1s5q",
+        n_way: 20,
+        q_query: 5,
+        meta_batch: 16,
+        train_steps: 5,
+        eval_steps: 5,
+        inner_lr: 0.4,
+        shape: OMNIGLOT,
+    },
+    // The MAML paper's mini-ImageNet setup (configs/miniimagenet-5w1s.toml): 84x84 RGB, 32
+    // filters, 5-way 1-shot with 15 queries, 4 tasks a step, 5 inner steps at 0.01, 10 at test.
+    Case {
+        name: "84rgb",
+        n_way: 5,
+        q_query: 15,
+        meta_batch: 4,
+        train_steps: 5,
+        eval_steps: 10,
+        inner_lr: 0.01,
+        shape: (84, 3, 32),
+    },
 ];
 
 /// The median of `v` (the lower middle one for an even count); `None` when empty.
@@ -142,22 +198,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     inner.to_string(),
                     "--steps".into(),
                     args.steps.to_string(),
+                    "--inner-lr".into(),
+                    case.inner_lr.to_string(),
                 ];
+                let (side, channels, hidden) = case.shape;
+                let shape = [
+                    "--image-size",
+                    &side.to_string(),
+                    "--channels",
+                    &channels.to_string(),
+                    "--hidden",
+                    &hidden.to_string(),
+                ]
+                .map(str::to_owned);
                 let (mut ours_runs, mut base_runs, mut torch_runs) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.rounds.max(1) {
                     ours_runs.push(run_json(
                         Command::new(&bench_bin)
                             .args(["--mode", mode, "--threads", &threads.to_string()])
-                            .args(&common),
+                            .args(&common)
+                            .args(&shape),
                     )?);
                     if let Some(bin) = &args.baseline {
-                        base_runs.push(run_json(
-                            Command::new(bin).args(["--mode", mode, "--threads", &threads.to_string()]).args(&common),
-                        )?);
+                        // A baseline from before the shape flags knows only Omniglot's shape.
+                        let mut cmd = Command::new(bin);
+                        cmd.args(["--mode", mode, "--threads", &threads.to_string()]).args(&common);
+                        if case.shape != OMNIGLOT {
+                            cmd.args(&shape);
+                        }
+                        base_runs.push(run_json(&mut cmd)?);
                     }
                     if let Some(python) = &args.against_torch {
                         let mut cmd = Command::new(python);
-                        cmd.arg(&args.torch_script).args(["--threads", &threads.to_string(), "--json"]).args(&common);
+                        // The reference script is written for Omniglot's shape; another shape
+                        // runs it through xtask/torch_shapes.py, which sets the shape first.
+                        if case.shape != OMNIGLOT {
+                            cmd.arg("xtask/torch_shapes.py").arg(&args.torch_script).args(&shape);
+                        } else {
+                            cmd.arg(&args.torch_script);
+                        }
+                        cmd.args(["--threads", &threads.to_string(), "--json"]).args(&common);
                         match mode.as_str() {
                             "fo" => {
                                 cmd.arg("--first-order");

@@ -53,6 +53,15 @@ struct Args {
     /// `im2col`.
     #[arg(long, default_value = "winograd")]
     conv: String,
+    /// Side of the square input images (28: Omniglot; 84: mini-ImageNet's).
+    #[arg(long, default_value_t = 28)]
+    image_size: usize,
+    /// Input channels (1 gray, 3 colour).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Filters per conv block.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
 }
 
 /// FLOPs of the conv and linear layers for one image's forward pass (2 per multiply-add), as
@@ -79,7 +88,14 @@ fn main() -> anyhow::Result<()> {
         other => bail!("--mode {other}: expected so, fo, eval or gemm-peak"),
     };
     let inner_steps = args.inner_steps.unwrap_or(if order.is_some() { 1 } else { 3 });
-    let net = ConvNetConfig::omniglot(args.n_way);
+    let net = ConvNetConfig {
+        in_channels: args.channels,
+        image_size: args.image_size,
+        hidden: args.hidden,
+        ..ConvNetConfig::omniglot(args.n_way)
+    };
+    net.validate()?;
+    let (c, side) = (args.channels, args.image_size);
     let params = fewshot_meta::MetaParams::from(init(&net, 0, DType::F32, &Device::Cpu)?);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (ns, nq) = (args.n_way * args.k_shot, args.n_way * args.q_query);
@@ -87,8 +103,8 @@ fn main() -> anyhow::Result<()> {
         let t = args.meta_batch;
         let mut images = |n: usize| {
             Tensor::from_vec(
-                (0..t * n * 784).map(|_| rng.random::<f32>()).collect::<Vec<_>>(),
-                (t, n, 1, 28, 28),
+                (0..t * n * c * side * side).map(|_| rng.random::<f32>()).collect::<Vec<_>>(),
+                (t, n, c, side, side),
                 &Device::Cpu,
             )
         };
