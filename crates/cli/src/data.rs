@@ -6,7 +6,7 @@ use anyhow::bail;
 use candle_core::{DType, Device};
 use fewshot_images::{ImageFolder, Split};
 use fewshot_meta::TaskBatch;
-use fewshot_tasks::{Class, Episode, EpisodeSpec, Intensity, Sampler, Splits};
+use fewshot_tasks::{Class, Episode, EpisodePixels, EpisodeSpec, Intensity, Sampler, Splits};
 use rand::seq::SliceRandom;
 
 use crate::omniglot::Omniglot;
@@ -102,15 +102,18 @@ impl Data {
         sampler(pool, self.sizes(pool), spec)
     }
 
-    /// Render episodes into one meta-batch.
-    pub fn batch(&self, episodes: &[Episode], dtype: DType, device: &Device) -> anyhow::Result<TaskBatch> {
-        let (size, channels) = (self.image_size(), self.channels());
+    /// An episode's images, as the model reads them (channels, intensity).
+    pub fn render(&self, episode: &Episode) -> EpisodePixels {
         let intensity = match self {
             Data::Omniglot(_) => Intensity::Ink,
             Data::Folder(f) => f.intensity,
         };
-        let pixels: Vec<_> =
-            episodes.iter().map(|e| e.render_images(size, channels, intensity, |c, d| self.image(c, d))).collect();
+        episode.render_images(self.image_size(), self.channels(), intensity, |c, d| self.image(c, d))
+    }
+
+    /// Render episodes into one meta-batch.
+    pub fn batch(&self, episodes: &[Episode], dtype: DType, device: &Device) -> anyhow::Result<TaskBatch> {
+        let pixels: Vec<_> = episodes.iter().map(|e| self.render(e)).collect();
         Ok(TaskBatch::from_pixels(&pixels, dtype, device)?)
     }
 }

@@ -509,7 +509,7 @@ fn training_batch(
             // (each chunk normalised by its own batch statistics, as a task is), labelled by
             // their class's index in the pool.
             let chunk = spec.n_way * (spec.k_shot + spec.n_query);
-            let size = data.image_size();
+            let sizes = data.sizes(pool);
             let pixels: Vec<EpisodePixels> = (0..tasks)
                 .map(|_| {
                     let labels: Vec<u32> = (0..chunk).map(|_| rng.random_range(0..pool.len()) as u32).collect();
@@ -517,12 +517,14 @@ fn training_batch(
                         .iter()
                         .map(|&l| Example {
                             class: pool[l as usize],
-                            drawing: rng.random_range(0..fewshot_tasks::DRAWINGS) as u32,
+                            drawing: rng.random_range(
+                                0..sizes.as_ref().map_or(fewshot_tasks::DRAWINGS, |s| s[l as usize] as usize),
+                            ) as u32,
                             label: 0,
                         })
                         .collect();
                     let episode = Episode { n_way: pool.len(), support: vec![], query: examples, task_rotation: None };
-                    let mut p = episode.render(size, |c, d| data.image(c, d));
+                    let mut p = data.render(&episode);
                     p.query_labels = labels;
                     EpisodePixels { support: p.query.clone(), support_labels: p.query_labels.clone(), ..p }
                 })

@@ -173,3 +173,28 @@ fn the_mini_imagenet_config_trains_end_to_end_on_generated_colour_images() {
     let line: serde_json::Value = serde_json::from_str(said.lines().next().unwrap()).unwrap();
     assert_eq!(line["inner_steps"], 10, "{said}");
 }
+
+#[test]
+fn the_transfer_baseline_and_protonets_train_on_a_folder() {
+    // The baseline's images are drawn by class size (classes of 4 to 9 images here), in colour.
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("photos");
+    colour_folder(&folder, 24, 9);
+    for c in 0..6 {
+        let group = if c % 2 == 0 { "warm" } else { "cool" };
+        for i in 4..9 {
+            let ext = if i % 3 == 2 { "jpg" } else { "png" };
+            std::fs::remove_file(folder.join(group).join(format!("class{c:02}")).join(format!("{i}.{ext}"))).unwrap();
+        }
+    }
+    let cfg = folder_config(tmp.path(), &folder, "");
+    let data = tmp.path().join("unused");
+    for (method, extra) in [("transfer", vec![]), ("protonet", vec!["--set", "train.inner_steps=0"])] {
+        let out = tmp.path().join(method);
+        let set = format!("train.method=\"{method}\"");
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", &set];
+        args.extend(extra);
+        let said = ok(fewshot(&args, &data));
+        assert!(said.contains("trained 4 steps"), "{method}: {said}");
+    }
+}
