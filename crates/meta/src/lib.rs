@@ -19,7 +19,7 @@
 //! let inner = InnerLoop::new(0.4, 1, Order::Second);
 //! let mut maml = Maml::new(config, &params.into(), MamlSettings::new(inner, 1e-3))?;
 //! let episode = EpisodePixels {
-//!     image_size: 8,
+//!     image_size: 8, channels: 1,
 //!     support: vec![0.5; 2 * 64], support_labels: vec![0, 1],
 //!     query: vec![0.5; 2 * 64], query_labels: vec![0, 1],
 //! };
@@ -30,7 +30,8 @@
 //! ```
 //!
 //! Files: `settings` (inner loop and adaptation settings), `engine` (the one dispatch),
-//! `native/` (MAML on `fewshot_model::engine`, task by task), `candle` (the reference path
+//! `native/` (MAML on `fewshot_model::engine`, task by task), `distributed` (a batch's tasks
+//! split over ranks, combined in one process's order), `candle` (the reference path
 //! through candle's autograd), `learner` (the trait, the shared parameter state and the
 //! outer optimiser's `Outer` settings), `maml` (with `MamlSettings`),
 //! `supervised`, `head` (how the head starts each task), `rates` (MAML++'s learned inner
