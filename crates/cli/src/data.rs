@@ -13,6 +13,7 @@ use crate::omniglot::Omniglot;
 
 /// The loaded images of a run.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per process, never moved in a loop
 pub enum Data {
     /// Omniglot's background and evaluation sets.
     Omniglot(Omniglot),
