@@ -3,7 +3,7 @@
 //! (multi-step loss, derivative-order annealing, cosine annealing, zero head, learned inner
 //! rates, per-step batch norm) on its own, then all together, at one budget and one seed; each
 //! run's last checkpoint is evaluated on 600 validation episodes. Then the protocol configs
-//! (`PROTOCOLS`: the paper's 5- and 20-way MAML and MAML++ configs, the protonets, the
+//! (`PROTOCOLS`: the paper's 5- and 20-way MAML and MAML++ configs, the protonets, Proto-MAML, the
 //! background-only 20-way ones and `hw15-boss-plus`): the runs of them found under `runs/<name>` (trained with `fewshot train --config configs/<name>.toml`; they
 //! take hours, so this command does not start them) are tested on 600 episodes of their
 //! protocol. Writes `report.md` and `results.json`.
@@ -63,13 +63,15 @@ const ARMS: [Arm; 9] = [
 ];
 
 /// The protocol configs whose runs the report tests, if they are there.
-const PROTOCOLS: [&str; 9] = [
+const PROTOCOLS: [&str; 11] = [
     "paper-5w1s",
     "paper-5w1s-plus",
     "paper-5w1s-plus15",
+    "protonet-paper-5w1s",
     "paper-20w1s",
     "paper-20w1s-plus",
     "protonet-paper-20w1s",
+    "proto-maml-paper-20w1s",
     "background-20w1s",
     "protonet-background-20w1s",
     "hw15-boss-plus",
