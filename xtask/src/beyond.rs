@@ -63,7 +63,7 @@ const ARMS: [Arm; 9] = [
 ];
 
 /// The protocol configs whose runs the report tests, if they are there.
-const PROTOCOLS: [&str; 11] = [
+const PROTOCOLS: [&str; 12] = [
     "paper-5w1s",
     "paper-5w1s-plus",
     "paper-5w1s-plus15",
@@ -74,6 +74,7 @@ const PROTOCOLS: [&str; 11] = [
     "proto-maml-paper-20w1s",
     "background-20w1s",
     "protonet-background-20w1s",
+    "proto-maml-background-20w1s",
     "hw15-boss-plus",
 ];
 
