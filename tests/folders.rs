@@ -85,7 +85,6 @@ fn omniglot_read_as_a_folder_is_the_built_in_data() {
         kept: (0..1623).collect(),
         fractions: Fractions { train: 0.7, val: 0.15, test: 0.15 },
     });
-    let built_in = Data::Omniglot(built_in);
     let accuracy = |data: &Data| {
         fewshot_cli::evaluate::evaluate(e.engine, &net, &params, data, set.episodes.iter().cloned(), &e.adaptation)
             .unwrap()

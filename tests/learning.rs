@@ -135,7 +135,7 @@ fn learns(check: Check) {
 /// Train a shipped config for `steps` through `fewshot train`'s own code; its best validation
 /// accuracy (with the config's evaluation: inner steps and fine-tuning scope).
 fn shipped_config_val(config: &str, steps: usize, source: &omniglot_data::Source) -> f64 {
-    let data = fewshot_cli::data::Data::Omniglot(omniglot(source));
+    let data = omniglot(source);
     let overrides: Vec<String> =
         [format!("train.steps={steps}"), format!("train.val_every={steps}"), "train.val_episodes=200".to_owned()]
             .into();

@@ -46,11 +46,12 @@ pub fn workspace_root() -> PathBuf {
 
 pub use fewshot_cli::peak_rss_mib;
 
-/// Both Omniglot subsets at 28x28, fetched from `source` if needed.
-pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::omniglot::Omniglot {
+/// Both Omniglot subsets at 28x28, fetched from `source` if needed, as a run's data.
+pub fn omniglot(source: &omniglot_data::Source) -> fewshot_cli::data::Data {
     let dir = data_dir(source);
-    fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28, omniglot_data::Expected::Omniglot)
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    let sets = fewshot_cli::omniglot::Omniglot::load(&dir, Some(source), 28, omniglot_data::Expected::Omniglot)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    fewshot_cli::data::Data::Omniglot(sets)
 }
 
 /// Print a measured figure and append it to `target/e2e-report.txt`, which `.ci/run` shows

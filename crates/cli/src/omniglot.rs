@@ -1,13 +1,10 @@
 //! Both Omniglot subsets in memory, addressed by global character index (background
-//! `0..964`, then evaluation `964..1623`, as `fewshot_tasks` numbers them), and rendering of
-//! episode descriptions into meta-batches.
+//! `0..964`, then evaluation `964..1623`, as `fewshot_tasks` numbers them). Episodes are
+//! rendered into batches by `crate::data::Data`, which holds them.
 
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
-use fewshot_meta::TaskBatch;
-use fewshot_tasks::Episode;
 use omniglot_data::{Dataset, Expected, LoadOptions, Source, Subset};
 
 /// The two subsets at one image size.
@@ -85,12 +82,5 @@ impl Omniglot {
         } else {
             self.evaluation.image((character - n_background) as usize, drawing)
         }
-    }
-
-    /// Render episodes into one meta-batch.
-    pub fn batch(&self, episodes: &[Episode], dtype: DType, device: &Device) -> anyhow::Result<TaskBatch> {
-        let size = self.image_size();
-        let pixels: Vec<_> = episodes.iter().map(|e| e.render(size, |c, d| self.image(c, d))).collect();
-        Ok(TaskBatch::from_pixels(&pixels, dtype, device)?)
     }
 }
