@@ -67,47 +67,21 @@ struct Case {
 /// Omniglot's net: 28x28 gray, 64 filters.
 const OMNIGLOT: (usize, usize, usize) = (28, 1, 64);
 
+impl Case {
+    /// A case of Omniglot's net with the course's inner rate.
+    const fn omniglot(name: &'static str, n_way: usize, q_query: usize, meta_batch: usize, steps: [usize; 2]) -> Case {
+        let [train_steps, eval_steps] = steps;
+        Case { name, n_way, q_query, meta_batch, train_steps, eval_steps, inner_lr: 0.4, shape: OMNIGLOT }
+    }
+}
+
+/// Each Omniglot case: name, classes, queries per class, tasks a step, [training, evaluation]
+/// inner steps.
 const CASES: [Case; 5] = [
-    Case {
-        name: "5w1s",
-        n_way: 5,
-        q_query: 1,
-        meta_batch: 32,
-        train_steps: 1,
-        eval_steps: 3,
-        inner_lr: 0.4,
-        shape: OMNIGLOT,
-    },
-    Case {
-        name: "20w1s",
-        n_way: 20,
-        q_query: 1,
-        meta_batch: 16,
-        train_steps: 5,
-        eval_steps: 5,
-        inner_lr: 0.4,
-        shape: OMNIGLOT,
-    },
-    Case {
-        name: "5w1s15q",
-        n_way: 5,
-        q_query: 15,
-        meta_batch: 32,
-        train_steps: 1,
-        eval_steps: 3,
-        inner_lr: 0.4,
-        shape: OMNIGLOT,
-    },
-    Case {
-        name: "20w1s5q",
-        n_way: 20,
-        q_query: 5,
-        meta_batch: 16,
-        train_steps: 5,
-        eval_steps: 5,
-        inner_lr: 0.4,
-        shape: OMNIGLOT,
-    },
+    Case::omniglot("5w1s", 5, 1, 32, [1, 3]),
+    Case::omniglot("20w1s", 20, 1, 16, [5, 5]),
+    Case::omniglot("5w1s15q", 5, 15, 32, [1, 3]),
+    Case::omniglot("20w1s5q", 20, 5, 16, [5, 5]),
     // The MAML paper's mini-ImageNet setup (configs/miniimagenet-5w1s.toml): 84x84 RGB, 32
     // filters, 5-way 1-shot with 15 queries, 4 tasks a step, 5 inner steps at 0.01, 10 at test.
     Case {

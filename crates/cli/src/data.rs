@@ -188,7 +188,7 @@ pub fn usable_classes(images: &ImageFolder, need: usize, skip: bool) -> anyhow::
             images.root().display()
         );
     }
-    Ok((0..classes.len() as u32).filter(|i| !small.contains(&(*i as usize))).collect())
+    Ok((0..classes.len() as u32).filter(|&i| classes[i as usize].images >= need).collect())
 }
 
 /// A sampler of `spec`'s episodes over `pool`, whose classes have `sizes` images (`None`:

@@ -4,7 +4,6 @@
 //! manifest beside it for people. A cache whose key differs is not read; it is replaced.
 
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
@@ -17,25 +16,22 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const PIXELS: &str = "pixels";
 
-/// The key of a folder's state as `options` read it.
-pub fn key(classes: &[ScannedClass], options: &FolderOptions) -> Result<String> {
+/// The key of a folder's state (as the scan saw it) read as `options` say.
+pub fn key(classes: &[ScannedClass], options: &FolderOptions) -> String {
     let mut h = Sha256::new();
     h.update(format!("fewshot-images {FORMAT_VERSION} {} {:?}\n", options.image_size, options.channels));
     for class in classes {
         h.update(format!("class {:?} {}\n", class.split, class.name));
         for file in &class.files {
-            let meta = std::fs::metadata(file).map_err(|e| Error::io("reading", file, e))?;
-            let mtime =
-                meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            h.update(format!("{name}\t{}\t{mtime}\n", meta.len()));
+            let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            h.update(format!("{name}\t{}\t{}\n", file.len, file.modified_ns));
         }
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The stem every cache of `root` at this size and channel count shares.
-fn stem(root: &Path, options: &FolderOptions) -> String {
+pub fn stem(root: &Path, options: &FolderOptions) -> String {
     let name = root
         .canonicalize()
         .ok()
@@ -45,9 +41,9 @@ fn stem(root: &Path, options: &FolderOptions) -> String {
     format!("{name}-{}px-{}ch-", options.image_size, options.channels.count())
 }
 
-/// The cache file of `root` in state `key`.
-pub fn path(cache_dir: &Path, root: &Path, options: &FolderOptions, key: &str) -> PathBuf {
-    cache_dir.join(format!("{}{}.safetensors", stem(root, options), &key[..16]))
+/// The cache file of the folder whose caches share `stem`, in state `key`.
+pub fn path(cache_dir: &Path, stem: &str, key: &str) -> PathBuf {
+    cache_dir.join(format!("{stem}{}.safetensors", &key[..16]))
 }
 
 /// The pixels of a current cache at `path` (`len` bytes, built for `key`), or `None`.
@@ -62,9 +58,16 @@ pub fn read(path: &Path, key: &str, len: usize) -> Option<Vec<u8>> {
     (view.dtype() == safetensors::Dtype::U8 && view.data().len() == len).then(|| view.data().to_vec())
 }
 
-/// Write the cache (atomically) and its manifest, and remove the caches of older states of the
-/// same folder.
-pub fn write(cache_dir: &Path, path: &Path, key: &str, classes: &[FolderClass], pixels: &[u8]) -> Result<()> {
+/// Write the cache (atomically) at `path` and its manifest, and remove the caches of older
+/// states of the same folder (the other files whose names start with its `stem`).
+pub fn write(
+    cache_dir: &Path,
+    stem: &str,
+    path: &Path,
+    key: &str,
+    classes: &[FolderClass],
+    pixels: &[u8],
+) -> Result<()> {
     std::fs::create_dir_all(cache_dir).map_err(|e| Error::io("creating the cache folder", cache_dir, e))?;
     let images: usize = classes.iter().map(|c| c.images).sum();
     let shape = vec![images, pixels.len() / images.max(1)];
@@ -78,11 +81,10 @@ pub fn write(cache_dir: &Path, path: &Path, key: &str, classes: &[FolderClass], 
         .map_err(|e| Error::Layout { path: path.to_owned(), problem: format!("cannot write the cache: {e}") })?;
     // Older states of this folder: their stem is ours, their key another.
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ours = &file_name[..file_name.len() - ".safetensors".len() - 16];
     if let Ok(entries) = std::fs::read_dir(cache_dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(ours) && !name.starts_with(&file_name) {
+            if name.starts_with(stem) && !name.starts_with(&file_name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
-pub use scan::{IMAGE_EXTENSIONS, ScannedClass, Split, scan};
+pub use scan::{IMAGE_EXTENSIONS, ImageFile, ScannedClass, Split, scan};
 
 /// Gray (one channel) or colour (three, RGB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,8 +115,9 @@ impl ImageFolder {
             });
         }
         let scanned = scan(root)?;
-        let key = cache::key(&scanned, options)?;
-        let cache_file = cache::path(&options.cache_dir, root, options, &key);
+        let key = cache::key(&scanned, options);
+        let stem = cache::stem(root, options);
+        let cache_file = cache::path(&options.cache_dir, &stem, &key);
         let classes: Vec<FolderClass> = scanned
             .iter()
             .map(|c| FolderClass { name: c.name.clone(), split: c.split, images: c.files.len() })
@@ -146,7 +147,7 @@ impl ImageFolder {
             folder.from_cache = true;
             return Ok(folder);
         }
-        let files: Vec<&PathBuf> = scanned.iter().flat_map(|c| &c.files).collect();
+        let files: Vec<&Path> = scanned.iter().flat_map(|c| c.files.iter().map(|f| f.path.as_path())).collect();
         let mut pixels = vec![0u8; total * image_len];
         let done = std::sync::atomic::AtomicUsize::new(0);
         pixels.par_chunks_mut(image_len.max(1)).zip(files.par_iter()).try_for_each(|(out, path)| -> Result<()> {
@@ -154,7 +155,7 @@ impl ImageFolder {
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             Ok(())
         })?;
-        cache::write(&options.cache_dir, &folder.cache_file, &key, &folder.classes, &pixels)?;
+        cache::write(&options.cache_dir, &stem, &folder.cache_file, &key, &folder.classes, &pixels)?;
         folder.pixels = pixels;
         Ok(folder)
     }

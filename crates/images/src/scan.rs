@@ -46,7 +46,18 @@ pub struct ScannedClass {
     /// Its split, when the root holds `train/`, `val/`, `test/`.
     pub split: Option<Split>,
     /// Its image files, sorted by name.
-    pub files: Vec<PathBuf>,
+    pub files: Vec<ImageFile>,
+}
+
+/// An image file as the scan saw it: what the cache's key is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its modification time, in nanoseconds since 1970 (0 where the system gives none).
+    pub modified_ns: u128,
 }
 
 /// Whether `path` has an image extension.
@@ -152,7 +163,8 @@ fn walk(
         if meta.is_dir() {
             folders.push(path);
         } else if is_image(&path) {
-            images.push(path);
+            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            images.push(ImageFile { path, len: meta.len(), modified_ns: modified.map_or(0, |d| d.as_nanos()) });
         } else {
             strays.push(path);
         }

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use fewshot_meta::{
-    Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MetaParams, Order, Scope, TaskBatch,
+    Adaptation, Engine, HeadInit, InnerLoop, Learner, Maml, MamlSettings, MetaParams, Order, Scope, StepStats,
+    TaskBatch,
 };
 use fewshot_model::engine::{self, Layout, Real};
 use fewshot_model::{ConvNetConfig, ParamMap, init};
@@ -45,6 +46,26 @@ fn rel_diff(a: &MetaParams, b: &MetaParams) -> f64 {
     diff / scale
 }
 
+/// The meta-gradients of the candle and native engines at `params` differ by less than
+/// `bound` (relative to the largest reference entry); returns their batch statistics
+/// (reference, native).
+fn engines_agree(
+    config: &ConvNetConfig,
+    params: &ParamMap,
+    batch: &TaskBatch,
+    inner: &InnerLoop,
+    bound: f64,
+    what: &str,
+) -> (StepStats, StepStats) {
+    let params = MetaParams::from(params.clone());
+    let (reference, rs) = Engine::candle().meta_gradient(config, &params, batch, inner).unwrap();
+    let (native, ns) = Engine::Native.meta_gradient(config, &params, batch, inner).unwrap();
+    let err = rel_diff(&native, &reference);
+    println!("{what}: relative difference {err:.2e}");
+    assert!(err < bound, "{what}: native differs by {err:e}");
+    (rs, ns)
+}
+
 #[test]
 fn native_meta_gradient_equals_candle_in_f64() {
     let config = ConvNetConfig { in_channels: 1, image_size: 10, hidden: 4, depth: 3, n_way: 3 };
@@ -53,12 +74,7 @@ fn native_meta_gradient_equals_candle_in_f64() {
     for order in [Order::Second, Order::First] {
         for steps in [1, 3] {
             let inner = InnerLoop::new(0.3, steps, order);
-            let (reference, rs) =
-                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let (native, ns) =
-                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let err = rel_diff(&native, &reference);
-            assert!(err < 1e-10, "{order:?}, {steps} steps: native differs by {err:e}");
+            let (rs, ns) = engines_agree(&config, &params, &batch, &inner, 1e-10, &format!("{order:?}, {steps} steps"));
             assert!((rs.loss - ns.loss).abs() < 1e-5 && rs.accuracy == ns.accuracy);
         }
     }
@@ -74,13 +90,7 @@ fn native_meta_gradient_equals_candle_at_omniglot_shapes() {
         let batch = batch(&config, 2, 1, 1, dtype, 2);
         for order in [Order::Second, Order::First] {
             let inner = InnerLoop::new(0.4, 1, order);
-            let (reference, _) =
-                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let (native, _) =
-                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let err = rel_diff(&native, &reference);
-            println!("{dtype:?} {order:?}: relative difference {err:.2e}");
-            assert!(err < bound, "{dtype:?} {order:?}: native differs by {err:e}");
+            engines_agree(&config, &params, &batch, &inner, bound, &format!("{dtype:?} {order:?}"));
         }
     }
 }
@@ -92,20 +102,12 @@ fn native_meta_gradient_equals_candle_at_the_mini_imagenet_shape() {
     // paper takes 5), both orders, in f64. (In f32, random images make near ties among the
     // max-pool windows likely enough that one routes differently: see the f32 test below.)
     let config = ConvNetConfig { in_channels: 3, image_size: 84, hidden: 32, depth: 4, n_way: 5 };
-    for (dtype, bound) in [(DType::F64, 1e-10)] {
-        let params = init(&config, 31, dtype, &Device::Cpu).unwrap();
-        let batch = batch(&config, 2, 1, 2, dtype, 5);
-        for order in [Order::Second, Order::First] {
-            let inner = InnerLoop::new(0.01, 2, order);
-            let (reference, r) =
-                Engine::candle().meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let (native, n) =
-                Engine::Native.meta_gradient(&config, &MetaParams::from(params.clone()), &batch, &inner).unwrap();
-            let err = rel_diff(&native, &reference);
-            println!("84x84x3 {dtype:?} {order:?}: relative difference {err:.2e}");
-            assert!(err < bound, "{dtype:?} {order:?}: native differs by {err:e}");
-            assert!((r.loss - n.loss).abs() < 1e-5);
-        }
+    let params = init(&config, 31, DType::F64, &Device::Cpu).unwrap();
+    let batch = batch(&config, 2, 1, 2, DType::F64, 5);
+    for order in [Order::Second, Order::First] {
+        let inner = InnerLoop::new(0.01, 2, order);
+        let (r, n) = engines_agree(&config, &params, &batch, &inner, 1e-10, &format!("84x84x3 f64 {order:?}"));
+        assert!((r.loss - n.loss).abs() < 1e-5);
     }
 }
 

@@ -223,7 +223,7 @@ fn meta_gradient_typed<T: Real>(
     let (loss, correct) = (sum[0], sum[1] as usize);
     let (sum, rest) = sum[2..].split_at(n_net);
     let (rate_sum, bn_sum) = rest.split_at(n_rates);
-    let (mut rate_sum, mut bn_sum) = (rate_sum.to_vec(), bn_sum.to_vec());
+    let mean_of = |sums: &[f64]| sums.iter().map(|s| s / t as f64).collect::<Vec<f64>>();
     if !loss.is_finite() {
         return Err(Error::NonFinite(loss as f32));
     }
@@ -231,12 +231,10 @@ fn meta_gradient_typed<T: Real>(
     let dtype = params.net.values().next().map_or(T::DTYPE, |p| p.dtype());
     let mut grads = MetaParams::from(layout.unpack(&mean, dtype, &Device::Cpu)?);
     if let Some(table) = &rates {
-        rate_sum.iter_mut().for_each(|s| *s /= t as f64);
-        grads.rates = Some(table.gradients(config, &rate_sum, dtype)?);
+        grads.rates = Some(table.gradients(config, &mean_of(rate_sum), dtype)?);
     }
     if let Some(table) = &bn_table {
-        bn_sum.iter_mut().for_each(|s| *s /= t as f64);
-        grads.bn_steps = Some(table.gradients(config, &bn_sum, dtype)?);
+        grads.bn_steps = Some(table.gradients(config, &mean_of(bn_sum), dtype)?);
     }
     let stats =
         StepStats { loss: (loss / t as f64) as f32, accuracy: (correct as f64 / (t * flat.n_query) as f64) as f32 };
