@@ -232,10 +232,11 @@ fn checkpoint_files(given: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The data directory and source of this command's environment win over those a checkpoint
-/// recorded (which may name another machine's paths).
+/// The Omniglot data directory and source of this command's environment win over those a
+/// checkpoint recorded (which may name another machine's paths). A folder model keeps its
+/// `data.dir`, the cache of its own images: `OMNIGLOT_DATA_DIR` is Omniglot's.
 fn data_from_here(mut config: Config) -> Config {
-    if std::env::var_os("OMNIGLOT_DATA_DIR").is_some_and(|d| !d.is_empty()) {
+    if config.data.folder.is_none() && std::env::var_os("OMNIGLOT_DATA_DIR").is_some_and(|d| !d.is_empty()) {
         config.data.dir = None;
     }
     if std::env::var_os("OMNIGLOT_SOURCE").is_some_and(|s| !s.is_empty()) {
