@@ -6,7 +6,8 @@
 //! (`PROTOCOLS`: the paper's 5- and 20-way MAML and MAML++ configs, the protonets, Proto-MAML, the
 //! background-only 20-way ones and `hw15-boss-plus`): the runs of them found under `runs/<name>` (trained with `fewshot train --config configs/<name>.toml`; they
 //! take hours, so this command does not start them) are tested on 600 episodes of their
-//! protocol. Writes `report.md` and `results.json`.
+//! protocol. Writes `report.md` and `results.json`. With `--keep-earlier`, arms and protocol
+//! runs not on this machine keep what the earlier `results.json` says of them.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -92,13 +93,27 @@ fn steps(budget: Budget) -> usize {
     }
 }
 
-pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+pub fn run(
+    fewshot: &Path,
+    budget: Budget,
+    out: &Path,
+    runs: &Path,
+    threads: Option<usize>,
+    keep_earlier: bool,
+) -> anyhow::Result<()> {
     let steps = steps(budget);
     let quick = budget == Budget::Quick;
     let n_val = if quick { 16 } else { VAL_EPISODES };
+    let earlier = if keep_earlier { Some(Earlier::read(out, budget, steps)?) } else { None };
     let mut results = Vec::new();
     for (i, arm) in ARMS.iter().enumerate() {
         let dir = runs.join(budget.name()).join(arm.key);
+        if let Some(kept) = earlier.as_ref().filter(|_| !dir.join("config.toml").exists()).and_then(|e| e.arm(arm.key))
+        {
+            eprintln!("== beyond-maml: arm {} kept from {} (no run in {})", arm.key, e_path(out), dir.display());
+            results.push(kept);
+            continue;
+        }
         eprintln!(
             "== beyond-maml {} budget: arm {}/{}: {} in {}",
             budget.name(),
@@ -152,7 +167,7 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
             "run": read_json(&dir.join("run.json")).unwrap_or(Value::Null),
         }));
     }
-    let protocols = if quick { Vec::new() } else { protocol_results(fewshot, runs, threads)? };
+    let protocols = if quick { Vec::new() } else { protocol_results(fewshot, runs, threads, earlier.as_ref())? };
     std::fs::create_dir_all(out)?;
     let all = json!({
         "budget": budget.name(), "steps": steps, "machine": machine(), "arms": results, "protocols": protocols,
@@ -166,12 +181,28 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
 /// Each protocol config's run under `runs/<name>` (beside the ablation's `runs`), if one is
 /// there: its best checkpoint on its protocol's default test set (`fewshot eval`'s), its
 /// training time and validation curve.
-fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyhow::Result<Vec<Value>> {
+fn protocol_results(
+    fewshot: &Path,
+    runs: &Path,
+    threads: Option<usize>,
+    earlier: Option<&Earlier>,
+) -> anyhow::Result<Vec<Value>> {
     let root = runs.parent().unwrap_or(Path::new("runs"));
     let mut out = Vec::new();
     for name in PROTOCOLS {
         let dir = root.join(name);
         let best = dir.join("checkpoints/best.safetensors");
+        // An earlier test of a run that is not here, or that got further than this one (a run
+        // started again), is kept rather than replaced.
+        let here = if best.exists() { metrics(&dir)?.last().and_then(|l| l["step"].as_u64()) } else { None };
+        if let Some(kept) = earlier
+            .and_then(|e| e.protocol(name))
+            .filter(|k| here.is_none_or(|here| k["steps"].as_u64().is_some_and(|there| there > here)))
+        {
+            eprintln!("== beyond-maml: {name}: the earlier test kept ({} steps; here: {here:?})", kept["steps"]);
+            out.push(kept);
+            continue;
+        }
         if !best.exists() {
             eprintln!("== beyond-maml: no run of {name} in {} (train it with configs/{name}.toml)", dir.display());
             out.push(json!({ "name": name, "run": Value::Null }));
@@ -216,6 +247,51 @@ fn protocol_results(fewshot: &Path, runs: &Path, threads: Option<usize>) -> anyh
     Ok(out)
 }
 
+/// The results an earlier invocation wrote (`--keep-earlier`).
+struct Earlier {
+    all: Value,
+}
+
+/// Where the earlier results are read from, for messages.
+fn e_path(out: &Path) -> String {
+    out.join("results.json").display().to_string()
+}
+
+impl Earlier {
+    /// `out/results.json`, which must be of the same budget and steps.
+    fn read(out: &Path, budget: Budget, steps: usize) -> anyhow::Result<Self> {
+        let all = read_json(&out.join("results.json")).with_context(|| {
+            format!("--keep-earlier keeps the results in {}; without it every arm is trained", e_path(out))
+        })?;
+        if all["budget"].as_str() != Some(budget.name()) || all["steps"].as_u64() != Some(steps as u64) {
+            bail!(
+                "{} holds the {} budget ({} steps), not {} ({steps} steps): its arms cannot be kept",
+                e_path(out),
+                all["budget"],
+                all["steps"],
+                budget.name()
+            );
+        }
+        Ok(Self { all })
+    }
+
+    /// The arm `key`, marked as kept.
+    fn arm(&self, key: &str) -> Option<Value> {
+        Self::find(&self.all["arms"], "key", key)
+    }
+
+    /// The protocol config `name`'s test, if there was a run of it, marked as kept.
+    fn protocol(&self, name: &str) -> Option<Value> {
+        Self::find(&self.all["protocols"], "name", name).filter(|p| !p["run"].is_null())
+    }
+
+    fn find(list: &Value, field: &str, value: &str) -> Option<Value> {
+        let mut found = list.as_array()?.iter().find(|x| x[field] == value)?.clone();
+        found["kept"] = Value::Bool(true);
+        Some(found)
+    }
+}
+
 /// `train.steps` of the config a run saved (`<run>/config.toml`, as `fewshot train` writes
 /// it: a `[train]` table with a `steps = N` line), if it can be read.
 fn configured_steps(dir: &Path) -> Option<u64> {
@@ -244,6 +320,11 @@ fn eval_json(fewshot: &Path, threads: Option<usize>, checkpoint: &Path) -> anyho
     }
     serde_json::from_slice(&output.stdout).with_context(|| format!("{eval:?} printed no JSON"))
 }
+
+/// The footnote of a table with kept rows.
+const KEPT: &str = "\n(kept): not run by this invocation. `--keep-earlier` kept what an earlier one wrote \
+                    to `results.json`, because the run is not on this machine or is less far along \
+                    here (started again); `git log -p results.json` says when it was tested.\n";
 
 /// The report: the ablation table, each arm against plain MAML in words, and the protocols.
 fn report(all: &Value) -> String {
@@ -286,13 +367,17 @@ fn report(all: &Value) -> String {
             a["settings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             md,
-            "| {} | {:.3} ± {:.3} | {verdict} | {:.1} | {} |",
+            "| {}{} | {:.3} ± {:.3} | {verdict} | {:.1} | {} |",
             a["label"].as_str().unwrap_or("?"),
+            if a["kept"] == true { " (kept)" } else { "" },
             mean,
             ci,
             a["wall_s"].as_f64().unwrap_or(f64::NAN) / 60.0,
             if settings.is_empty() { "-".into() } else { format!("`{settings}`") }
         );
+    }
+    if arms.iter().any(|a| a["kept"] == true) {
+        md += KEPT;
     }
     md += "\n\"Within the noise\": the difference is smaller than the two intervals combined \
            (sqrt(ci_a^2 + ci_b^2)). A short budget favours options that speed up early training \
@@ -331,10 +416,13 @@ fn report(all: &Value) -> String {
             .filter_map(|v| v["val_acc"].as_f64())
             .fold(f64::NAN, f64::max);
         // A run still training (it resumes with --resume) says how far it is.
-        let steps = match (p["steps"].as_u64(), p["configured_steps"].as_u64()) {
+        let mut steps = match (p["steps"].as_u64(), p["configured_steps"].as_u64()) {
             (Some(done), Some(all)) if done < all => format!("{done} of {all} (still training)"),
             _ => p["steps"].to_string(),
         };
+        if p["kept"] == true {
+            steps += " (kept)";
+        }
         let _ = writeln!(
             md,
             "| `{name}` | {steps} | {best:.4} | {:.4} ± {:.4} | {} ({}-way) | {:.0} | {} |",
@@ -352,6 +440,9 @@ fn report(all: &Value) -> String {
                 None => "-".into(),
             },
         );
+    }
+    if all["protocols"].as_array().into_iter().flatten().any(|p| p["kept"] == true) {
+        md += KEPT;
     }
     md += "\nValidation curves (step: accuracy):\n\n";
     for p in all["protocols"].as_array().into_iter().flatten().filter(|p| !p["run"].is_null()) {

@@ -39,6 +39,12 @@ pub struct Args {
     /// Only write the report from the results already in --out (train nothing).
     #[arg(long)]
     report_only: bool,
+    /// beyond-maml: keep the results in --out's `results.json` for the ablation arms and
+    /// protocol configs whose runs are not under --runs (or are less far along there) instead
+    /// of training the arms again; the report marks each kept row. For a machine that holds
+    /// only some of the runs (they take hours).
+    #[arg(long)]
+    keep_earlier: bool,
 }
 
 /// Inner steps of the inference sweep.
@@ -59,6 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.name != "hw15" && args.name != "beyond-maml" {
         bail!("unknown experiment `{}`: the experiments are: hw15, beyond-maml", args.name);
     }
+    if args.keep_earlier && args.name != "beyond-maml" {
+        bail!("--keep-earlier is for beyond-maml (hw15 always keeps the results of runs it does not redo)");
+    }
     let quick = args.budget == Budget::Quick;
     if args.name == "beyond-maml" {
         let out = args.out.clone().unwrap_or_else(|| {
@@ -68,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if quick { "target/experiment-quick/runs-beyond".into() } else { "runs/beyond-maml".into() }
         });
         let fewshot = fewshot_binary(args.fewshot.as_deref())?;
-        return crate::beyond::run(&fewshot, args.budget, &out, &runs, args.threads);
+        return crate::beyond::run(&fewshot, args.budget, &out, &runs, args.threads, args.keep_earlier);
     }
     let out = args
         .out

@@ -32,6 +32,9 @@ pub struct Decoded {
     pub pixels: Vec<u8>,
 }
 
+/// One character's drawings in an archive: drawer number -> (file stem, zip entry index).
+type Drawings = BTreeMap<u32, (String, usize)>;
+
 /// Decode `archive` (one of the two Omniglot zips), check its layout and resize every image
 /// to `size` x `size`.
 ///
@@ -54,7 +57,7 @@ pub fn decode_archive(archive: &Path, subset: Subset, size: u32, expected: Optio
     let layout_err = |problem: String| Error::BadLayout { archive: archive.to_owned(), problem };
 
     // (alphabet, character) -> drawer -> (file stem, entry index)
-    let mut index: BTreeMap<(String, u32, String), BTreeMap<u32, (String, usize)>> = BTreeMap::new();
+    let mut index: BTreeMap<(String, u32, String), Drawings> = BTreeMap::new();
     let top = subset.top_folder();
     for i in 0..zip.len() {
         let entry = zip.by_index_raw(i).map_err(zip_err)?;
