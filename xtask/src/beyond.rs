@@ -110,7 +110,7 @@ pub fn run(
         let dir = runs.join(budget.name()).join(arm.key);
         if let Some(kept) = earlier.as_ref().filter(|_| !dir.join("config.toml").exists()).and_then(|e| e.arm(arm.key))
         {
-            eprintln!("== beyond-maml: arm {} kept from {} (no run in {})", arm.key, e_path(out), dir.display());
+            eprintln!("== beyond-maml: arm {} kept from {} (no run in {})", arm.key, results_path(out), dir.display());
             results.push(kept);
             continue;
         }
@@ -199,7 +199,8 @@ fn protocol_results(
             .and_then(|e| e.protocol(name))
             .filter(|k| here.is_none_or(|here| k["steps"].as_u64().is_some_and(|there| there > here)))
         {
-            eprintln!("== beyond-maml: {name}: the earlier test kept ({} steps; here: {here:?})", kept["steps"]);
+            let here = here.map_or("no run".to_owned(), |s| format!("{s} steps"));
+            eprintln!("== beyond-maml: {name}: the earlier test kept ({} steps; here: {here})", kept["steps"]);
             out.push(kept);
             continue;
         }
@@ -253,7 +254,7 @@ struct Earlier {
 }
 
 /// Where the earlier results are read from, for messages.
-fn e_path(out: &Path) -> String {
+fn results_path(out: &Path) -> String {
     out.join("results.json").display().to_string()
 }
 
@@ -261,12 +262,12 @@ impl Earlier {
     /// `out/results.json`, which must be of the same budget and steps.
     fn read(out: &Path, budget: Budget, steps: usize) -> anyhow::Result<Self> {
         let all = read_json(&out.join("results.json")).with_context(|| {
-            format!("--keep-earlier keeps the results in {}; without it every arm is trained", e_path(out))
+            format!("--keep-earlier keeps the results in {}; without it every arm is trained", results_path(out))
         })?;
         if all["budget"].as_str() != Some(budget.name()) || all["steps"].as_u64() != Some(steps as u64) {
             bail!(
                 "{} holds the {} budget ({} steps), not {} ({steps} steps): its arms cannot be kept",
-                e_path(out),
+                results_path(out),
                 all["budget"],
                 all["steps"],
                 budget.name()
