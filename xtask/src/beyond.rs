@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::ladder::Budget;
+use crate::report::write_atomic;
 use crate::runs::{fewshot_command, machine, metrics, read_json};
 
 /// One arm of the ablation: its key, what it adds, and the `--set`s that add it.
@@ -172,8 +173,9 @@ pub fn run(
     let all = json!({
         "budget": budget.name(), "steps": steps, "machine": machine(), "arms": results, "protocols": protocols,
     });
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&all)?)?;
-    std::fs::write(out.join("report.md"), report(&all))?;
+    // Atomic: with --keep-earlier the kept rows come from the file this replaces.
+    write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&all)?.as_bytes())?;
+    write_atomic(&out.join("report.md"), report(&all).as_bytes())?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
 }
@@ -194,7 +196,8 @@ fn protocol_results(
         let best = dir.join("checkpoints/best.safetensors");
         // An earlier test of a run that is not here, or that got further than this one (a run
         // started again), is kept rather than replaced.
-        let here = if best.exists() { metrics(&dir)?.last().and_then(|l| l["step"].as_u64()) } else { None };
+        let lines = if best.exists() { metrics(&dir)? } else { Vec::new() };
+        let here = lines.last().and_then(|l| l["step"].as_u64());
         if let Some(kept) = earlier
             .and_then(|e| e.protocol(name))
             .filter(|k| here.is_none_or(|here| k["steps"].as_u64().is_some_and(|there| there > here)))
@@ -226,7 +229,6 @@ fn protocol_results(
         } else {
             Value::Null
         };
-        let lines = metrics(&dir)?;
         let validations: Vec<Value> = lines
             .iter()
             .filter(|l| !l["val_acc"].is_null())

@@ -24,7 +24,8 @@ pub fn merge_results(out: &Path, budget: Budget, results: Value) -> anyhow::Resu
     write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Write `bytes` to `path` through a temporary file beside it, so a failure leaves the old file whole.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("part");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
