@@ -84,6 +84,7 @@ fn omniglot_read_as_a_folder_is_the_built_in_data() {
         intensity: Intensity::Ink,
         kept: (0..1623).collect(),
         fractions: Fractions { train: 0.7, val: 0.15, test: 0.15 },
+        pipeline: Default::default(),
     });
     let accuracy = |data: &Data| {
         fewshot_cli::evaluate::evaluate(e.engine, &net, &params, data, set.episodes.iter().cloned(), &e.adaptation)

@@ -33,6 +33,8 @@ pub struct Folder {
     pub kept: Vec<u32>,
     /// How its classes split when it has no split folders.
     pub fractions: Fractions,
+    /// Augmentation (of episodes that carry a seed for it) and normalisation.
+    pub pipeline: fewshot_tasks::Pipeline,
 }
 
 /// The fractions of a folder's classes (without `train/`, `val/`, `test/` folders) that train,
@@ -105,11 +107,32 @@ impl Data {
 
     /// An episode's images, as the model reads them (channels, intensity).
     pub fn render(&self, episode: &Episode) -> EpisodePixels {
-        let intensity = match self {
-            Data::Omniglot(_) => Intensity::Ink,
-            Data::Folder(f) => f.intensity,
-        };
-        episode.render_images(self.image_size(), self.channels(), intensity, |c, d| self.image(c, d))
+        let (size, channels) = (self.image_size(), self.channels());
+        match self {
+            Data::Omniglot(_) => episode.render_images(size, channels, Intensity::Ink, |c, d| self.image(c, d)),
+            Data::Folder(f) => episode.render_photos(size, channels, f.intensity, &f.pipeline, |c, d| self.image(c, d)),
+        }
+    }
+
+    /// The per-channel mean and standard deviation of the input values of every image of the
+    /// classes of `pool` (`data.normalize`); `None` for Omniglot.
+    pub fn measure_normalization(&self, pool: &[Class]) -> Option<fewshot_tasks::Normalize> {
+        let Data::Folder(f) = self else { return None };
+        let (channels, plane) = (self.channels(), self.image_size().pow(2));
+        let images = pool.iter().flat_map(|c| {
+            let class = c.character as usize;
+            (0..f.images.classes()[class].images).map(move |i| {
+                f.images.image(class, i).iter().map(|&v| f.intensity.value(v)).collect::<Vec<f32>>()
+            })
+        });
+        Some(fewshot_tasks::Normalize::measure(images, channels, plane))
+    }
+
+    /// Use `normalize` from now on (a folder; Omniglot has none).
+    pub fn set_normalization(&mut self, normalize: fewshot_tasks::Normalize) {
+        if let Data::Folder(f) = self {
+            f.pipeline.normalize = Some(normalize);
+        }
     }
 
     /// Render episodes into one meta-batch.
@@ -144,6 +167,11 @@ impl Folder {
         };
         let root = self.images.root().display();
         for (name, pool) in [("train", &train), ("val", &validation), ("test", &test)] {
+            // A folder with split folders but no test/ (a dataset whose test classes are held
+            // back) trains and validates; its test episodes are refused where they are drawn.
+            if given && name == "test" && pool.is_empty() {
+                continue;
+            }
             if pool.len() < n_way {
                 let how = if given {
                     format!("{root}/{name}/ holds {} usable classes", pool.len())

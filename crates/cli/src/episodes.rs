@@ -89,6 +89,17 @@ pub fn validation_episodes(episodes: &Episodes, seed: u64, data: &Data, n: usize
 /// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`, drawn.
 pub fn test_draw(episodes: &Episodes, seed: u64, data: &Data, protocol: Protocol, n: usize) -> anyhow::Result<Drawn> {
     let pool = splits(&Episodes { protocol, ..episodes.clone() }, seed, data)?.test;
+    if let Data::Folder(f) = data
+        && pool.len() < episodes.eval.n_way
+    {
+        anyhow::bail!(
+            "{} has {} test classes (a test/ folder of class folders), fewer than the {} of an episode: evaluate on \
+             its validation classes (--validation) or on another folder's classes (--folder DIR)",
+            f.images.root().display(),
+            pool.len(),
+            episodes.eval.n_way
+        );
+    }
     let draw_seed = stream_rng(seed, streams::TEST, 0).random();
     let description = match data {
         Data::Omniglot(_) => format!("{protocol:?} protocol test episodes"),

@@ -238,7 +238,30 @@ fn sampler(episodes: &Episodes, pool: &[Class], data: &Data) -> anyhow::Result<S
     let mut sampler = data.sampler(pool, episodes.train).context("episodes vs the meta-train pool")?;
     sampler.rotate_classes = episodes.rotate_classes;
     sampler.task_augment = episodes.task_augment;
+    sampler.augment_images = episodes.augment_images;
     Ok(sampler)
+}
+
+/// `data.normalize` without `data.mean` and `data.std`: measure them on the meta-train
+/// classes' images, write them into the config (so the run's `config.toml` and every checkpoint
+/// carry them, and `eval` and `predict` apply them) and into `data`. The measurement is a
+/// function of the folder and the seed, so a resumed run measures the same numbers.
+pub fn measure_normalization(settings: Settings, data: &mut Data) -> anyhow::Result<Settings> {
+    let pool = splits(&settings.episodes, settings.seed, data)?.train;
+    let Some(measured) = data.measure_normalization(&pool) else {
+        bail!("data.normalize: only a folder's images (data.folder) are normalised");
+    };
+    let mut config = settings.config;
+    config.data.mean = Some(measured.mean.clone());
+    config.data.std = Some(measured.std.clone());
+    eprintln!(
+        "data.normalize: per-channel mean {:?}, standard deviation {:?} over the {} training classes",
+        measured.mean,
+        measured.std,
+        pool.len()
+    );
+    data.set_normalization(measured);
+    Settings::resolve(config)
 }
 
 /// The settings' learner at its seeded initialisation; the transfer baseline's head has one
@@ -523,7 +546,9 @@ fn training_batch(
                             label: 0,
                         })
                         .collect();
-                    let episode = Episode { n_way: pool.len(), support: vec![], query: examples, task_rotation: None };
+                    let augment_seed = sampler.augment_images.then(|| rng.random::<u64>());
+                    let episode =
+                        Episode { n_way: pool.len(), support: vec![], query: examples, task_rotation: None, augment_seed };
                     let mut p = data.render(&episode);
                     p.query_labels = labels;
                     EpisodePixels { support: p.query.clone(), support_labels: p.query_labels.clone(), ..p }

@@ -24,19 +24,6 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
-    /// Files in the class folders that are not images.
-    #[error(
-        "{count} file(s) in the class folders are not images ({extensions}): {files}; remove them or move them \
-         out of the folder"
-    )]
-    NotImages {
-        /// The first few, named.
-        files: String,
-        /// How many.
-        count: usize,
-        /// The extensions read as images.
-        extensions: String,
-    },
     /// An image file could not be decoded.
     #[error("{}: cannot read this image ({problem}); replace or remove the file", path.display())]
     BadImage {

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
-pub use scan::{IMAGE_EXTENSIONS, ImageFile, ScannedClass, Split, scan};
+pub use scan::{IMAGE_EXTENSIONS, ImageFile, Scan, ScannedClass, Split, scan};
 
 /// Gray (one channel) or colour (three, RGB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,6 +100,7 @@ pub struct ImageFolder {
     channels: Channels,
     cache_file: PathBuf,
     from_cache: bool,
+    skipped: Vec<PathBuf>,
 }
 
 impl ImageFolder {
@@ -114,7 +115,7 @@ impl ImageFolder {
                 expected: "1 to 4096 pixels".into(),
             });
         }
-        let scanned = scan(root)?;
+        let Scan { classes: scanned, skipped } = scan(root)?;
         let key = cache::key(&scanned, options);
         let stem = cache::stem(root, options);
         let cache_file = cache::path(&options.cache_dir, &stem, &key);
@@ -141,6 +142,7 @@ impl ImageFolder {
             channels: options.channels,
             cache_file,
             from_cache: false,
+            skipped,
         };
         if let Some(pixels) = cache::read(&folder.cache_file, &key, total * image_len) {
             folder.pixels = pixels;
@@ -158,6 +160,11 @@ impl ImageFolder {
         cache::write(&options.cache_dir, &stem, &folder.cache_file, &key, &folder.classes, &pixels)?;
         folder.pixels = pixels;
         Ok(folder)
+    }
+
+    /// The files of the folder left out because they are not images (see [`scan()`]).
+    pub fn skipped(&self) -> &[PathBuf] {
+        &self.skipped
     }
 
     /// The folder it was read from.

@@ -67,11 +67,21 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// The classes under `root`, sorted by split then name. Hidden entries (a leading `.`) are
-/// skipped. Errors: the root is missing or not a folder; it holds no class; a folder holds both
-/// images and subfolders; files that are not images (all named, up to a few); two splits share
-/// a class name.
-pub fn scan(root: &Path) -> Result<Vec<ScannedClass>> {
+/// What [`scan()`] found: the classes, and the files it left out because they are not images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// The classes, sorted by split then name.
+    pub classes: Vec<ScannedClass>,
+    /// Files that are not images (annotations, notes, labels), sorted, left out as
+    /// torchvision's `ImageFolder` leaves them out.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// The classes under `root`, sorted by split then name. Hidden entries (a leading `.`) and
+/// files that are not images are skipped (the latter listed in [`Scan::skipped`]); a folder
+/// that holds no image is not a class. Errors: the root is missing or not a folder; it holds no
+/// class; a folder holds both images and subfolders; two splits share a class name.
+pub fn scan(root: &Path) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io("reading the image folder", root, e))?;
     if !meta.is_dir() {
         return Err(Error::Layout {
@@ -100,15 +110,6 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedClass>> {
             walk(&root.join(split.folder()), "", Some(split), &mut classes, &mut strays)?;
         }
     }
-    if !strays.is_empty() {
-        let shown: Vec<String> = strays.iter().take(5).map(|p| p.display().to_string()).collect();
-        let more = if strays.len() > 5 { format!(" and {} more", strays.len() - 5) } else { String::new() };
-        return Err(Error::NotImages {
-            files: format!("{}{more}", shown.join(", ")),
-            count: strays.len(),
-            extensions: IMAGE_EXTENSIONS.join(", "),
-        });
-    }
     if classes.is_empty() {
         return Err(Error::Layout {
             path: root.to_owned(),
@@ -132,7 +133,8 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedClass>> {
             });
         }
     }
-    Ok(classes)
+    strays.sort();
+    Ok(Scan { classes, skipped: strays })
 }
 
 /// The visible entries of `dir`, sorted.

@@ -123,13 +123,11 @@ fn bad_folders_are_named_with_what_to_do() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(empty.join("a")).unwrap();
     assert!(err(&empty).contains("holds no class"), "{}", err(&empty));
-    // Files that are not images.
+    // Only files that are not images: no class.
     let strays = tmp.path().join("strays");
-    write_image(&strays.join("a/0.png"), 4, 4, [0, 0, 0]);
+    std::fs::create_dir_all(strays.join("a")).unwrap();
     std::fs::write(strays.join("a/notes.txt"), "x").unwrap();
-    std::fs::write(strays.join("a/labels.csv"), "x").unwrap();
-    let e = err(&strays);
-    assert!(e.starts_with("2 file(s)") && e.contains("notes.txt") && e.contains("labels.csv"), "{e}");
+    assert!(err(&strays).contains("holds no class"), "{}", err(&strays));
     // Images beside folders.
     let mixed = tmp.path().join("mixed");
     write_image(&mixed.join("a/0.png"), 4, 4, [0, 0, 0]);
@@ -144,4 +142,30 @@ fn bad_folders_are_named_with_what_to_do() {
     assert!(e.contains("a/1.png") && e.contains("cannot read this image"), "{e}");
     // A file as the root.
     assert!(err(&broken.join("a/0.png")).contains("is a file, not a folder"));
+}
+
+#[test]
+fn files_that_are_not_images_are_skipped_and_listed_as_tiny_imagenet_ships() {
+    // Tiny ImageNet as distributed: train/<wnid>/images/*.JPEG beside train/<wnid>/<wnid>_boxes.txt;
+    // the class is <wnid>/images, the boxes file is left out, and a folder of notes is no class.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny");
+    for (wnid, colour) in [("n01", [200, 0, 0]), ("n02", [0, 200, 0])] {
+        for i in 0..3 {
+            write_image(&root.join(format!("train/{wnid}/images/{wnid}_{i}.JPEG")), 6, 6, colour);
+        }
+        std::fs::write(root.join(format!("train/{wnid}/{wnid}_boxes.txt")), "0 0 6 6").unwrap();
+    }
+    std::fs::create_dir_all(root.join("train/docs")).unwrap();
+    std::fs::write(root.join("train/docs/README.md"), "notes").unwrap();
+    let scan = crate::scan(&root).unwrap();
+    let names: Vec<&str> = scan.classes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["n01/images", "n02/images"]);
+    assert!(scan.classes.iter().all(|c| c.files.len() == 3));
+    let skipped: Vec<String> =
+        scan.skipped.iter().map(|p| p.strip_prefix(&root).unwrap().display().to_string()).collect();
+    assert_eq!(skipped, ["train/docs/README.md", "train/n01/n01_boxes.txt", "train/n02/n02_boxes.txt"]);
+    let options = FolderOptions { image_size: 4, channels: Channels::Rgb, cache_dir: tmp.path().join("cache") };
+    let folder = ImageFolder::load(&root, &options, &|_| {}).unwrap();
+    assert_eq!((folder.classes().len(), folder.skipped().len()), (2, 3));
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{Rotation, TaskRotation};
 use crate::error::{Error, Result};
+use crate::photo::Pipeline;
 use crate::split::Class;
 
 /// Drawings per Omniglot character.
@@ -36,6 +37,11 @@ pub struct Episode {
     /// Rotation of the whole task (task augmentation), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_rotation: Option<TaskRotation>,
+    /// Seed of the per-image augmentation of a training episode ([`crate::ImageAugment`]),
+    /// drawn by a sampler with [`Sampler::augment_images`]; `None` renders the images as
+    /// stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_seed: Option<u64>,
 }
 
 /// Which drawings may serve as support and which as query.
@@ -147,13 +153,23 @@ pub struct Sampler {
     pub rotate_classes: bool,
     /// Rotation of whole tasks.
     pub task_augment: TaskAugment,
+    /// Give each episode a seed for per-image augmentation ([`Episode::augment_seed`]; drawn
+    /// last, so a sampler without it draws the episodes it always drew).
+    pub augment_images: bool,
 }
 
 impl Sampler {
     /// A sampler over `classes` (distinct) for `spec`; errors if the spec does not fit the pool.
     pub fn new(classes: Vec<Class>, spec: EpisodeSpec) -> Result<Sampler> {
         spec.validate(classes.len())?;
-        Ok(Sampler { classes, sizes: None, spec, rotate_classes: false, task_augment: TaskAugment::None })
+        Ok(Sampler {
+            classes,
+            sizes: None,
+            spec,
+            rotate_classes: false,
+            task_augment: TaskAugment::None,
+            augment_images: false,
+        })
     }
 
     /// The same sampler for classes of `sizes[i]` images each (rather than Omniglot's 20
@@ -228,7 +244,8 @@ impl Sampler {
                 rng.random_bool(p).then(|| TaskRotation::Degrees(rng.random_range(-90.0..=90.0)))
             }
         };
-        Episode { n_way, support, query, task_rotation }
+        let augment_seed = self.augment_images.then(|| rng.random::<u64>());
+        Episode { n_way, support, query, task_rotation, augment_seed }
     }
 }
 
@@ -295,8 +312,23 @@ impl Episode {
         intensity: Intensity,
         image: impl Fn(u32, usize) -> &'a [u8],
     ) -> EpisodePixels {
+        self.render_photos(size, channels, intensity, &Pipeline::default(), image)
+    }
+
+    /// [`Episode::render_images`] through a photo [`Pipeline`]: after the rotations, each
+    /// image is augmented (when the episode carries an augmentation seed; support images first,
+    /// then queries, each drawing from one RNG in order) and normalised.
+    pub fn render_photos<'a>(
+        &self,
+        size: usize,
+        channels: usize,
+        intensity: Intensity,
+        pipeline: &Pipeline,
+        image: impl Fn(u32, usize) -> &'a [u8],
+    ) -> EpisodePixels {
         let plane = size * size;
-        let render_part = |examples: &[Example]| -> (Vec<f32>, Vec<u32>) {
+        let mut rng = self.augment_seed.filter(|_| !pipeline.augment.is_off()).map(Pipeline::rng);
+        let mut render_part = |examples: &[Example]| -> (Vec<f32>, Vec<u32>) {
             let mut pixels = Vec::with_capacity(examples.len() * channels * plane);
             let mut labels = Vec::with_capacity(examples.len());
             for ex in examples {
@@ -314,6 +346,13 @@ impl Episode {
                         img = t.apply(&img, size, 0.0);
                     }
                     pixels.extend_from_slice(&img);
+                }
+                let this = pixels.len() - channels * plane..pixels.len();
+                if let Some(rng) = rng.as_mut() {
+                    pipeline.augment.apply(&mut pixels[this.clone()], channels, size, rng);
+                }
+                if let Some(n) = &pipeline.normalize {
+                    n.apply(&mut pixels[this], plane);
                 }
                 labels.push(ex.label as u32);
             }
@@ -438,6 +477,7 @@ mod tests {
             support: vec![Example { class, drawing: 0, label: 0 }],
             query: vec![Example { class: Class::plain(0), drawing: 1, label: 0 }],
             task_rotation: Some(TaskRotation::Quarter(Rotation::R180)),
+            augment_seed: None,
         };
         let px = ep.render(3, |_, _| &img[..]);
         // Class R90 moves the dot to the top left; task R180 then to the bottom right.
@@ -449,5 +489,31 @@ mod tests {
         want[6] = 1.0;
         assert_eq!(px.query, want);
         assert_eq!((px.support_labels, px.query_labels), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn augmented_episodes_render_alike_and_leave_unaugmented_draws_unchanged() {
+        let spec = EpisodeSpec { n_way: 3, k_shot: 2, n_query: 2, drawing_split: DrawingSplit::Any };
+        let plain = Sampler::new(pool(8), spec).unwrap();
+        let mut augmenting = plain.clone();
+        augmenting.augment_images = true;
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        let (e, f) = (plain.sample(&mut a), augmenting.sample(&mut b));
+        assert_eq!(e.augment_seed, None);
+        assert!(f.augment_seed.is_some());
+        assert_eq!(Episode { augment_seed: None, ..f.clone() }, e, "the seed is drawn after the episode");
+        let photo: Vec<u8> = (0..3 * 16).map(|i| (i * 5 % 256) as u8).collect();
+        let pipeline = Pipeline {
+            augment: crate::ImageAugment { crop_padding: 1, flip: true, jitter: 0.3 },
+            normalize: Some(crate::Normalize { mean: vec![0.5; 3], std: vec![0.25; 3] }),
+        };
+        let render = |ep: &Episode| ep.render_photos(4, 3, Intensity::Plain, &pipeline, |_, _| &photo[..]);
+        assert_eq!(render(&f), render(&f), "an episode renders the same pixels every time");
+        assert_ne!(render(&f).support, render(&e).support, "augmentation changes the training images");
+        // Without a seed only normalisation applies.
+        let want: Vec<f32> = photo.iter().map(|&v| (v as f32 / 255.0 - 0.5) / 0.25).collect();
+        assert_eq!(render(&e).query[..48], want[..]);
+        // Serialised episodes without augmentation keep their old form.
+        assert!(!serde_json::to_string(&e).unwrap().contains("augment_seed"));
     }
 }

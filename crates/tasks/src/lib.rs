@@ -31,6 +31,7 @@ mod augment;
 mod episode;
 mod error;
 mod evalset;
+mod photo;
 mod split;
 
 pub use augment::{Rotation, TaskRotation, rotate_bilinear, rotate_quarter};
@@ -40,4 +41,5 @@ pub use episode::{
 };
 pub use error::{Error, Result};
 pub use evalset::{EPISODE_SET_VERSION, EpisodeSet};
+pub use photo::{ImageAugment, Normalize, Pipeline};
 pub use split::{Class, OMNIGLOT_BACKGROUND, OMNIGLOT_EVALUATION, OMNIGLOT_TOTAL, PAPER_SPLIT_SEED, Protocol, Splits};

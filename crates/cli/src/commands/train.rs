@@ -30,11 +30,14 @@ pub fn run(args: TrainArgs, threads: usize) -> anyhow::Result<ExitCode> {
     if let Some(seed) = seed {
         overrides.push(format!("seed={seed}"));
     }
-    let settings = Settings::load(&config, &overrides)?;
+    let mut settings = Settings::load(&config, &overrides)?;
     crate::budget::check(&crate::budget::training(&settings, threads), crate::budget::available())?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&settings.config.name));
     let stop = StopSignal::install()?;
-    let data = settings.data.load()?;
+    let mut data = settings.data.load()?;
+    if settings.data.normalize == crate::settings::Normalization::Measure {
+        settings = crate::train::measure_normalization(settings, &mut data)?;
+    }
     let options = TrainOptions { out: out.clone(), resume, overwrite, progress: stderr_is_terminal() };
     let summary = train(&settings, &data, &options, &stop)?;
     if !crate::ranks::is_writer() {

@@ -62,6 +62,15 @@ pub struct DataConfig {
     /// With `folder`: leave out, with a count, classes with fewer images than an episode takes
     /// from a class (`k_shot + n_query`); otherwise they are an error that names them.
     pub skip_small_classes: bool,
+    /// With `folder`: normalise each input channel, `(v - mean) / std`, by the mean and
+    /// standard deviation of the training classes' images, measured when training starts and
+    /// written here as `mean` and `std` (in the run's `config.toml` and in every checkpoint, so
+    /// `eval` and `predict` apply the same numbers).
+    pub normalize: bool,
+    /// Per-channel means for `normalize` (measured when absent).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviations for `normalize` (measured when absent).
+    pub std: Option<Vec<f32>>,
 }
 
 /// `[data] split`: fractions of a folder's classes.
@@ -103,6 +112,9 @@ impl Default for DataConfig {
             intensity: None,
             split: SplitConfig::default(),
             skip_small_classes: false,
+            normalize: false,
+            mean: None,
+            std: None,
         }
     }
 }
@@ -347,11 +359,26 @@ pub struct AugmentConfig {
     pub task_rotation: TaskRotationKind,
     /// Probability of rotating a task.
     pub task_rotation_p: f64,
+    /// Photos (with `data.folder`): pad each training image with this many zero pixels a side
+    /// and crop it back at a random offset (torchvision's `RandomCrop(size, padding)`); 0: off.
+    pub crop_padding: usize,
+    /// Photos: mirror each training image left to right with probability one half.
+    pub flip: bool,
+    /// Photos: scale each training image's brightness, contrast and saturation by factors
+    /// drawn from `[1 - j, 1 + j]` (torchvision's `ColorJitter(j, j, j)`); 0: off.
+    pub color_jitter: f32,
 }
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        AugmentConfig { class_rotation: false, task_rotation: TaskRotationKind::None, task_rotation_p: 0.0 }
+        AugmentConfig {
+            class_rotation: false,
+            task_rotation: TaskRotationKind::None,
+            task_rotation_p: 0.0,
+            crop_padding: 0,
+            flip: false,
+            color_jitter: 0.0,
+        }
     }
 }
 

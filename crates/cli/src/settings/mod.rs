@@ -67,6 +67,22 @@ pub struct Data {
     pub intensity: fewshot_tasks::Intensity,
     /// Channels per image.
     pub channels: usize,
+    /// Changes to training images (`[augment]`'s photo keys).
+    pub augment: fewshot_tasks::ImageAugment,
+    /// Per-channel normalisation (`data.normalize`).
+    pub normalize: Normalization,
+}
+
+/// `data.normalize`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Normalization {
+    /// Inputs as `data.intensity` gives them.
+    Off,
+    /// To be measured on the training classes when training starts (then written into the
+    /// config as `data.mean` and `data.std`).
+    Measure,
+    /// These numbers.
+    Given(fewshot_tasks::Normalize),
 }
 
 /// `[data] folder` and what goes with it, resolved.
@@ -111,8 +127,28 @@ impl Data {
         let images = fewshot_images::ImageFolder::load(&folder.path, &options, &|n| bar.set_position(n as u64))
             .map_err(|e| anyhow::anyhow!("data.folder: {e}"))?;
         bar.finish_and_clear();
+        if !images.skipped().is_empty() {
+            let shown: Vec<String> = images.skipped().iter().take(3).map(|p| p.display().to_string()).collect();
+            let more = images.skipped().len().saturating_sub(3);
+            eprintln!(
+                "{}: left out {} file(s) that are not images ({}): {}{}",
+                folder.path.display(),
+                images.skipped().len(),
+                fewshot_images::IMAGE_EXTENSIONS.join(", "),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            );
+        }
         let kept = crate::data::usable_classes(&images, folder.need, folder.skip_small_classes)?;
-        let folder = crate::data::Folder { images, intensity: self.intensity, kept, fractions: folder.fractions };
+        let pipeline = fewshot_tasks::Pipeline {
+            augment: self.augment,
+            normalize: match &self.normalize {
+                Normalization::Given(n) => Some(n.clone()),
+                Normalization::Off | Normalization::Measure => None,
+            },
+        };
+        let folder =
+            crate::data::Folder { images, intensity: self.intensity, kept, fractions: folder.fractions, pipeline };
         Ok(crate::data::Data::Folder(folder))
     }
 
@@ -137,6 +173,8 @@ pub struct Episodes {
     pub rotate_classes: bool,
     /// Rotation of whole training tasks.
     pub task_augment: TaskAugment,
+    /// Give training episodes a seed for the photo augmentation ([`Data::augment`]).
+    pub augment_images: bool,
 }
 
 /// `[model]` with the image size: the net but for its number of classes.
@@ -322,11 +360,18 @@ impl Settings {
             || t.learned_inner_lr
             || t.per_step_bn
             || t.head_init != HeadInit::Learned;
-        if matches!(t.method, Method::Transfer | Method::TaskClassifier) && maml_only {
+        // The transfer baseline may label test tasks by nearest centroid: its evaluation head
+        // starts as the prototype head of the support features (Chen et al.'s and Tian et al.'s
+        // nearest-centroid baseline with 0 `eval_inner_steps`; fine-tuned from there with more).
+        let transfer_prototypes = t.method == Method::Transfer
+            && t.head_init == HeadInit::Prototypes
+            && !(t.multi_step_loss || t.first_order_steps > 0 || t.learned_inner_lr || t.per_step_bn);
+        if matches!(t.method, Method::Transfer | Method::TaskClassifier) && maml_only && !transfer_prototypes {
             bail!(
                 "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr, train.per_step_bn and \
                  train.head_init shape MAML's inner loop; method {:?} has none (use maml or fomaml, or leave them \
-                 at their defaults)",
+                 at their defaults; transfer takes train.head_init = \"prototypes\" alone: a nearest-centroid test \
+                 head)",
                 t.method
             );
         }
@@ -397,6 +442,13 @@ impl Settings {
                     bail!(
                         "model.channels = {channels}: Omniglot is gray (1 channel); colour needs your own images \
                          (data.folder)"
+                    );
+                }
+                if d.normalize || !photo_augment(&config.augment).is_off() {
+                    bail!(
+                        "data.normalize, augment.crop_padding, augment.flip and augment.color_jitter are for your own \
+                         images (data.folder); Omniglot's augmentation is augment.class_rotation and \
+                         augment.task_rotation"
                     );
                 }
             }
@@ -481,7 +533,12 @@ impl Settings {
                 fewshot_tasks::Intensity::Ink
             }),
             channels,
+            augment: photo_augment(&config.augment),
+            normalize: normalization(d, channels)?,
         };
+        data.augment
+            .validate(d.image_size as usize)
+            .map_err(|e| anyhow::anyhow!("augment.crop_padding / augment.color_jitter: {e}"))?;
         Ok(Settings {
             seed: config.seed,
             data,
@@ -591,7 +648,32 @@ fn episodes(config: &Config) -> anyhow::Result<Episodes> {
             TaskRotationKind::Quarter => TaskAugment::QuarterTurn { p: a.task_rotation_p },
             TaskRotationKind::Angle => TaskAugment::Angle { p: a.task_rotation_p },
         },
+        augment_images: !photo_augment(a).is_off(),
     })
+}
+
+/// `[augment]`'s photo keys.
+fn photo_augment(a: &crate::config::AugmentConfig) -> fewshot_tasks::ImageAugment {
+    fewshot_tasks::ImageAugment { crop_padding: a.crop_padding, flip: a.flip, jitter: a.color_jitter }
+}
+
+/// `data.normalize`, `data.mean` and `data.std`, checked against `channels`.
+fn normalization(d: &crate::config::DataConfig, channels: usize) -> anyhow::Result<Normalization> {
+    match (&d.mean, &d.std) {
+        (None, None) => Ok(if d.normalize { Normalization::Measure } else { Normalization::Off }),
+        (Some(mean), Some(std)) => {
+            if !d.normalize {
+                bail!("data.mean and data.std are set but data.normalize = false: set it to true, or remove them");
+            }
+            let n = fewshot_tasks::Normalize { mean: mean.clone(), std: std.clone() };
+            n.validate(channels).map_err(|e| anyhow::anyhow!("data.mean / data.std: {e}"))?;
+            Ok(Normalization::Given(n))
+        }
+        _ => bail!(
+            "data.mean and data.std go together: give both (one value per channel), or neither to have them \
+             measured on the training classes"
+        ),
+    }
 }
 
 /// The data directory: the config's `dir`, else `OMNIGLOT_DATA_DIR`, else `data/omniglot` (an
