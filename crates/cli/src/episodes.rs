@@ -109,6 +109,45 @@ pub fn test_draw(episodes: &Episodes, seed: u64, data: &Data, protocol: Protocol
     Ok(Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description })
 }
 
+/// `n` episodes (seeded by the run's `seed`, as its test episodes) from the classes of a
+/// folder read for `eval --folder`: those of `split`'s folder, or all with `all`, or by default
+/// its test/ classes when it has any, else all of them.
+pub fn folder_draw(
+    episodes: &Episodes,
+    seed: u64,
+    data: &Data,
+    split: Option<fewshot_images::Split>,
+    all: bool,
+    n: usize,
+) -> anyhow::Result<Drawn> {
+    let Data::Folder(f) = data else { anyhow::bail!("--folder: the data read are not a folder") };
+    let classes = f.images.classes();
+    let has_test = f.kept.iter().any(|&i| classes[i as usize].split == Some(fewshot_images::Split::Test));
+    let split = if all { None } else { split.or(has_test.then_some(fewshot_images::Split::Test)) };
+    let pool: Vec<Class> = f
+        .kept
+        .iter()
+        .copied()
+        .filter(|&i| split.is_none_or(|s| classes[i as usize].split == Some(s)))
+        .map(Class::plain)
+        .collect();
+    let root = f.images.root().display();
+    let which = split.map_or_else(|| "all classes".to_owned(), |s| format!("{}/ classes", s.folder()));
+    if pool.len() < episodes.eval.n_way {
+        anyhow::bail!(
+            "--folder {root}: {} usable {which} (with at least k_shot + n_query = {} images), fewer than the {} of an \
+             episode: choose another --split, or lower --n-way, --k-shot or --n-query",
+            pool.len(),
+            episodes.eval.k_shot + episodes.eval.n_query,
+            episodes.eval.n_way
+        );
+    }
+    let draw_seed = stream_rng(seed, streams::TEST, 0).random();
+    let sizes = data.sizes(&pool);
+    let description = format!("episodes of {root} ({which}, {})", pool.len());
+    Ok(Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description })
+}
+
 /// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`.
 pub fn test_episodes(
     episodes: &Episodes,

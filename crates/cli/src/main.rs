@@ -94,6 +94,20 @@ enum Command {
         /// e.g. the paper's 15 for a model validated on another shape.
         #[arg(long)]
         n_query: Option<usize>,
+        /// Support images per class of each fresh episode (default: the config's
+        /// `episodes.k_shot`), e.g. 1 for a model validated 5-shot.
+        #[arg(long)]
+        k_shot: Option<usize>,
+        /// Draw fresh episodes from the classes of this folder of class folders instead (new
+        /// classes, or another dataset: a cross-domain test), read as the model reads images
+        /// (size, channels, intensity, normalisation): its test/ classes when it has a test/
+        /// folder, else all its classes (see --split). Classes too small for an episode are
+        /// left out, with a count.
+        #[arg(long, conflicts_with_all = ["episodes", "protocol", "validation"])]
+        folder: Option<PathBuf>,
+        /// With --folder: which classes: `train`, `val` or `test` (its split folder), or `all`.
+        #[arg(long, value_enum, requires = "folder")]
+        split: Option<SplitArg>,
     },
     /// The shipped configs: `config list` (each with its purpose), `config show NAME|FILE`
     /// (the resolved config with every default, so every key is discoverable).
@@ -162,6 +176,14 @@ enum ProtocolArg {
     Paper,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    Test,
+    All,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Join the MPI job, if this process is one of its ranks, before any thread starts.
@@ -218,8 +240,31 @@ fn run(cli: Cli, membership: &fewshot_cli::ranks::Membership) -> anyhow::Result<
             commands::train::TrainArgs { config, overrides, out, resume, overwrite, seed },
             threads,
         ),
-        Command::Eval { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way, n_query } => {
+        Command::Eval {
+            checkpoint,
+            episodes,
+            protocol,
+            validation,
+            n,
+            inner_steps,
+            json,
+            n_way,
+            n_query,
+            k_shot,
+            folder,
+            split,
+        } => {
             let protocol = protocol.map(protocol_of);
+            let folder = folder.map(|path| commands::eval::FolderEval {
+                path,
+                split: split.and_then(|s| match s {
+                    SplitArg::Train => Some(fewshot_images::Split::Train),
+                    SplitArg::Val => Some(fewshot_images::Split::Val),
+                    SplitArg::Test => Some(fewshot_images::Split::Test),
+                    SplitArg::All => None,
+                }),
+                all: split == Some(SplitArg::All),
+            });
             let args = commands::eval::EvalArgs {
                 checkpoint,
                 episodes,
@@ -230,6 +275,8 @@ fn run(cli: Cli, membership: &fewshot_cli::ranks::Membership) -> anyhow::Result<
                 json,
                 n_way,
                 n_query,
+                k_shot,
+                folder,
             };
             commands::eval::run(args, threads)
         }

@@ -1,8 +1,12 @@
-//! `fewshot predict`: label the query images of tasks stored as folders of PNGs.
+//! `fewshot predict`: label the query images of tasks stored as folders of images.
 //!
-//! Layout (the course's test set): `DIR/support/NNNN/image_C.png`, one labelled image per
-//! class `C` (0-based), and `DIR/query/NNNN/image_J.png`. The output CSV has one row
-//! `id,class` per query image, `id` being `NNNN_J`.
+//! Two layouts. The course's test set: `DIR/support/NNNN/image_C.png`, one labelled image per
+//! class `C` (0-based), and `DIR/query/NNNN/image_J.png`; the CSV has one row `id,class` per
+//! query image, `id` being `NNNN_J`. Photos: `DIR/support/<class name>/` folders of any number
+//! of images each (PNG or JPEG, any size), and `DIR/query/` holding the images to label (one
+//! task) or `DIR/query/<task>/` folders of them (several tasks, one support set); the CSV has
+//! one row `file,class` per query image, `file` its path below `query/` and `class` its class
+//! folder's name.
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +24,18 @@ pub struct FolderTask {
     pub folder: std::ffi::OsString,
     /// `(class, pixels)` of each support image, ink = 1.
     pub support: Vec<(u32, Vec<f32>)>,
-    /// `(J, pixels)` of each query image.
+    /// `(J, pixels)` of each query image (photos: its path below `query/`).
     pub query: Vec<(String, Vec<f32>)>,
+    /// The classes' folder names (photos); empty for the course layout, whose classes are
+    /// numbers.
+    pub class_names: Vec<String>,
+}
+
+impl FolderTask {
+    /// Number of classes.
+    pub fn n_way(&self) -> usize {
+        if self.class_names.is_empty() { self.support.len() } else { self.class_names.len() }
+    }
 }
 
 /// Read an image of any size, gray or colour, as ink intensities at `size` x `size`, resized
@@ -45,9 +59,9 @@ pub fn read_image(path: &Path, size: u32) -> anyhow::Result<Vec<f32>> {
     Ok(omniglot_data::resize_gray(&img, size).into_iter().map(fewshot_tasks::ink_intensity).collect())
 }
 
-/// How a model reads its images: their side, channels and intensity mapping (from its
-/// config's `[data]` and `[model]`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How a model reads its images: their side, channels, intensity mapping and normalisation
+/// (from its config's `[data]` and `[model]`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// Side of the square images.
     pub size: u32,
@@ -55,27 +69,38 @@ pub struct Reading {
     pub channels: usize,
     /// How stored values become inputs.
     pub intensity: fewshot_tasks::Intensity,
+    /// Per-channel normalisation after the intensity (`data.normalize`).
+    pub normalize: Option<fewshot_tasks::Normalize>,
 }
 
 impl Reading {
     /// How the model of `settings` reads images.
     pub fn of(settings: &crate::settings::Settings) -> Reading {
         let d = &settings.data;
-        Reading { size: d.image_size, channels: d.channels, intensity: d.intensity }
+        let normalize = match &d.normalize {
+            crate::settings::Normalization::Given(n) => Some(n.clone()),
+            _ => None,
+        };
+        Reading { size: d.image_size, channels: d.channels, intensity: d.intensity, normalize }
     }
 }
 
 /// Read an image as the model that `reading` describes sees it: Omniglot's way
 /// ([`read_image`]) for gray ink models, else as the image-folder cache decodes its images
 /// (`fewshot_images::decode`), mapped by the intensity.
-pub fn read_image_as(path: &Path, reading: Reading) -> anyhow::Result<Vec<f32>> {
+pub fn read_image_as(path: &Path, reading: &Reading) -> anyhow::Result<Vec<f32>> {
     use fewshot_tasks::Intensity;
-    if reading.channels == 1 && reading.intensity == Intensity::Ink {
-        return read_image(path, reading.size);
+    let mut values = if reading.channels == 1 && reading.intensity == Intensity::Ink {
+        read_image(path, reading.size)?
+    } else {
+        let channels = fewshot_images::Channels::from_count(reading.channels)?;
+        let raw = fewshot_images::decode(path, reading.size, channels)?;
+        raw.into_iter().map(|v| reading.intensity.value(v)).collect()
+    };
+    if let Some(n) = &reading.normalize {
+        n.apply(&mut values, (reading.size as usize).pow(2));
     }
-    let channels = fewshot_images::Channels::from_count(reading.channels)?;
-    let raw = fewshot_images::decode(path, reading.size, channels)?;
-    Ok(raw.into_iter().map(|v| reading.intensity.value(v)).collect())
+    Ok(values)
 }
 
 /// `image_<X>.png` files of a folder, sorted by their suffix, as `(suffix, path)`.
@@ -95,8 +120,10 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Read every task under `dir`.
-pub fn read_tasks(dir: &Path, reading: Reading) -> anyhow::Result<Vec<FolderTask>> {
+/// Read every task under `dir`, in the course layout or the photo layout (see the module's
+/// docs): the course layout when every support folder holds only `image_<N>.png` files and has
+/// a query folder of its name.
+pub fn read_tasks(dir: &Path, reading: &Reading) -> anyhow::Result<Vec<FolderTask>> {
     // The folder itself first: a file, a missing path or a symlink cycle is named as such.
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -109,8 +136,15 @@ pub fn read_tasks(dir: &Path, reading: Reading) -> anyhow::Result<Vec<FolderTask
     let query_root = dir.join("query");
     for d in [&support_root, &query_root] {
         if !d.is_dir() {
-            bail!("{} is missing: expected DIR/support/NNNN/image_C.png and DIR/query/NNNN/image_J.png", d.display());
+            bail!(
+                "{} is missing: expected DIR/support/<class>/ folders of images and DIR/query/ (images, or \
+                 folders of them), or the course layout DIR/support/NNNN/image_C.png and DIR/query/NNNN/image_J.png",
+                d.display()
+            );
         }
+    }
+    if !is_course_layout(&support_root, &query_root)? {
+        return read_photo_tasks(&support_root, &query_root, reading);
     }
     // Folder names as the file system has them (not every name is UTF-8); the CSV shows them
     // lossily.
@@ -170,7 +204,7 @@ pub fn read_tasks(dir: &Path, reading: Reading) -> anyhow::Result<Vec<FolderTask
         if query.is_empty() {
             bail!("{} holds no image_J.png files", qdir.display());
         }
-        tasks.push(FolderTask { id, folder: os_id, support, query });
+        tasks.push(FolderTask { id, folder: os_id, support, query, class_names: Vec::new() });
     }
     let n_way = tasks[0].support.len();
     if let Some(odd) = tasks.iter().find(|t| t.support.len() != n_way) {
@@ -180,6 +214,113 @@ pub fn read_tasks(dir: &Path, reading: Reading) -> anyhow::Result<Vec<FolderTask
             odd.support.len(),
             support_root.join(&tasks[0].folder).display()
         );
+    }
+    Ok(tasks)
+}
+
+/// The visible entries of `dir`, sorted, split into folders and files.
+fn listing(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading folder {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    Ok(entries.into_iter().partition(|p| p.is_dir()))
+}
+
+/// Whether `support/` and `query/` are the course's layout: each support folder holds only
+/// `image_<N>.png` files and has a query folder of the same name.
+fn is_course_layout(support_root: &Path, query_root: &Path) -> anyhow::Result<bool> {
+    let (folders, _) = listing(support_root)?;
+    if folders.is_empty() {
+        return Ok(true); // reported as the course layout's error
+    }
+    for folder in &folders {
+        if !query_root.join(folder.file_name().unwrap_or_default()).is_dir() {
+            return Ok(false);
+        }
+        let (_, files) = listing(folder)?;
+        let numbered = |p: &PathBuf| {
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+                && stem.strip_prefix("image_").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if files.is_empty() || !files.iter().all(numbered) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The images of `dir` (by extension), sorted; other files are named in a warning.
+fn photos_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (_, files) = listing(dir)?;
+    let (images, others): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|p| fewshot_images::is_image(p));
+    for other in others {
+        tracing::warn!(
+            "skipping {}: not an image ({})",
+            other.display(),
+            fewshot_images::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    Ok(images)
+}
+
+/// The photo layout: `support/<class>/` folders of images, `query/` of images or of task
+/// folders of images; every task shares the support set.
+fn read_photo_tasks(support_root: &Path, query_root: &Path, reading: &Reading) -> anyhow::Result<Vec<FolderTask>> {
+    let (class_folders, stray) = listing(support_root)?;
+    if !stray.is_empty() {
+        bail!(
+            "{}: holds files ({}); the photo layout wants one folder of images per class, named by the class \
+             (support/cat/1.jpg, support/dog/2.jpg, ...)",
+            support_root.display(),
+            stray[0].display()
+        );
+    }
+    if class_folders.len() < 2 {
+        bail!(
+            "{} holds {} class folder(s): give at least two (support/<class name>/ with its images)",
+            support_root.display(),
+            class_folders.len()
+        );
+    }
+    let mut support = Vec::new();
+    let mut class_names = Vec::new();
+    for (class, folder) in class_folders.iter().enumerate() {
+        let images = photos_in(folder)?;
+        if images.is_empty() {
+            bail!("{}: a class folder with no images ({})", folder.display(), fewshot_images::IMAGE_EXTENSIONS.join(", "));
+        }
+        for path in images {
+            support.push((class as u32, read_image_as(&path, reading)?));
+        }
+        class_names.push(folder.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    let (task_folders, direct) = listing(query_root)?;
+    let mut groups: Vec<(String, std::ffi::OsString, Vec<PathBuf>)> = Vec::new();
+    if !direct.is_empty() {
+        groups.push((String::new(), std::ffi::OsString::new(), photos_in(query_root)?));
+    }
+    for folder in task_folders {
+        let name = folder.file_name().unwrap_or_default().to_owned();
+        groups.push((name.to_string_lossy().into_owned(), name, photos_in(&folder)?));
+    }
+    let mut tasks = Vec::new();
+    for (id, folder, files) in groups.into_iter().filter(|g| !g.2.is_empty()) {
+        let query = files
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(query_root).unwrap_or(p).to_string_lossy().replace('\\', "/");
+                Ok((rel, read_image_as(p, reading)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tasks.push(FolderTask { id, folder, support: support.clone(), query, class_names: class_names.clone() });
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no images to label ({})", query_root.display(), fewshot_images::IMAGE_EXTENSIONS.join(", "));
     }
     Ok(tasks)
 }
@@ -222,7 +363,8 @@ pub fn predict(
             let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = row.iter().map(|l| (l - max).exp()).sum();
             let probabilities = row.iter().map(|l| ((l - max).exp() / sum) as f32).collect();
-            rows.push(Prediction { id: format!("{}_{j}", task.id), class, probabilities });
+            let id = if task.class_names.is_empty() { format!("{}_{j}", task.id) } else { j.clone() };
+            rows.push(Prediction { id, class, probabilities });
         }
     }
     Ok(rows)

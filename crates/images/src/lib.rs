@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
-pub use scan::{IMAGE_EXTENSIONS, ImageFile, Scan, ScannedClass, Split, scan};
+pub use scan::{IMAGE_EXTENSIONS, ImageFile, Scan, ScannedClass, Split, is_image, scan};
 
 /// Gray (one channel) or colour (three, RGB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

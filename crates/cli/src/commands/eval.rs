@@ -40,11 +40,27 @@ pub struct EvalArgs {
     pub n_way: Option<usize>,
     /// Queries per class of fresh episodes.
     pub n_query: Option<usize>,
+    /// Support images per class of fresh episodes.
+    pub k_shot: Option<usize>,
+    /// Draw the episodes from another folder's classes.
+    pub folder: Option<FolderEval>,
+}
+
+/// `eval --folder DIR [--split S]`: episodes of another folder's classes.
+#[derive(Debug, Clone)]
+pub struct FolderEval {
+    /// The folder of class folders.
+    pub path: PathBuf,
+    /// The split folder to draw from (default: test/ when there is one).
+    pub split: Option<fewshot_images::Split>,
+    /// Every class, whatever its split.
+    pub all: bool,
 }
 
 /// Run `fewshot eval` on `threads` threads.
 pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
-    let EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way, n_query } = args;
+    let EvalArgs { checkpoint, episodes, protocol, validation, n, inner_steps, json, n_way, n_query, k_shot, folder } =
+        args;
     let paths = checkpoint_files(&checkpoint)?;
     let mut models = Vec::with_capacity(paths.len());
     for path in &paths {
@@ -77,14 +93,30 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     // The settings that draw fresh episodes: the trained ones, or with --n-way classes and
     // --n-query queries per class.
     let mut settings = trained.clone();
-    if n_way.is_some() || n_query.is_some() {
+    if n_way.is_some() || n_query.is_some() || k_shot.is_some() {
         if episodes.is_some() {
-            bail!("--n-way and --n-query shape fresh episodes; an --episodes file has its own");
+            bail!("--n-way, --k-shot and --n-query shape fresh episodes; an --episodes file has its own");
         }
-        let what = [n_way.map(|n| format!("--n-way {n}")), n_query.map(|n| format!("--n-query {n}"))];
+        let what = [
+            n_way.map(|n| format!("--n-way {n}")),
+            k_shot.map(|n| format!("--k-shot {n}")),
+            n_query.map(|n| format!("--n-query {n}")),
+        ];
         settings = trained
-            .with_eval_shape(n_way, n_query)
+            .with_eval_shape(n_way, k_shot, n_query)
             .with_context(|| what.into_iter().flatten().collect::<Vec<_>>().join(" "))?;
+    }
+    if let Some(f) = &folder {
+        let spec = settings.episodes.eval;
+        let cache_dir =
+            settings.data.folder.as_ref().map_or_else(|| PathBuf::from("data/folders"), |s| s.cache_dir.clone());
+        settings.data.folder = Some(crate::settings::FolderSource {
+            path: f.path.clone(),
+            cache_dir,
+            fractions: crate::data::Fractions { train: 0.0, val: 0.0, test: 1.0 },
+            skip_small_classes: true,
+            need: spec.k_shot + spec.n_query,
+        });
     }
     let spec = settings.episodes.eval;
     let shipped = (spec.n_way, spec.k_shot, spec.n_query) == (5, 1, 1) && settings.data.is_omniglot();
@@ -103,12 +135,20 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
             bail!("--protocol chooses Omniglot's class pools; a folder's test classes are its own (drop --protocol)");
         }
     }
-    let data = settings.data.load()?;
+    let data = settings.data.load().map_err(|e| match &folder {
+        Some(f) => anyhow::anyhow!("--folder {}: {e:#}", f.path.display()),
+        None => e,
+    })?;
     let (e, seed) = (&settings.episodes, settings.seed);
     let n_fresh = n.unwrap_or(600);
+    let source = match &folder {
+        Some(f) => Some(Episodes::Drawn(crate::episodes::folder_draw(e, seed, &data, f.split, f.all, n_fresh)?)),
+        None => None,
+    };
     // A file's episodes are read whole; fresh ones are drawn a batch at a time as they are
     // evaluated (`--n` of a billion holds one batch).
     let source = match (episodes, protocol) {
+        _ if source.is_some() => source.expect("checked"),
         _ if validation => {
             Episodes::Drawn(validation_draw(e, seed, &data, n.unwrap_or(settings.schedule.val_episodes))?)
         }

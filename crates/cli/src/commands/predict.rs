@@ -29,20 +29,27 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     refuse_to_overwrite_inputs(&out, &[(&checkpoint, "the checkpoint it reads")], Some(&tasks))?;
     let ckpt = Checkpoint::load(&checkpoint, &Device::Cpu)?;
     let settings = ckpt.settings(&checkpoint)?;
-    let folder_tasks = crate::predict::read_tasks(&tasks, crate::predict::Reading::of(&settings))?;
-    let n_way = folder_tasks[0].support.len();
+    let folder_tasks = crate::predict::read_tasks(&tasks, &crate::predict::Reading::of(&settings))?;
+    let n_way = folder_tasks[0].n_way();
+    let names = &folder_tasks[0].class_names;
     check_n_way(&settings, n_way, &checkpoint, &format!("{} holds", tasks.display()))?;
     let e = &settings.evaluation;
     let params = e.params(&settings.net, &ckpt.params, n_way)?;
     let adaptation = e.adaptation(inner_steps.unwrap_or(e.adaptation.steps));
     let rows = crate::predict::predict(&settings.net.net(n_way), &params, &folder_tasks, &adaptation)?;
-    let mut csv = String::from("id,class");
+    // Photos: `file,class` with the class folder's name (probability columns `p_<name>`);
+    // the course layout: `id,class` with class numbers (`p<C>`).
+    let field = crate::predict::csv_field;
+    let mut csv = String::from(if names.is_empty() { "id,class" } else { "file,class" });
     if probabilities {
-        (0..n_way).for_each(|c| csv += &format!(",p{c}"));
+        for c in 0..n_way {
+            csv += &if names.is_empty() { format!(",p{c}") } else { format!(",{}", field(&format!("p_{}", names[c]))) };
+        }
     }
     csv += "\n";
     for row in &rows {
-        csv += &format!("{},{}", crate::predict::csv_field(&row.id), row.class);
+        let class = if names.is_empty() { row.class.to_string() } else { field(&names[row.class as usize]) };
+        csv += &format!("{},{class}", field(&row.id));
         if probabilities {
             row.probabilities.iter().for_each(|p| csv += &format!(",{p:.6}"));
         }

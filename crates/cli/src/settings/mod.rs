@@ -555,10 +555,18 @@ impl Settings {
     /// These settings for validation and test episodes of `n_way` classes (a model with an
     /// any-way head, evaluated on other tasks than it was trained on) and `n_query` queries
     /// per class, each where given.
-    pub fn with_eval_shape(&self, n_way: Option<usize>, n_query: Option<usize>) -> anyhow::Result<Settings> {
+    pub fn with_eval_shape(
+        &self,
+        n_way: Option<usize>,
+        k_shot: Option<usize>,
+        n_query: Option<usize>,
+    ) -> anyhow::Result<Settings> {
         let mut config = self.config.clone();
         if let Some(n) = n_way {
             config.episodes.n_way = n;
+        }
+        if let Some(k) = k_shot {
+            config.episodes.k_shot = k;
         }
         if let Some(n) = n_query {
             config.episodes.n_query = n;

@@ -198,3 +198,97 @@ fn the_transfer_baseline_and_protonets_train_on_a_folder() {
         assert!(said.contains("trained 4 steps"), "{method}: {said}");
     }
 }
+
+/// The parameters in a checkpoint, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = t.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), t.tensor(&n).unwrap().data().to_vec())).collect()
+}
+
+#[test]
+fn the_photo_pipeline_resumes_exactly_and_eval_and_predict_read_photos_as_trained() {
+    // Tiny ImageNet's layout as distributed: train/<wnid>/images/*.JPEG beside a boxes file.
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = tmp.path().join("generated");
+    colour_folder(&generated, 16, 6);
+    let folder = tmp.path().join("tiny");
+    for c in 0..16 {
+        let (split, group) = (if c < 10 { "train" } else { "val" }, if c % 2 == 0 { "warm" } else { "cool" });
+        let to = folder.join(format!("{split}/n{c:02}/images"));
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(generated.join(format!("{group}/class{c:02}"))).unwrap().flatten() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        std::fs::write(folder.join(format!("{split}/n{c:02}/n{c:02}_boxes.txt")), "0 0 8 8\n").unwrap();
+    }
+    let photo = "normalize = true\n[augment]\ncrop_padding = 2\nflip = true\ncolor_jitter = 0.3\n";
+    let cfg = folder_config(tmp.path(), &folder, photo);
+    let data = tmp.path().join("unused");
+    let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
+    let said = ok(fewshot(&["train", "--config", cfg.to_str().unwrap(), "--out", whole.to_str().unwrap()], &data));
+    assert!(said.contains("left out 16 file(s) that are not images"), "{said}");
+    let cfg_s = cfg.to_str().unwrap();
+    ok(fewshot(&["train", "--config", cfg_s, "--set", "train.steps=2", "--out", split.to_str().unwrap()], &data));
+    ok(fewshot(&["train", "--config", cfg_s, "--resume", "--out", split.to_str().unwrap()], &data));
+    let last = |run: &Path| tensors(&run.join("checkpoints/last.safetensors"));
+    assert_eq!(last(&whole), last(&split), "augmented photo training resumes exactly");
+    // Without the pipeline the same seed trains other parameters.
+    let plain = tmp.path().join("plain");
+    let plain_cfg = folder_config(tmp.path(), &folder, "");
+    ok(fewshot(&["train", "--config", plain_cfg.to_str().unwrap(), "--out", plain.to_str().unwrap()], &data));
+    assert_ne!(last(&whole), last(&plain));
+    // The measured normalisation is in the run's config and its checkpoints.
+    let config = std::fs::read_to_string(whole.join("config.toml")).unwrap();
+    assert!(config.contains("mean = [") && config.contains("std = ["), "{config}");
+
+    // eval --folder: the val/ classes of this folder, or another folder's, read as trained.
+    let best = whole.join("checkpoints/best.safetensors");
+    let b = best.to_str().unwrap();
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--checkpoint", b, "--n", "8", "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(ok(fewshot(&args, &data)).lines().next().unwrap()).unwrap()
+    };
+    let f = folder.to_str().unwrap();
+    let v = eval(&["--folder", f, "--split", "val", "--k-shot", "2", "--n-query", "3"]);
+    assert_eq!((v["k_shot"].as_u64(), v["n_query"].as_u64(), v["episodes"].as_u64()), (Some(2), Some(3), Some(8)));
+    assert!(v["description"].as_str().unwrap().contains("val/ classes, 6"), "{v}");
+    let g = eval(&["--folder", generated.to_str().unwrap()]);
+    assert!(g["description"].as_str().unwrap().contains("all classes, 16"), "{g}");
+    let all = eval(&["--folder", f]);
+    assert!(all["description"].as_str().unwrap().contains("all classes, 16"), "no test/: every class {all}");
+    let err = fails(fewshot(&["eval", "--checkpoint", b, "--folder", f, "--split", "test"], &data));
+    assert!(err.contains("0 usable test/ classes") && err.contains("--split"), "{err}");
+
+    // predict in the photo layout: support/<class>/ with several shots, query/ of photos.
+    let tasks = tmp.path().join("photo-tasks");
+    for (c, name) in [(10, "cat"), (11, "dog"), (12, "fox")] {
+        let from = folder.join(format!("val/n{c}/images"));
+        std::fs::create_dir_all(tasks.join(format!("support/{name}"))).unwrap();
+        std::fs::create_dir_all(tasks.join("query/batch2")).unwrap();
+        for i in 0..3 {
+            let file = if i == 2 { "2.jpg" } else { ["0.png", "1.png"][i] };
+            std::fs::copy(from.join(file), tasks.join(format!("support/{name}/{file}"))).unwrap();
+        }
+        std::fs::copy(from.join("3.png"), tasks.join(format!("query/{name}-3.png"))).unwrap();
+        std::fs::copy(from.join("4.png"), tasks.join(format!("query/batch2/{name}-4.png"))).unwrap();
+    }
+    std::fs::write(tasks.join("support/cat/notes.txt"), "not an image").unwrap();
+    let csv = ok(fewshot(
+        &["predict", "--checkpoint", b, "--tasks", tasks.to_str().unwrap(), "--probabilities", "--out", "-"],
+        &data,
+    ));
+    let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("wrote") && !l.contains("WARN")).collect();
+    assert_eq!(rows[0], "file,class,p_cat,p_dog,p_fox", "{csv}");
+    assert_eq!(rows.len(), 1 + 6, "{csv}");
+    assert!(rows.iter().any(|r| r.starts_with("batch2/cat-4.png,")), "{csv}");
+    for row in &rows[1..] {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert!(["cat", "dog", "fox"].contains(&cells[1]), "{row}");
+        let p: f64 = cells[2..].iter().map(|v| v.parse::<f64>().unwrap()).sum();
+        assert!((p - 1.0).abs() < 1e-4, "{row}");
+    }
+}
