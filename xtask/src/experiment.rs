@@ -62,13 +62,27 @@ struct Job {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.name != "hw15" && args.name != "beyond-maml" {
-        bail!("unknown experiment `{}`: the experiments are: hw15, beyond-maml", args.name);
+    if !["hw15", "beyond-maml", "photos"].contains(&args.name.as_str()) {
+        bail!("unknown experiment `{}`: the experiments are: hw15, beyond-maml, photos", args.name);
     }
     if args.keep_earlier && args.name != "beyond-maml" {
         bail!("--keep-earlier is for beyond-maml (hw15 always keeps the results of runs it does not redo)");
     }
     let quick = args.budget == Budget::Quick;
+    if args.name == "photos" {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| if quick { "target/experiment-quick/photos".into() } else { "reports/photos".into() });
+        if args.report_only {
+            return crate::photos::write_report(&out);
+        }
+        let runs = args.runs.clone().unwrap_or_else(|| {
+            if quick { "target/experiment-quick/runs-photos".into() } else { "runs/photos".into() }
+        });
+        let fewshot = fewshot_binary(args.fewshot.as_deref())?;
+        return crate::photos::run(&fewshot, args.budget, &out, &runs, args.threads);
+    }
     if args.name == "beyond-maml" {
         let out = args.out.clone().unwrap_or_else(|| {
             if quick { "target/experiment-quick/beyond-maml".into() } else { "reports/beyond-maml".into() }
@@ -284,7 +298,7 @@ fn curve(lines: &[Value]) -> Value {
         .collect()
 }
 
-fn command_output(cmd: &mut Command) -> Option<String> {
+pub fn command_output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok().filter(|o| o.status.success())?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -5,6 +5,7 @@ mod beyond;
 mod download;
 mod experiment;
 mod ladder;
+mod photos;
 mod report;
 mod runs;
 
@@ -30,11 +31,15 @@ enum Command {
     ///
     /// Example: cargo xtask bench --against-torch /tmp/torch-ref/bin/python
     Bench(bench::Args),
-    /// Run an experiment and write its report: `hw15` (the course's ladder and two figures) or
-    /// `beyond-maml` (the MAML++ ablation).
+    /// Run an experiment and write its report: `hw15` (the course's ladder and two figures),
+    /// `beyond-maml` (the MAML++ ablation) or `photos` (the photo recipes side by side).
     ///
     /// Example: cargo xtask experiment hw15 --budget course
     Experiment(experiment::Args),
+    /// Verify and unpack the shared Tiny ImageNet photos into data/tiny-imagenet-fs/.
+    ///
+    /// Example: cargo xtask photos --source ../shared/tiny-imagenet
+    Photos(photos::UnpackArgs),
 }
 
 /// Where `cargo build --release` puts the binary `name`: under `CARGO_TARGET_DIR` when set
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Download(args) => download::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Experiment(args) => experiment::run(args),
+        Command::Photos(args) => photos::unpack(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

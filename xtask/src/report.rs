@@ -170,7 +170,7 @@ const COLOURS: [RGBColor; 4] =
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
 
 /// Draw `curves` (label, points) with 95% bands on `area`.
-fn draw_curves<'a, 'b: 'a, X: Ranged<ValueType = f64>>(
+pub fn draw_curves<'a, 'b: 'a, X: Ranged<ValueType = f64>>(
     chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
     curves: &[(String, Curve)],
 ) -> anyhow::Result<()> {
