@@ -46,16 +46,51 @@ pub fn path(cache_dir: &Path, stem: &str, key: &str) -> PathBuf {
     cache_dir.join(format!("{stem}{}.safetensors", &key[..16]))
 }
 
-/// The pixels of a current cache at `path` (`len` bytes, built for `key`), or `None`.
-pub fn read(path: &Path, key: &str, len: usize) -> Option<Vec<u8>> {
-    let bytes = std::fs::read(path).ok()?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+/// Pixels held in memory, or mapped from a cache file.
+#[derive(Debug)]
+pub enum Pixels {
+    /// Decoded now.
+    Owned(Vec<u8>),
+    /// The pixel bytes of a cache file, mapped: the kernel pages them in as they are read and
+    /// may drop them again under memory pressure, so a folder larger than memory can train.
+    Mapped {
+        /// The whole file.
+        map: memmap2::Mmap,
+        /// Where the pixels start in it.
+        offset: usize,
+        /// How many bytes they take.
+        len: usize,
+    },
+}
+
+impl Pixels {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Pixels::Owned(v) => v,
+            Pixels::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
+    }
+}
+
+/// The pixels of a current cache at `path` (`len` bytes, built for `key`), mapped, or `None`.
+pub fn read(path: &Path, key: &str, len: usize) -> Option<Pixels> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: cache files are never written in place: a new state is a new file, renamed over
+    // the name atomically (`omniglot_data::write_atomic`), so the mapped inode does not change
+    // under us while this process holds it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map[..]).ok()?;
     if meta.metadata().as_ref()?.get("key")? != key {
         return None;
     }
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+    let tensors = safetensors::SafeTensors::deserialize(&map[..]).ok()?;
     let view = tensors.tensor(PIXELS).ok()?;
-    (view.dtype() == safetensors::Dtype::U8 && view.data().len() == len).then(|| view.data().to_vec())
+    if view.dtype() != safetensors::Dtype::U8 || view.data().len() != len {
+        return None;
+    }
+    let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
+    Some(Pixels::Mapped { map, offset, len })
 }
 
 /// Write the cache (atomically) at `path` and its manifest, and remove the caches of older

@@ -95,7 +95,7 @@ pub struct ImageFolder {
     classes: Vec<FolderClass>,
     /// Index of each class's first image.
     starts: Vec<usize>,
-    pixels: Vec<u8>,
+    pixels: cache::Pixels,
     image_size: u32,
     channels: Channels,
     cache_file: PathBuf,
@@ -137,7 +137,7 @@ impl ImageFolder {
             root: root.to_owned(),
             classes,
             starts,
-            pixels: Vec::new(),
+            pixels: cache::Pixels::Owned(Vec::new()),
             image_size: options.image_size,
             channels: options.channels,
             cache_file,
@@ -158,7 +158,11 @@ impl ImageFolder {
             Ok(())
         })?;
         cache::write(&options.cache_dir, &stem, &folder.cache_file, &key, &folder.classes, &pixels)?;
-        folder.pixels = pixels;
+        // Read back through the map from now on: the decoded copy's memory is returned.
+        folder.pixels = match cache::read(&folder.cache_file, &key, total * image_len) {
+            Some(mapped) => mapped,
+            None => cache::Pixels::Owned(pixels),
+        };
         Ok(folder)
     }
 
@@ -205,7 +209,7 @@ impl ImageFolder {
         assert!(index < self.classes[class].images, "class {class} has {} images", self.classes[class].images);
         let len = self.channels.count() * (self.image_size as usize).pow(2);
         let at = (self.starts[class] + index) * len;
-        &self.pixels[at..at + len]
+        &self.pixels.bytes()[at..at + len]
     }
 }
 
