@@ -129,11 +129,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Label the query images of tasks stored as folders of PNGs.
+    /// Label the query images of tasks stored as folders of images.
     ///
-    /// Layout: DIR/support/NNNN/image_C.png (one per class C) and DIR/query/NNNN/image_J.png.
-    /// Images may be any size, gray or colour; the model expects dark ink on a light background.
-    /// Writes `id,class` rows with id = NNNN_J.
+    /// Photos: DIR/support/<class name>/ (any number of images per class, PNG or JPEG) and
+    /// DIR/query/ (the images to label, or DIR/query/<task>/ folders of them); writes
+    /// `file,class` rows with the class folder's name. The course's layout:
+    /// DIR/support/NNNN/image_C.png (one per class C) and DIR/query/NNNN/image_J.png; writes
+    /// `id,class` rows with id = NNNN_J. Images may be any size, gray or colour, read as the
+    /// model was trained (size, channels, intensity, normalisation).
     ///
     /// Example: fewshot predict --checkpoint best.safetensors --tasks test_tasks/ --out predictions.csv
     Predict {

@@ -230,24 +230,23 @@ fn listing(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok(entries.into_iter().partition(|p| p.is_dir()))
 }
 
-/// Whether `support/` and `query/` are the course's layout: each support folder holds only
-/// `image_<N>.png` files and has a query folder of the same name.
+/// Whether `support/` and `query/` are the course's layout: `query/` holds no image itself,
+/// and every image in the support folders is an `image_<N>.png` (folders with none, and files
+/// that are not images, are left to the course reader's warnings).
 fn is_course_layout(support_root: &Path, query_root: &Path) -> anyhow::Result<bool> {
-    let (folders, _) = listing(support_root)?;
-    if folders.is_empty() {
-        return Ok(true); // reported as the course layout's error
+    let (_, direct) = listing(query_root)?;
+    if direct.iter().any(|p| fewshot_images::is_image(p)) {
+        return Ok(false);
     }
+    let (folders, _) = listing(support_root)?;
     for folder in &folders {
-        if !query_root.join(folder.file_name().unwrap_or_default()).is_dir() {
-            return Ok(false);
-        }
         let (_, files) = listing(folder)?;
         let numbered = |p: &PathBuf| {
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
             p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
                 && stem.strip_prefix("image_").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         };
-        if files.is_empty() || !files.iter().all(numbered) {
+        if !files.iter().filter(|p| fewshot_images::is_image(p)).all(numbered) {
             return Ok(false);
         }
     }
