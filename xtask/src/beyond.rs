@@ -130,18 +130,7 @@ pub fn run(
             sets.push("train.val_episodes=16".into());
         }
         sets.extend((arm.sets)(steps));
-        let mut train = fewshot_command(fewshot, threads);
-        train.args(["train", "--config", CONFIG, "--out"]).arg(&dir);
-        for s in &sets {
-            train.args(["--set", s]);
-        }
-        if dir.join("config.toml").exists() {
-            train.arg("--resume");
-        }
-        let status = train.status().with_context(|| format!("running {train:?}"))?;
-        if !status.success() {
-            bail!("{train:?} failed ({status})");
-        }
+        crate::runs::train_or_resume(fewshot, threads, CONFIG, &dir, &sets)?;
         let last = dir.join("checkpoints/last.safetensors");
         let mut eval = fewshot_command(fewshot, threads);
         eval.args(["eval", "--checkpoint"]).arg(&last).args(["--json", "--validation", "--n", &n_val.to_string()]);

@@ -77,9 +77,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.report_only {
             return crate::photos::write_report(&out);
         }
-        let runs = args.runs.clone().unwrap_or_else(|| {
-            if quick { "target/experiment-quick/runs-photos".into() } else { "runs/photos".into() }
-        });
+        let runs = args
+            .runs
+            .clone()
+            .unwrap_or_else(|| if quick { "target/experiment-quick/runs-photos".into() } else { "runs/photos".into() });
         let fewshot = fewshot_binary(args.fewshot.as_deref())?;
         return crate::photos::run(&fewshot, args.budget, &out, &runs, args.threads);
     }

@@ -216,19 +216,14 @@ fn budget_sets(recipe: &Recipe, quick: bool) -> Vec<&'static str> {
     sets
 }
 
-fn run_recipe(fewshot: &Path, recipe: &Recipe, dir: &Path, quick: bool, threads: Option<usize>) -> anyhow::Result<Value> {
-    let mut train = fewshot_command(fewshot, threads);
-    train.args(["train", "--config", recipe.config, "--out"]).arg(dir);
-    for s in budget_sets(recipe, quick) {
-        train.args(["--set", s]);
-    }
-    if dir.join("config.toml").exists() {
-        train.arg("--resume");
-    }
-    let status = train.status().with_context(|| format!("running {train:?}"))?;
-    if !status.success() {
-        bail!("{train:?} failed ({status})");
-    }
+fn run_recipe(
+    fewshot: &Path,
+    recipe: &Recipe,
+    dir: &Path,
+    quick: bool,
+    threads: Option<usize>,
+) -> anyhow::Result<Value> {
+    crate::runs::train_or_resume(fewshot, threads, recipe.config, dir, &budget_sets(recipe, quick))?;
     let best = dir.join("checkpoints/best.safetensors");
     let manifest = read_json(&dir.join("checkpoints/best.safetensors.json"))?;
     let provenance = read_json(&dir.join("run.json")).unwrap_or(Value::Null);
@@ -384,10 +379,8 @@ pub fn write_report(out: &Path) -> anyhow::Result<()> {
              validation episodes, in the shape named; 95% bands) against training time.*"
         );
         md += "\nThe commands: ";
-        let cmds: Vec<String> = RECIPES
-            .iter()
-            .filter_map(|rc| r["runs"][rc.key]["command"].as_str().map(|c| format!("`{c}`")))
-            .collect();
+        let cmds: Vec<String> =
+            RECIPES.iter().filter_map(|rc| r["runs"][rc.key]["command"].as_str().map(|c| format!("`{c}`"))).collect();
         md += &cmds.join("; ");
         md += ". Tests: `fewshot eval --checkpoint RUN/checkpoints/best.safetensors --validation --n 600 --n-way 5 \
                --k-shot K --n-query 15`.\n";
@@ -396,7 +389,7 @@ pub fn write_report(out: &Path) -> anyhow::Result<()> {
 }
 
 /// Validation accuracy (y) against training minutes (x), one curve per recipe.
-fn figure(curves: &[(String, Vec<(f64, f64, f64)>)], path: &Path) -> anyhow::Result<()> {
+fn figure(curves: &[(String, crate::report::Curve)], path: &Path) -> anyhow::Result<()> {
     let x_max = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1e-3f64, f64::max) * 1.05;
     let lo = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.1 - q.2)).fold(1.0f64, f64::min);
     let hi = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.1 + q.2)).fold(0.0f64, f64::max);

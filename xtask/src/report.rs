@@ -156,7 +156,7 @@ fn ladder(all: &Value, budgets: &[Budget]) -> String {
 }
 
 /// A curve: `(x, mean, ci95)` points.
-type Curve = Vec<(f64, f64, f64)>;
+pub type Curve = Vec<(f64, f64, f64)>;
 
 fn points(v: &Value) -> Curve {
     v.as_array()

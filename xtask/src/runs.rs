@@ -16,6 +16,30 @@ pub fn fewshot_command(fewshot: &Path, threads: Option<usize>) -> Command {
     cmd
 }
 
+/// `fewshot train --config CONFIG --out DIR --set ...`, continuing the run `dir` holds (a
+/// finished one returns at once; `fewshot` refuses one of another config).
+pub fn train_or_resume(
+    fewshot: &Path,
+    threads: Option<usize>,
+    config: &str,
+    dir: &Path,
+    sets: &[impl AsRef<str>],
+) -> anyhow::Result<()> {
+    let mut train = fewshot_command(fewshot, threads);
+    train.args(["train", "--config", config, "--out"]).arg(dir);
+    for s in sets {
+        train.args(["--set", s.as_ref()]);
+    }
+    if dir.join("config.toml").exists() {
+        train.arg("--resume");
+    }
+    let status = train.status().with_context(|| format!("running {train:?}"))?;
+    if !status.success() {
+        anyhow::bail!("{train:?} failed ({status})");
+    }
+    Ok(())
+}
+
 /// The lines of a run's `metrics.jsonl`.
 pub fn metrics(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let path = dir.join("metrics.jsonl");

@@ -121,9 +121,8 @@ impl Data {
         let (channels, plane) = (self.channels(), self.image_size().pow(2));
         let images = pool.iter().flat_map(|c| {
             let class = c.character as usize;
-            (0..f.images.classes()[class].images).map(move |i| {
-                f.images.image(class, i).iter().map(|&v| f.intensity.value(v)).collect::<Vec<f32>>()
-            })
+            (0..f.images.classes()[class].images)
+                .map(move |i| f.images.image(class, i).iter().map(|&v| f.intensity.value(v)).collect::<Vec<f32>>())
         });
         Some(fewshot_tasks::Normalize::measure(images, channels, plane))
     }

@@ -258,11 +258,7 @@ fn photos_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (_, files) = listing(dir)?;
     let (images, others): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|p| fewshot_images::is_image(p));
     for other in others {
-        tracing::warn!(
-            "skipping {}: not an image ({})",
-            other.display(),
-            fewshot_images::IMAGE_EXTENSIONS.join(", ")
-        );
+        tracing::warn!("skipping {}: not an image ({})", other.display(), fewshot_images::IMAGE_EXTENSIONS.join(", "));
     }
     Ok(images)
 }
@@ -291,7 +287,11 @@ fn read_photo_tasks(support_root: &Path, query_root: &Path, reading: &Reading) -
     for (class, folder) in class_folders.iter().enumerate() {
         let images = photos_in(folder)?;
         if images.is_empty() {
-            bail!("{}: a class folder with no images ({})", folder.display(), fewshot_images::IMAGE_EXTENSIONS.join(", "));
+            bail!(
+                "{}: a class folder with no images ({})",
+                folder.display(),
+                fewshot_images::IMAGE_EXTENSIONS.join(", ")
+            );
         }
         for path in images {
             support.push((class as u32, read_image_as(&path, reading)?));

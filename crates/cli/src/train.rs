@@ -547,8 +547,13 @@ fn training_batch(
                         })
                         .collect();
                     let augment_seed = sampler.augment_images.then(|| rng.random::<u64>());
-                    let episode =
-                        Episode { n_way: pool.len(), support: vec![], query: examples, task_rotation: None, augment_seed };
+                    let episode = Episode {
+                        n_way: pool.len(),
+                        support: vec![],
+                        query: examples,
+                        task_rotation: None,
+                        augment_seed,
+                    };
                     let mut p = data.render(&episode);
                     p.query_labels = labels;
                     EpisodePixels { support: p.query.clone(), support_labels: p.query_labels.clone(), ..p }

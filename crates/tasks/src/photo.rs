@@ -258,7 +258,8 @@ mod tests {
 
     #[test]
     fn measured_normalisation_gives_zero_mean_unit_variance() {
-        let images: Vec<Vec<f32>> = (0..5).map(|k| (0..2 * 9).map(|i| ((i * 7 + k * 3) % 11) as f32).collect()).collect();
+        let images: Vec<Vec<f32>> =
+            (0..5).map(|k| (0..2 * 9).map(|i| ((i * 7 + k * 3) % 11) as f32).collect()).collect();
         let n = Normalize::measure(images.iter().map(|v| v.as_slice()), 2, 9);
         n.validate(2).unwrap();
         let mut all: Vec<f32> = Vec::new();
@@ -268,8 +269,12 @@ mod tests {
             all.extend(x);
         }
         for c in 0..2 {
-            let values: Vec<f64> =
-                all.chunks(9).enumerate().filter(|(i, _)| i % 2 == c).flat_map(|(_, v)| v.iter().map(|&x| x as f64)).collect();
+            let values: Vec<f64> = all
+                .chunks(9)
+                .enumerate()
+                .filter(|(i, _)| i % 2 == c)
+                .flat_map(|(_, v)| v.iter().map(|&x| x as f64))
+                .collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;
             let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
             assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "channel {c}: {mean} {var}");
