@@ -105,3 +105,36 @@ fn a_protonet_is_maml_with_the_prototype_head_and_no_inner_step() {
     .unwrap();
     assert_eq!((m.episodes.train.n_way, m.episodes.eval.n_way), (5, 20));
 }
+
+#[test]
+fn the_photo_keys_are_checked_and_off_by_default() {
+    let folder = "name = \"x\"\n[data]\nfolder = \"photos\"\n[model]\nchannels = 3\n";
+    check_err("name = \"x\"\n", &["data.normalize=true"], "are for your own images (data.folder)");
+    check_err("name = \"x\"\n", &["augment.flip=true"], "are for your own images (data.folder)");
+    check_err(folder, &["data.mean=[0.5, 0.5, 0.5]"], "data.mean and data.std go together");
+    check_err(folder, &["data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]"], "data.normalize = false");
+    let two = ["data.normalize=true", "data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"];
+    check_err(folder, &two, "3 finite value(s), one per channel");
+    check_err(folder, &["augment.color_jitter=1.5"], "augment.crop_padding / augment.color_jitter");
+    check_err(folder, &["augment.crop_padding=28"], "fewer pixels than the image side (28)");
+    let off = Settings::parse(folder, "t", &[]).unwrap();
+    assert_eq!(off.data.normalize, Normalization::Off);
+    assert!(off.data.augment.is_off() && !off.episodes.augment_images);
+    let sets: Vec<String> = ["data.normalize=true", "augment.flip=true"].iter().map(|s| s.to_string()).collect();
+    let on = Settings::parse(folder, "t", &sets).unwrap();
+    assert_eq!(on.data.normalize, Normalization::Measure);
+    assert!(on.episodes.augment_images);
+    // The transfer baseline takes the prototype head alone, for its test tasks.
+    let t = Settings::parse(
+        "name = \"x\"\n",
+        "t",
+        &["train.method=\"transfer\"".into(), "train.head_init=\"prototypes\"".into()],
+    )
+    .unwrap();
+    assert!(t.evaluation.adaptation.prototypes && t.evaluation.head == EvalHead::Fresh);
+    check_err(
+        "name = \"x\"\n",
+        &["train.method=\"transfer\"", "train.head_init=\"zero\""],
+        "transfer takes train.head_init = \"prototypes\" alone",
+    );
+}
