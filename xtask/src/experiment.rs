@@ -45,6 +45,10 @@ pub struct Args {
     /// only some of the runs (they take hours).
     #[arg(long)]
     keep_earlier: bool,
+    /// photos: train nothing; test and report each run as its folder holds it (a run stopped
+    /// before its configured steps is reported at the step it reached, not continued).
+    #[arg(long)]
+    no_train: bool,
 }
 
 /// Inner steps of the inference sweep.
@@ -65,6 +69,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !["hw15", "beyond-maml", "photos"].contains(&args.name.as_str()) {
         bail!("unknown experiment `{}`: the experiments are: hw15, beyond-maml, photos", args.name);
     }
+    if args.no_train && args.name != "photos" {
+        bail!("--no-train is for photos");
+    }
     if args.keep_earlier && args.name != "beyond-maml" {
         bail!("--keep-earlier is for beyond-maml (hw15 always keeps the results of runs it does not redo)");
     }
@@ -82,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| if quick { "target/experiment-quick/runs-photos".into() } else { "runs/photos".into() });
         let fewshot = fewshot_binary(args.fewshot.as_deref())?;
-        return crate::photos::run(&fewshot, args.budget, &out, &runs, args.threads);
+        return crate::photos::run(&fewshot, args.budget, &out, &runs, args.threads, args.no_train);
     }
     if args.name == "beyond-maml" {
         let out = args.out.clone().unwrap_or_else(|| {

@@ -171,7 +171,14 @@ const ABLATION: [Recipe; 4] = [
 ];
 
 /// `cargo xtask experiment photos`.
-pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+pub fn run(
+    fewshot: &Path,
+    budget: Budget,
+    out: &Path,
+    runs: &Path,
+    threads: Option<usize>,
+    no_train: bool,
+) -> anyhow::Result<()> {
     if budget == Budget::Course {
         bail!("experiment photos has the budgets quick and full (course is the HW15 report's)");
     }
@@ -183,7 +190,7 @@ pub fn run(fewshot: &Path, budget: Budget, out: &Path, runs: &Path, threads: Opt
     for recipe in RECIPES.iter().chain(&ABLATION) {
         let dir = runs.join(budget.name()).join(recipe.key);
         eprintln!("== photos {} budget: {} in {}", budget.name(), recipe.key, dir.display());
-        results.insert(recipe.key.into(), run_recipe(fewshot, recipe, &dir, quick, threads)?);
+        results.insert(recipe.key.into(), run_recipe(fewshot, recipe, &dir, quick, threads, no_train)?);
     }
     let all = json!({
         "budget": budget.name(),
@@ -222,8 +229,13 @@ fn run_recipe(
     dir: &Path,
     quick: bool,
     threads: Option<usize>,
+    no_train: bool,
 ) -> anyhow::Result<Value> {
-    crate::runs::train_or_resume(fewshot, threads, recipe.config, dir, &budget_sets(recipe, quick))?;
+    if !no_train {
+        crate::runs::train_or_resume(fewshot, threads, recipe.config, dir, &budget_sets(recipe, quick))?;
+    } else if !dir.join("checkpoints/best.safetensors").exists() {
+        bail!("--no-train: {} holds no trained run", dir.display());
+    }
     let best = dir.join("checkpoints/best.safetensors");
     let manifest = read_json(&dir.join("checkpoints/best.safetensors.json"))?;
     let provenance = read_json(&dir.join("run.json")).unwrap_or(Value::Null);
