@@ -286,7 +286,7 @@ impl Earlier {
 
 /// `train.steps` of the config a run saved (`<run>/config.toml`, as `fewshot train` writes
 /// it: a `[train]` table with a `steps = N` line), if it can be read.
-fn configured_steps(dir: &Path) -> Option<u64> {
+pub fn configured_steps(dir: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
     let mut table = "";
     for line in text.lines().map(str::trim) {
