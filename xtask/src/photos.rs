@@ -56,9 +56,9 @@ pub fn unpack(args: UnpackArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&sums).with_context(|| format!("reading {}", sums.display()))?;
     let expected = omniglot_data::parse_sha256sums(&text, &sums.display().to_string())?
         .into_iter()
-        .find(|(name, _)| name == "tiny-imagenet-fs.tar")
+        .find(|(_, name)| name == "tiny-imagenet-fs.tar")
         .with_context(|| format!("{} has no line for tiny-imagenet-fs.tar", sums.display()))?
-        .1;
+        .0;
     let actual = omniglot_data::sha256_file(&tar)?;
     if !actual.eq_ignore_ascii_case(&expected) {
         bail!("{}: SHA-256 {actual}, but {} says {expected}: the archive is damaged", tar.display(), sums.display());
