@@ -100,13 +100,18 @@ pub fn test_draw(episodes: &Episodes, seed: u64, data: &Data, protocol: Protocol
             episodes.eval.n_way
         );
     }
-    let draw_seed = stream_rng(seed, streams::TEST, 0).random();
     let description = match data {
         Data::Omniglot(_) => format!("{protocol:?} protocol test episodes"),
         Data::Folder(f) => format!("test episodes of {}", f.images.root().display()),
     };
+    Ok(test_set(episodes, seed, data, pool, n, description))
+}
+
+/// `n` test episodes of `pool`, drawn from the run's test stream of `seed`.
+fn test_set(episodes: &Episodes, seed: u64, data: &Data, pool: Vec<Class>, n: usize, description: String) -> Drawn {
+    let draw_seed = stream_rng(seed, streams::TEST, 0).random();
     let sizes = data.sizes(&pool);
-    Ok(Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description })
+    Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description }
 }
 
 /// `n` episodes (seeded by the run's `seed`, as its test episodes) from the classes of a
@@ -142,10 +147,8 @@ pub fn folder_draw(
             episodes.eval.n_way
         );
     }
-    let draw_seed = stream_rng(seed, streams::TEST, 0).random();
-    let sizes = data.sizes(&pool);
     let description = format!("episodes of {root} ({which}, {})", pool.len());
-    Ok(Drawn { classes: pool, sizes, seed: draw_seed, spec: episodes.eval, n, description })
+    Ok(test_set(episodes, seed, data, pool, n, description))
 }
 
 /// A set of `n` episodes from `protocol`'s test pool, seeded by the run's `seed`.

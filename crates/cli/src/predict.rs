@@ -77,11 +77,12 @@ impl Reading {
     /// How the model of `settings` reads images.
     pub fn of(settings: &crate::settings::Settings) -> Reading {
         let d = &settings.data;
-        let normalize = match &d.normalize {
-            crate::settings::Normalization::Given(n) => Some(n.clone()),
-            _ => None,
-        };
-        Reading { size: d.image_size, channels: d.channels, intensity: d.intensity, normalize }
+        Reading {
+            size: d.image_size,
+            channels: d.channels,
+            intensity: d.intensity,
+            normalize: d.normalize.given().cloned(),
+        }
     }
 }
 
@@ -121,8 +122,7 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Read every task under `dir`, in the course layout or the photo layout (see the module's
-/// docs): the course layout when every support folder holds only `image_<N>.png` files and has
-/// a query folder of its name.
+/// docs; `is_course_layout` decides which).
 pub fn read_tasks(dir: &Path, reading: &Reading) -> anyhow::Result<Vec<FolderTask>> {
     // The folder itself first: a file, a missing path or a symlink cycle is named as such.
     match std::fs::metadata(dir) {

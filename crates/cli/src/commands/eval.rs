@@ -141,23 +141,19 @@ pub fn run(args: EvalArgs, threads: usize) -> anyhow::Result<ExitCode> {
     })?;
     let (e, seed) = (&settings.episodes, settings.seed);
     let n_fresh = n.unwrap_or(600);
-    let source = match &folder {
-        Some(f) => Some(Episodes::Drawn(crate::episodes::folder_draw(e, seed, &data, f.split, f.all, n_fresh)?)),
-        None => None,
-    };
     // A file's episodes are read whole; fresh ones are drawn a batch at a time as they are
     // evaluated (`--n` of a billion holds one batch).
-    let source = match (episodes, protocol) {
-        _ if source.is_some() => source.expect("checked"),
+    let source = match (&folder, episodes, protocol) {
+        (Some(f), ..) => Episodes::Drawn(crate::episodes::folder_draw(e, seed, &data, f.split, f.all, n_fresh)?),
         _ if validation => {
             Episodes::Drawn(validation_draw(e, seed, &data, n.unwrap_or(settings.schedule.val_episodes))?)
         }
-        (Some(path), _) => Episodes::File(read_episodes(&path)?, path.display().to_string()),
-        (None, Some(p)) => Episodes::Drawn(test_draw(e, seed, &data, p, n_fresh)?),
-        (None, None) if shipped => {
+        (None, Some(path), _) => Episodes::File(read_episodes(&path)?, path.display().to_string()),
+        (None, None, Some(p)) => Episodes::Drawn(test_draw(e, seed, &data, p, n_fresh)?),
+        (None, None, None) if shipped => {
             Episodes::File(EpisodeSet::from_json(DEFAULT_EPISODES_TEXT, DEFAULT_EPISODES)?, DEFAULT_EPISODES.to_owned())
         }
-        (None, None) => Episodes::Drawn(test_draw(e, seed, &data, e.protocol, n_fresh)?),
+        (None, None, None) => Episodes::Drawn(test_draw(e, seed, &data, e.protocol, n_fresh)?),
     };
     let (spec, description) = match &source {
         Episodes::File(set, _) => (set.spec, set.description.clone()),

@@ -85,6 +85,16 @@ pub enum Normalization {
     Given(fewshot_tasks::Normalize),
 }
 
+impl Normalization {
+    /// The numbers to apply now: those given (none while they are still to be measured).
+    pub fn given(&self) -> Option<&fewshot_tasks::Normalize> {
+        match self {
+            Normalization::Given(n) => Some(n),
+            Normalization::Off | Normalization::Measure => None,
+        }
+    }
+}
+
 /// `[data] folder` and what goes with it, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FolderSource {
@@ -140,13 +150,7 @@ impl Data {
             );
         }
         let kept = crate::data::usable_classes(&images, folder.need, folder.skip_small_classes)?;
-        let pipeline = fewshot_tasks::Pipeline {
-            augment: self.augment,
-            normalize: match &self.normalize {
-                Normalization::Given(n) => Some(n.clone()),
-                Normalization::Off | Normalization::Measure => None,
-            },
-        };
+        let pipeline = fewshot_tasks::Pipeline { augment: self.augment, normalize: self.normalize.given().cloned() };
         let folder =
             crate::data::Folder { images, intensity: self.intensity, kept, fractions: folder.fractions, pipeline };
         Ok(crate::data::Data::Folder(folder))
@@ -355,17 +359,13 @@ impl Settings {
         if !(t.meta_lr_min >= 0.0 && t.meta_lr_min <= t.meta_lr) {
             bail!("train.meta_lr_min = {}: must be in [0, train.meta_lr = {}]", t.meta_lr_min, t.meta_lr);
         }
-        let maml_only = t.multi_step_loss
-            || t.first_order_steps > 0
-            || t.learned_inner_lr
-            || t.per_step_bn
-            || t.head_init != HeadInit::Learned;
+        let inner_loop_only = t.multi_step_loss || t.first_order_steps > 0 || t.learned_inner_lr || t.per_step_bn;
+        let maml_only = inner_loop_only || t.head_init != HeadInit::Learned;
         // The transfer baseline may label test tasks by nearest centroid: its evaluation head
         // starts as the prototype head of the support features (Chen et al.'s and Tian et al.'s
         // nearest-centroid baseline with 0 `eval_inner_steps`; fine-tuned from there with more).
-        let transfer_prototypes = t.method == Method::Transfer
-            && t.head_init == HeadInit::Prototypes
-            && !(t.multi_step_loss || t.first_order_steps > 0 || t.learned_inner_lr || t.per_step_bn);
+        let transfer_prototypes =
+            t.method == Method::Transfer && t.head_init == HeadInit::Prototypes && !inner_loop_only;
         if matches!(t.method, Method::Transfer | Method::TaskClassifier) && maml_only && !transfer_prototypes {
             bail!(
                 "train.multi_step_loss, train.first_order_steps, train.learned_inner_lr, train.per_step_bn and \
@@ -378,7 +378,6 @@ impl Settings {
         // The head a task starts from: a protonet's is the prototype head.
         let head_init = if t.method == Method::Protonet { HeadInit::Prototypes } else { t.head_init };
         if t.method == Method::Protonet {
-            let inner_loop_only = t.multi_step_loss || t.first_order_steps > 0 || t.learned_inner_lr || t.per_step_bn;
             if inner_loop_only || !matches!(t.head_init, HeadInit::Learned | HeadInit::Prototypes) {
                 bail!(
                     "train.method = \"protonet\" has no inner loop and its own head: leave train.multi_step_loss, \
